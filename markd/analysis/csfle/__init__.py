@@ -1,0 +1,16 @@
+"""CSFLE (FLE1) analysis: commands checked against `jsonSchema` encryption rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from markd.analysis import MarkResult
+from markd.errors import CommandError
+
+
+def mark(command: dict[str, Any]) -> MarkResult:
+    raise CommandError(6411900, "markd cannot yet analyze CSFLE commands; refusing rather than risk plaintext")
+
+
+def cache_stats() -> tuple[int, int]:
+    return 0, 0

@@ -1,0 +1,88 @@
+"""The command line: mongocryptd's flags, accepted as mongocryptd accepts them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+import markd
+from markd import logs
+from markd.config import ConfigError, Settings, load_config_file
+
+
+def _split_ips(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help", "-h"]}
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option("--port", type=int, help="TCP port [27020].")
+@click.option("--bind_ip", "bind_ip", help="Comma-separated addresses to listen on [127.0.0.1].")
+@click.option("--bind_ip_all", is_flag=True, default=None, help="Listen on every interface.")
+@click.option("--ipv6", is_flag=True, default=None, help="Also listen on IPv6 (::1 by default).")
+@click.option("--idleShutdownTimeoutSecs", "idle_shutdown_secs", type=float,
+              help="Exit after this many seconds without a command (0: never).")
+@click.option("--pidfilepath", "pidfile", help="Pid file [./mongocryptd.pid].")
+@click.option("--unixSocketPrefix", "unix_socket_prefix", help="Directory of mongocryptd.sock [/tmp].")
+@click.option("--nounixsocket", is_flag=True, default=None, help="Do not listen on a Unix socket.")
+@click.option("--logpath", help="Log to this file instead of stdout.")
+@click.option("--logappend", is_flag=True, default=None, help="Append to --logpath.")
+@click.option("--logFormat", "log_format", type=click.Choice(["text", "json"]), help="Log line format [text].")
+@click.option("--quiet", is_flag=True, default=None, help="Only warnings and errors.")
+@click.option("-v", "--verbose", "verbosity", count=True, help="Debug logging (per command).")
+@click.option("--config", "-f", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config file (mongod's format).")
+@click.option("--maxConns", "max_conns", type=int, help="Maximum open connections [10000].")
+@click.option("--frameTimeoutSecs", "frame_timeout_secs", type=float,
+              help="Drop a client that leaves a message half-sent this long [30].")
+@click.option("--metricsPort", "metrics_port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
+@click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
+@click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")
+@click.option("--version", is_flag=True, help="Print the version and exit.")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: int, **options: Any) -> None:
+    """markd: an open, drop-in mongocryptd."""
+    if version:
+        click.echo(f"markd {markd.__version__} (mongocryptd-compatible)")
+        return
+    base: dict[str, Any] = {}
+    unknown_config: list[str] = []
+    if config_file:
+        try:
+            base, unknown_config = load_config_file(config_file)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(2)
+    overrides = dict(options)
+    overrides["bind_ip"] = _split_ips(overrides.pop("bind_ip"))
+    if overrides.pop("nounixsocket"):
+        overrides["unix_socket"] = False
+    if verbosity:
+        overrides["verbosity"] = verbosity
+    settings = Settings().with_overrides(**base).with_overrides(**overrides)
+    settings = settings.with_overrides(unknown_options=tuple(ctx.args))
+    logs.configure(settings.logpath, settings.logappend, settings.log_format, settings.verbosity, settings.quiet)
+    for flag in settings.unknown_options:
+        logs.log.warning("ignoring unrecognized option", extra={"attr": {"option": flag}})
+    for key in unknown_config:
+        logs.log.warning("ignoring unrecognized config file setting", extra={"attr": {"setting": key}})
+    parsed = {key: value for key, value in options.items() if value is not None}
+    from markd import server
+
+    try:
+        code = server.run(settings, ["mongocryptd", *sys.argv[1:]], parsed)
+    except (OSError, ValueError) as exc:
+        logs.log.error("cannot start", extra={"attr": {"error": str(exc)}})
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

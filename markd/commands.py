@@ -1,0 +1,111 @@
+"""Command dispatch: the handshake and admin commands, and the route to query analysis.
+
+Pure except for the clock (`localTime`) and the `on_shutdown` callback the server hands in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import markd
+from markd import analysis
+from markd.errors import CommandError
+from markd.wire.codec import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
+
+# The newest server line's wire version that pymongo 4.20 accepts; libmongocrypt needs >= 17 to send
+# create/createIndexes and >= 26 for commands over several collections (csfleEncryptionSchemas).
+MAX_WIRE_VERSION = 27
+SERVER_VERSION = "8.2.0"
+MAX_WRITE_BATCH_SIZE = 100_000
+
+HANDSHAKE_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    connection_id: int
+    peer: str
+    is_local: bool
+
+
+@dataclass
+class Dispatcher:
+    """Turns one decoded command into one reply document."""
+
+    argv: list[str]
+    parsed_options: dict[str, Any]
+    on_shutdown: Callable[[], None] = lambda: None
+    extra_commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
+
+    def handle(self, command: dict[str, Any], connection: ConnectionInfo) -> dict[str, Any]:
+        if not command:
+            raise CommandError(59, "no such command: ''", "CommandNotFound")
+        name = next(iter(command))
+        if name in HANDSHAKE_COMMANDS:
+            return hello_reply(name, connection.connection_id)
+        if name in analysis.MARKING_COMMANDS:
+            return analysis.mark_command(command)
+        if name in ("buildInfo", "buildinfo"):
+            return build_info()
+        if name == "getCmdLineOpts":
+            return {"argv": self.argv, "parsed": self.parsed_options, "ok": 1.0}
+        if name in ("ping", "endSessions"):
+            return {"ok": 1.0}
+        if name == "shutdown":
+            if not connection.is_local:
+                raise CommandError(13, "shutdown must run from localhost when running db without auth",
+                                   "Unauthorized")
+            self.on_shutdown()
+            return {"ok": 1.0}
+        handler = self.extra_commands.get(name)
+        if handler is not None:
+            return handler(command)
+        raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+
+
+def hello_reply(name: str, connection_id: int) -> dict[str, Any]:
+    reply: dict[str, Any] = {}
+    if name == "hello":
+        reply["isWritablePrimary"] = True
+    else:
+        reply["ismaster"] = True
+    reply.update(
+        {
+            "iscryptd": True,
+            "maxBsonObjectSize": MAX_BSON_SIZE,
+            "maxMessageSizeBytes": MAX_MESSAGE_SIZE,
+            "maxWriteBatchSize": MAX_WRITE_BATCH_SIZE,
+            "localTime": datetime.datetime.now(datetime.timezone.utc),
+            "connectionId": connection_id,
+            "minWireVersion": 0,
+            "maxWireVersion": MAX_WIRE_VERSION,
+            "readOnly": False,
+            "ok": 1.0,
+        }
+    )
+    return reply
+
+
+def build_info() -> dict[str, Any]:
+    major, minor, patch = (int(part) for part in SERVER_VERSION.split("."))
+    return {
+        "version": SERVER_VERSION,
+        "versionArray": [major, minor, patch, 0],
+        "gitVersion": f"markd-{markd.__version__}",
+        "markdVersion": markd.__version__,
+        "modules": [],
+        "allocator": "system",
+        "javascriptEngine": "none",
+        "sysInfo": "deprecated",
+        "bits": 64,
+        "debug": False,
+        "maxBsonObjectSize": MAX_BSON_SIZE,
+        "buildEnvironment": {"target_os": sys.platform, "target_arch": platform.machine()},
+        "storageEngines": [],
+        "ok": 1.0,
+    }

@@ -1,0 +1,62 @@
+"""Logging: text or JSON lines, to stdout or a file.
+
+Log records carry command names, namespaces, field paths, sizes and timings: never a value taken
+from a document.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any
+
+LOGGER_NAME = "markd"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: t, s (severity), c (component), msg, attr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "t": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "s": record.levelname,
+            "c": record.name,
+            "msg": record.getMessage(),
+        }
+        attr = getattr(record, "attr", None)
+        if attr:
+            entry["attr"] = attr
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        attr = getattr(record, "attr", None)
+        if attr:
+            text += " " + " ".join(f"{key}={value}" for key, value in attr.items())
+        return text
+
+
+def configure(logpath: str | None, append: bool, log_format: str, verbosity: int, quiet: bool) -> None:
+    if logpath:
+        handler: logging.Handler = logging.FileHandler(logpath, mode="a" if append else "w", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-5s [%(name)s] %(message)s"))
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if quiet else logging.INFO
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    # A full disk or a vanished log file must not take the daemon down with it.
+    logging.raiseExceptions = False

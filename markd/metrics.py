@@ -1,0 +1,131 @@
+"""Counters and a latency histogram, as an admin command reply and as Prometheus text."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import Counter
+from typing import Any
+
+import markd
+from markd.analysis import cache_stats
+
+# Upper bounds of the marking-latency histogram buckets, in seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.commands: Counter[tuple[str, str]] = Counter()
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.open_connections = 0
+        self.total_connections = 0
+        self.protocol_errors = 0
+
+    def command_done(self, name: str, outcome: str, seconds: float) -> None:
+        self.commands[(name, outcome)] += 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def connection_opened(self) -> None:
+        self.open_connections += 1
+        self.total_connections += 1
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+
+    def protocol_error(self) -> None:
+        self.protocol_errors += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        hits, misses = cache_stats()
+        return {
+            "version": markd.__version__,
+            "uptimeSecs": time.time() - self.started,
+            "connections": {"current": self.open_connections, "totalCreated": self.total_connections},
+            "protocolErrors": self.protocol_errors,
+            "commands": [
+                {"command": name, "outcome": outcome, "count": count}
+                for (name, outcome), count in sorted(self.commands.items())
+            ],
+            "latency": {
+                "bucketsSecs": list(LATENCY_BUCKETS),
+                "counts": list(self.latency_counts),
+                "sumSecs": self.latency_sum,
+            },
+            "schemaCache": {"hits": hits, "misses": misses},
+        }
+
+    def command_reply(self, _command: dict[str, Any]) -> dict[str, Any]:
+        return {**self.snapshot(), "ok": 1.0}
+
+    def prometheus_text(self) -> str:
+        snap = self.snapshot()
+        lines = [
+            "# HELP markd_commands_total Commands handled, by command name and outcome.",
+            "# TYPE markd_commands_total counter",
+        ]
+        for row in snap["commands"]:
+            name = _label(row["command"])
+            outcome = _label(row["outcome"])
+            lines.append(f'markd_commands_total{{command="{name}",outcome="{outcome}"}} {row["count"]}')
+        lines += [
+            "# HELP markd_command_duration_seconds Time to handle one command.",
+            "# TYPE markd_command_duration_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'markd_command_duration_seconds_bucket{{le="{le}"}} {cumulative}')
+        lines += [
+            f"markd_command_duration_seconds_sum {self.latency_sum}",
+            f"markd_command_duration_seconds_count {cumulative}",
+            "# HELP markd_open_connections Client connections open now.",
+            "# TYPE markd_open_connections gauge",
+            f"markd_open_connections {self.open_connections}",
+            "# HELP markd_connections_total Client connections accepted.",
+            "# TYPE markd_connections_total counter",
+            f"markd_connections_total {self.total_connections}",
+            "# HELP markd_protocol_errors_total Connections closed for a bad message.",
+            "# TYPE markd_protocol_errors_total counter",
+            f"markd_protocol_errors_total {self.protocol_errors}",
+            "# HELP markd_schema_cache_hits_total Schema parses answered from the cache.",
+            "# TYPE markd_schema_cache_hits_total counter",
+            f"markd_schema_cache_hits_total {snap['schemaCache']['hits']}",
+            "# HELP markd_schema_cache_misses_total Schemas parsed.",
+            "# TYPE markd_schema_cache_misses_total counter",
+            f"markd_schema_cache_misses_total {snap['schemaCache']['misses']}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def serve_http(self, port: int, host: str) -> asyncio.AbstractServer:
+        """A minimal HTTP endpoint: GET /metrics answers Prometheus text."""
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+                path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+                if path.split(b"?")[0] == b"/metrics":
+                    body = self.prometheus_text().encode()
+                    status = b"200 OK"
+                else:
+                    body, status = b"not found\n", b"404 Not Found"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                )
+                await writer.drain()
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        return await asyncio.start_server(handle, host=host, port=port)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
