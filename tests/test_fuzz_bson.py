@@ -82,3 +82,16 @@ def test_code_with_scope_keeps_deprecated_types(scope_element):
     data = (len(element) + 5).to_bytes(4, "little") + element + b"\x00"
     assert _readable(data)
     assert bsonvalues.encode(bsonvalues.decode(data)) == data
+
+
+@pytest.mark.xfail(strict=True, reason="bug F1: markd.bsonvalues.decode raises UnicodeDecodeError (not InvalidBSON) "
+                                       "for an array key that is not UTF-8, which pymongo's decoder accepts")
+def test_decode_of_array_with_non_utf8_key_raises_invalid_bson_or_decodes():
+    element = b"\x04a\x00\x0c\x00\x00\x00\x10\xda\x00\x01\x00\x00\x00\x00"
+    data = (len(element) + 5).to_bytes(4, "little") + element + b"\x00"
+    assert _readable(data)
+    try:
+        decoded = bsonvalues.decode(data)
+    except InvalidBSON:
+        return
+    assert decoded == {"a": [1]}

@@ -45,3 +45,24 @@ def handle_frame(frame: bytes) -> dict[str, Any] | None:
     if document.get("code") == INTERNAL_ERROR:
         raise CrashFinding(f"InternalError reply to frame {frame!r}: {document}")
     return document
+
+
+def known_crash(frame: bytes) -> str | None:
+    """The id of the known finding a crashing frame reproduces (see docs/robustness.md), or None."""
+    from markd import bsonvalues
+    from markd.wire import OpMsg, ProtocolError, parse_message
+
+    try:
+        message = parse_message(frame)
+    except ProtocolError:
+        return None
+    if not isinstance(message, OpMsg) or message.error is not None:
+        return None
+    try:
+        bsonvalues.decode(message.command)
+    except UnicodeDecodeError:
+        # F1: pymongo's decoder skips array keys, markd's exact decoder reads them as UTF-8.
+        return "F1"
+    except Exception:
+        return None
+    return None
