@@ -236,9 +236,12 @@ def _decompress(frame: bytes) -> bytes:
     elif compressor == _COMPRESSOR_ZLIB:
         try:
             inflater = zlib.decompressobj()
+            # Bounded by the declared size, so a zlib bomb costs at most uncompressedSize bytes.
             data = inflater.decompress(payload, uncompressed_size)
         except zlib.error as exc:
             raise ProtocolError(f"OP_COMPRESSED zlib error: {exc}") from exc
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ProtocolError("OP_COMPRESSED uncompressedSize does not match the payload")
     else:
         # markd offers no compressor in the handshake, so a client may not use snappy or zstd.
         raise ProtocolError(f"OP_COMPRESSED with compressor {compressor}, which was not negotiated")

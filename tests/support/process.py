@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +83,23 @@ class MarkdProcess:
     def client(self, **kwargs: object) -> MongoClient[dict[str, object]]:
         return MongoClient(self.uri, serverSelectionTimeoutMS=5000, **kwargs)
 
+    def pidfile_content(self) -> dict[str, object]:
+        return json.loads(self.pidfile.read_text())
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in the log after {timeout}s:\n{self.log_text()}")
+
+    def exit_code(self, timeout: float = 10.0) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout)
+
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
@@ -121,3 +142,172 @@ def raw_command(client: MongoClient[dict[str, object]], database: str, command: 
     return bsonvalues.decode(reply.raw)
 
 
+
+
+# Raw wire helpers: frames built by hand (not with markd's codec), for tests that must send what a
+# well-behaved driver never would.
+_HEADER = struct.Struct("<iiii")
+OP_REPLY = 1
+OP_QUERY = 2004
+OP_COMPRESSED = 2012
+OP_MSG = 2013
+
+
+def op_msg_frame(command: dict[str, object], *, request_id: int = 1, flags: int = 0,
+                 sequences: Sequence[tuple[str, Sequence[dict[str, object]]]] = (), checksum: bool = False) -> bytes:
+    """An OP_MSG: one kind-0 body, then a kind-1 section per (identifier, documents)."""
+    sections = b"\x00" + bson.encode(command)
+    for identifier, documents in sequences:
+        payload = identifier.encode() + b"\x00" + b"".join(bson.encode(doc) for doc in documents)
+        sections += b"\x01" + struct.pack("<i", 4 + len(payload)) + payload
+    if checksum:
+        flags |= 1
+    length = 16 + 4 + len(sections) + (4 if checksum else 0)
+    frame = _HEADER.pack(length, request_id, 0, OP_MSG) + struct.pack("<I", flags) + sections
+    if checksum:
+        from markd.wire.crc32c import crc32c
+
+        frame += struct.pack("<I", crc32c(frame))
+    return frame
+
+
+def op_query_frame(query: dict[str, object], *, collection: str = "admin.$cmd", request_id: int = 1) -> bytes:
+    body = struct.pack("<i", 0) + collection.encode() + b"\x00" + struct.pack("<ii", 0, -1) + bson.encode(query)
+    return _HEADER.pack(16 + len(body), request_id, 0, OP_QUERY) + body
+
+
+def compressed_frame(frame: bytes, compressor: int) -> bytes:
+    """`frame` wrapped in OP_COMPRESSED: compressor 0 is noop, 2 is zlib."""
+    _, request_id, response_to, op_code = _HEADER.unpack_from(frame)
+    payload = frame[16:]
+    data = zlib.compress(payload) if compressor == 2 else payload
+    body = struct.pack("<iiB", op_code, len(payload), compressor) + data
+    return _HEADER.pack(16 + len(body), request_id, response_to, OP_COMPRESSED) + body
+
+
+@dataclass
+class Reply:
+    request_id: int
+    response_to: int
+    op_code: int
+    document: dict[str, object]
+
+
+class RawConnection:
+    """A plain socket to markd (TCP port or Unix socket path) that sends bytes and reads replies."""
+
+    def __init__(self, address: int | str | Path, timeout: float = 5.0) -> None:
+        if isinstance(address, int):
+            self.sock = socket.create_connection(("127.0.0.1", address), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(address))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError(f"connection closed after {len(data)} of {size} bytes")
+            data += chunk
+        return bytes(data)
+
+    def read_reply(self) -> Reply:
+        length, request_id, response_to, op_code = _HEADER.unpack(self._recv_exactly(16))
+        payload = self._recv_exactly(length - 16)
+        if op_code == OP_MSG:
+            flags = struct.unpack_from("<I", payload)[0]
+            assert payload[4] == 0, "markd replies with one kind-0 section"
+            body = payload[5 : len(payload) - (4 if flags & 1 else 0)]
+        elif op_code == OP_REPLY:
+            body = payload[20:]
+        else:
+            raise AssertionError(f"unexpected reply opCode {op_code}")
+        return Reply(request_id, response_to, op_code, bson.decode(body))
+
+    def command(self, command: dict[str, object], request_id: int = 1) -> dict[str, object]:
+        self.send(op_msg_frame(command, request_id=request_id))
+        reply = self.read_reply()
+        assert reply.response_to == request_id
+        return reply.document
+
+    def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """True once markd has closed this connection (EOF or reset) within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def markd_metrics(client: MongoClient[dict[str, object]]) -> dict[str, object]:
+    return client.admin.command("getMarkdMetrics")
+
+
+def command_count(metrics: dict[str, object], name: str, outcome: str | None = None) -> int:
+    rows = metrics["commands"]
+    assert isinstance(rows, list)
+    return sum(row["count"] for row in rows
+               if row["command"] == name and (outcome is None or row["outcome"] == outcome))
+
+
+DETERMINISTIC = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
+
+
+def ssn_schema(key_id: object) -> dict[str, object]:
+    """A CSFLE schema with one deterministically encrypted string field, `ssn`."""
+    return {"bsonType": "object",
+            "properties": {"ssn": {"encrypt": {"keyId": [key_id], "bsonType": "string", "algorithm": DETERMINISTIC}}}}
+
+
+def encrypted_insert(client: MongoClient[dict[str, object]], document: dict[str, object]) -> Exception | None:
+    """Insert through an auto-encrypting client; the error it ended with, if any."""
+    try:
+        client.db.coll.insert_one(document)
+    except Exception as exc:  # the test decides whether this error is markd's
+        return exc
+    return None
+
+
+def assert_markd_answered_insert(markd_client: MongoClient[dict[str, object]], error: Exception | None,
+                                 inserted: list[dict[str, object]], plaintext: str, before: int = 0) -> None:
+    """libmongocrypt asked markd to mark an insert, and what the application saw came from markd.
+
+    Valid with the fail-closed stub analysis (markd refuses: the app sees markd's error) and with
+    real analysis (markd marks: the server receives ciphertext, never the plaintext).
+    """
+    metrics = markd_metrics(markd_client)
+    assert command_count(metrics, "insert") > before, f"markd never saw the insert: {metrics['commands']}"
+    outcomes = {row["outcome"] for row in metrics["commands"] if row["command"] == "insert"}
+    if error is not None:
+        cause = getattr(error, "cause", error)
+        details = getattr(cause, "details", None) or {}
+        code_name = details.get("codeName") if isinstance(details, dict) else None
+        if code_name is None and hasattr(details, "get"):
+            code_name = details.get("codeName")
+        assert code_name in outcomes, f"{error!r} is not markd's answer ({outcomes})"
+        assert not inserted, "a refused marking must not reach the server"
+    else:
+        assert "ok" in outcomes
+        assert inserted, "the insert never reached the server"
+        for document in inserted:
+            ssn = document.get("ssn")
+            assert getattr(ssn, "subtype", None) == 6, f"ssn reached the server as {ssn!r}"
+            assert plaintext.encode() not in bson.encode(document)
