@@ -1,16 +1,80 @@
-"""Queryable Encryption (FLE2) analysis: commands checked against `encryptedFields`."""
+"""Queryable Encryption (FLE2) analysis: commands checked against `encryptedFields`.
+
+`mark(command)` parses `encryptionInformation` (cached), finds the command's namespace schema,
+runs the command's handler (`commands.COMMANDS`) and says whether libmongocrypt must use the result.
+The result keeps `encryptionInformation` (the server needs it), except for create/collMod/createIndexes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from markd.analysis import MarkResult
-from markd.errors import CommandError
+from markd.analysis.qe.commands import COMMANDS, SCHEMA_COMMANDS
+from markd.analysis.qe.context import Context
+from markd.analysis.qe.errors import error
+from markd.analysis.qe.fields import EncryptedFields, cache_stats, parse_encryption_information
+
+__all__ = ["cache_stats", "mark"]
+
+DEFAULT_EXPLAIN_VERBOSITY = "allPlansExecution"
+
+
+def _command_name(command: dict[str, Any]) -> str:
+    if not command:
+        raise error("MALFORMED", detail="empty command")
+    return next(iter(command))
+
+
+def _schema(command: dict[str, Any], name: str, information: Any) -> tuple[EncryptedFields, str]:
+    database = command.get("$db")
+    collection = command.get(name)
+    if isinstance(database, str) and isinstance(collection, str):
+        return information.for_namespace(f"{database}.{collection}"), database
+    if len(information.schemas) == 1:
+        namespace, schema = next(iter(information.schemas.items()))
+        return schema, namespace.split(".", 1)[0]
+    raise error("ONE_NAMESPACE")
+
+
+def _mark_command(command: dict[str, Any]) -> MarkResult:
+    name = _command_name(command)
+    if "jsonSchema" in command:
+        raise error("BOTH_SCHEMAS")
+    if "isRemoteSchema" in command:
+        raise error("BOTH_REMOTE")
+    information = parse_encryption_information(command.get("encryptionInformation"))
+    handler = COMMANDS.get(name)
+    if handler is None:
+        raise error("COMMAND", command=name)
+    schema, database = _schema(command, name, information)
+    anything_encrypted = any(s.encrypts_anything for s in information.schemas.values())
+    ctx = Context(schema, information, database, command.get("collation"))
+    marked = handler(command, ctx)
+    if name in SCHEMA_COMMANDS:
+        # libmongocrypt must use this result: it is where keyAltNames in encryptedFields get translated.
+        return MarkResult(marked, False, True)
+    if not anything_encrypted:
+        return MarkResult(dict(command), False, False)
+    return MarkResult(marked, ctx.tally.placeholders > 0, True)
+
+
+def _mark_explain(command: dict[str, Any]) -> MarkResult:
+    inner = dict(command["explain"])
+    if "encryptionInformation" not in inner and "encryptionInformation" in command:
+        inner["encryptionInformation"] = command["encryptionInformation"]
+    marked = _mark_command(inner)
+    explained = dict(marked.result)
+    explained.pop("$db", None)
+    result: dict[str, Any] = {"explain": explained, "verbosity": command.get("verbosity", DEFAULT_EXPLAIN_VERBOSITY)}
+    for key, value in command.items():
+        if key not in ("explain", "verbosity", "encryptionInformation", "$db"):
+            result[key] = value
+    return MarkResult(result, marked.has_encryption_placeholders, marked.schema_requires_encryption)
 
 
 def mark(command: dict[str, Any]) -> MarkResult:
-    raise CommandError(6411901, "markd cannot yet analyze Queryable Encryption commands; refusing rather than risk plaintext")
-
-
-def cache_stats() -> tuple[int, int]:
-    return 0, 0
+    """The marked command, or a CommandError with mongocryptd's code."""
+    if isinstance(command.get("explain"), dict):
+        return _mark_explain(command)
+    return _mark_command(command)

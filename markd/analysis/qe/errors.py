@@ -1,0 +1,181 @@
+"""Every error Queryable Encryption analysis can end with: mongocryptd's code and message, in one table.
+
+Messages never carry a value from the command unless mongocryptd's own message does, and even then
+markd names the operator instead of printing the operand: an error reply must not leak plaintext.
+"""
+
+from __future__ import annotations
+
+from markd.errors import CommandError
+
+# key -> (code, message template). Templates take keyword arguments only (paths, types, names).
+ERRORS: dict[str, tuple[int, str]] = {
+    # encryptionInformation envelope
+    "INFO_NOT_OBJECT": (6327501, "encryptionInformation must be an object"),
+    "BOTH_SCHEMAS": (6327500, "Cannot specify both jsonSchema and encryptionInformation"),
+    "BOTH_REMOTE": (6327502, "Cannot specify both isRemoteSchema and encryptionInformation"),
+    "ONE_NAMESPACE": (6327503, "Exactly one namespace is supported with encryptionInformation"),
+    "NAMESPACE_MISMATCH": (
+        6411900,
+        "Namespace in encryptionInformation: '{given}' does not match namespace given in command: '{expected}'",
+    ),
+    "SCHEMA_NOT_OBJECT": (6327504, "Each namespace schema must be an object"),
+    "MISSING_SCHEMA": (9710000, "Missing encryption schema for namespace: {namespace}"),
+    "BAD_TYPE_FIELD": (6327505, "encryptionInformation.type must be 1"),
+    # encryptedFields definitions
+    "BAD_FIELD": (9, "{detail}"),
+    "EMPTY_PATH": (6316402, "Encrypted field must have a non-empty path"),
+    "ENCRYPT_ID": (6316403, "Cannot encrypt _id or its subfields"),
+    "DUPLICATE_KEY_ID": (6338401, "Duplicate key ids are not allowed"),
+    "DUPLICATE_PATH": (6338402, "Duplicate paths are not allowed"),
+    "PREFIX_CONFLICT": (6338403, "Conflicting index paths found as one is a prefix of another '{a}' and '{b}'"),
+    "NEEDS_BSON_TYPE": (6412601, "BSON type needs to be specified for an indexed field"),
+    "EQUALITY_TYPE": (6338405, "Type '{type}' is not a supported equality indexed type"),
+    "UNINDEXED_TYPE": (6338406, "Type '{type}' is not a supported unindexed type"),
+    "RANGE_TYPE": (6775201, "Type '{type}' is not a supported range indexed type"),
+    "TEXT_TYPE": (9783400, "Type '{type}' is not a supported type for text search indexed encrypted field {path}"),
+    "UNKNOWN_QUERY_TYPE": (2, "Enumeration value '{name}' for field 'queryType' is not a valid value."),
+    "NOT_ALLOWED_FOR_INDEX": (10774900, "The field '{option}' is not allowed for {index} index but is present"),
+    "SPARSITY_RANGE": (6775214, "The field 'sparsity' must be between 1 and 8"),
+    "MIN_TYPE": (7018200, "Range field type '{type}' does not match the min value type '{value_type}'"),
+    "MAX_TYPE": (7018201, "Range field type '{type}' does not match the max value type '{value_type}'"),
+    "MIN_LT_MAX": (6720005, "Min must be less than max."),
+    "PRECISION_TOGETHER": (
+        6967100,
+        "Precision, min, and max must all be specified together for floating point fields",
+    ),
+    "PRECISION_NOT_ALLOWED": (6967101, "Precision can only be set if type is floating point"),
+    "CONTENTION_NEGATIVE": (8574101, "Contention factor must be greater than or equal to 0"),
+    "TRIM_FACTOR": (
+        8574000,
+        "The field 'trimFactor' must be >= 0 and less than the total number of bits needed to represent "
+        "elements in the domain ({bits})",
+    ),
+    "TEXT_PARAM_REQUIRED": (9783402, "{option} parameter is required for {query_type} query type of field {path}"),
+    "TEXT_MIN_GT_MAX": (9783406, "strMinQueryLength cannot be greater than strMaxQueryLength"),
+    "TEXT_MAX_GT_LENGTH": (9783408, "strMaxQueryLength cannot be greater than strMaxLength"),
+    "TEXT_SAME": (9783409, "{option} must be the same for all query types of field {path}"),
+    "TEXT_NO_QUERIES": (9783412, "At least one query type should be specified per field"),
+    "TEXT_TOO_MANY": (9783413, "The number of query types for an encrypted field cannot exceed two"),
+    "TEXT_COMBINATION": (9783414, "Multiple query types may only include the suffix and prefix query types"),
+    "PREVIEW_TYPE": (
+        9783415,
+        "Query type '{name}' is a preview query type; use '{replacement}' instead",
+    ),
+    # values
+    "CANNOT_ENCRYPT_TYPE": (31041, "Cannot encrypt element of type: {type}"),
+    "WRONG_TYPE": (
+        31118,
+        "Cannot encrypt element of type {type} because schema requires that type is one of: [ {expected} ]",
+    ),
+    "ARRAY_ON_PATH": (31006, "An array at path '{path}' would violate the schema"),
+    # queries
+    "NOT_EQUALITY_INDEXED": (63165, "Can only execute encrypted equality queries with an encrypted equality index"),
+    "NOT_RANGE_INDEXED": (
+        6721001,
+        "Invalid match expression operator on encrypted field '{path}' without an encrypted range index: {op}",
+    ),
+    "EQ_NULL": (51095, "Illegal equality to null predicate for encrypted field: '{path}'"),
+    "IN_NULL": (51120, "Illegal equality to null inside $in against an encrypted field: '{path}'"),
+    "IN_REGEX": (51015, "Illegal regex inside $in against an encrypted field: '{path}'"),
+    "IN_NESTED_ARRAY": (6994300, "Nested arrays not supported for encrypted $in"),
+    "BAD_OPERATOR": (51092, "Invalid match expression operator on encrypted field '{path}': {op}"),
+    "UNSUPPORTED_OPERATOR": (51094, "Unsupported match expression operator for encryption: {op}"),
+    "ELEM_MATCH": (6890100, "$elemMatch is unsupported on encrypted fields: {path}"),
+    "OBJECT_COMPARISON": (
+        6341900,
+        "Comparisons to objects which contain encrypted payloads is not allowed with Queryable Encryption",
+    ),
+    "EQ_ARRAY_PREFIX": (31007, "$eq to array predicate is illegal for prefix of encrypted path: {path}"),
+    "IN_ARRAY_PREFIX": (31008, "Illegal $in element for prefix '{path}' of encrypted path: array"),
+    "BELOW_ENCRYPTED": (51102, "Invalid operation on path '{path}' which contains an encrypted path prefix."),
+    "PREFIX_REFERENCE": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
+    "RANGE_OUT_OF_BOUNDS": (6747900, "Range query predicate must be within the bounds of encrypted index."),
+    "LOWER_OUT_OF_BOUNDS": (6747901, "Lower bound of range predicate must be within the bounds of encrypted index."),
+    "UPPER_OUT_OF_BOUNDS": (6747902, "Upper bound of range predicate must be within the bounds of encrypted index."),
+    "BOUND_NAN": (6991000, "Query bound cannot be NaN."),
+    "DATE_MISMATCH": (
+        6720002,
+        "If the value type is a date, the type of the index must also be date (and vice versa). ",
+    ),
+    "RANGE_VALUE_TYPE": (6742000, "type{type} type isn't supported for the range encrypted index. "),
+    "NO_COERCION": (
+        6742002,
+        "If the value type and the field type are not the same type and one or both of them is a double or a "
+        "decimal, coercion of the value to field type is not supported, due to possible loss of precision.",
+    ),
+    "IN_RANGE_PREFIX": (7036803, "Cannot use $in on range prefix encrypted fields"),
+    "EXPR_OUT_OF_BOUNDS": (6720810, "Constant for encrypted comparison must be in range bounds"),
+    "EXPR_NEEDS_RANGE": (6721409, "Need ranged index to issue an encrypted ranged query"),
+    "EXPR_CONTEXT": (7020507, "Encrypted expression encountered in not-allowed context: {op}"),
+    "EXPR_IN_CONSTANT": (6994302, "Can only compare encrypted field to object or constant in $in"),
+    "TEXT_ON_NON_TEXT": (10113904, "{op} can only be used on an encrypted text field: '{path}'"),
+    "NO_PREFIX_INDEX": (10248500, "$encStrStartsWith requires a prefix query type on encrypted field '{path}'"),
+    "NO_SUFFIX_INDEX": (10209400, "$encStrEndsWith requires a suffix query type on encrypted field '{path}'"),
+    "NO_SUBSTRING_INDEX": (10209500, "$encStrContains requires a substring query type on encrypted field '{path}'"),
+    "NO_EQUALITY_TEXT": (10209600, "$encStrNormalizedEq requires an equality query type on encrypted field '{path}'"),
+    "TEXT_INPUT": (10112204, "{op} input must be an encrypted field."),
+    "TEXT_ARGUMENT": (10112205, "{op} requires an object with 'input' and '{argument}' fields"),
+    "TEXT_STRING": (10112206, "{op} '{argument}' must be a string"),
+    "COLLATION": (
+        31054,
+        "cannot apply non-simple collation when comparing to element of type {type} with client-side encryption",
+    ),
+    # writes
+    "MULTI_UPDATE": (6329900, "Multi-document updates are not allowed with Queryable Encryption"),
+    "ID_REQUIRED": (51130, "_id must be explicitly provided when configured as encrypted"),
+    "PIPELINE_UPDATE": (
+        6329902,
+        "Pipelines in updates are not allowed to modify encrypted fields or add encrypted fields which are not "
+        "present in the schema",
+    ),
+    "RENAME": (6329901, "$rename between encrypted fields is not permitted with Queryable Encryption"),
+    "RENAME_PREFIX": (51161, "$rename is not allowed on an object containing encrypted fields"),
+    "UPDATE_OPERATOR": (51150, "{op} not allowed on encrypted values"),
+    "POSITIONAL": (51149, "Cannot encrypt fields below '$' positional update operator"),
+    "SET_PREFIX": (51159, "Cannot $set to a path {path} that is an encrypted prefix to a non-object type"),
+    "UNKNOWN_UPDATE_OPERATOR": (9, "Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update "
+                                   "specified as an array"),
+    "BULK_ONLY_INSERT": (2, "Only insert is supported in BulkWrite with multiple operations and Queryable Encryption."),
+    "BULK_ONE_NAMESPACE": (2, "BulkWrite with Queryable Encryption supports only a single namespace"),
+    "BULK_NEEDS_INFO": (
+        2,
+        "BulkWrite with Queryable Encryption expects NamespaceInfoEntry to contain encryptionInformation",
+    ),
+    "BULK_ADMIN": (73, "BulkWrite has to be executed against the admin database"),
+    # aggregation
+    "STAGE": (31011, "Aggregation stage {stage} is not allowed or supported with automatic encryption."),
+    "OTHER_COLLECTION": (51204, "Pipeline over an encrypted collection cannot reference additional collections."),
+    "LOOKUP_LET": (
+        51208,
+        "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted collection.",
+    ),
+    "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
+    "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
+    "GROUP_KEY": (
+        51222,
+        "Cannot group on field '{path}' which is encrypted with the random algorithm or whose encryption "
+        "properties are not known until runtime",
+    ),
+    "EXPRESSION": (
+        6331102,
+        "Expression '{op}' on encrypted field '{path}' is not supported with Queryable Encryption",
+    ),
+    "PROJECTION": (6331103, "Cannot compute field '{path}' over encrypted fields with Queryable Encryption"),
+    # commands
+    "COMMAND": (115, "Command '{command}' is not supported with Queryable Encryption analysis"),
+    "VIEW": (7501300, "Creating a view is not supported with automatic encryption"),
+    "VALIDATOR": (6491100, "Comparison to encrypted fields not supported in collection validator."),
+    "PARTIAL_FILTER": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
+    "INDEX_ON_ENCRYPTED": (6346502, "Index key '{path}' cannot refer to an encrypted field"),
+    "DISTINCT_PREFIX": (31027, "Distinct key is not allowed to be a prefix of an encrypted field"),
+    "DISTINCT_ENCRYPTED": (6441000, "Distinct key '{path}' is encrypted; distinct is not supported on encrypted "
+                                    "fields with Queryable Encryption"),
+    "MALFORMED": (9, "{detail}"),
+}
+
+
+def error(key: str, **details: object) -> CommandError:
+    """The CommandError for table row `key`, its message filled with `details` (names, never values)."""
+    code, template = ERRORS[key]
+    return CommandError(code, template.format(**details))

@@ -1,0 +1,221 @@
+"""Aggregation expressions ($expr, $project...): comparisons with encrypted fields marked, the rest refused.
+
+An expression may name an encrypted field only in a shape mongocryptd knows how to mark: compared
+with a constant (`$eq`/`$ne`/`$in` on equality fields, `$gt`... on range fields) or searched by a
+text operator (`$encStr*`). Any other reference to an encrypted field, or to an object holding one,
+is refused: the server would compute on ciphertext, or compare it with plaintext sent in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from markd.analysis.qe import placeholders
+from markd.analysis.qe.context import Context
+from markd.analysis.qe.errors import error
+from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, Below, Encrypted, EncryptedField, Prefix, numeric
+
+COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
+TEXT_ARGUMENTS = {
+    "$encStrStartsWith": "prefix",
+    "$encStrEndsWith": "suffix",
+    "$encStrContains": "substring",
+    "$encStrNormalizedEq": "string",
+}
+ROOT_VARIABLES = ("$$ROOT", "$$CURRENT")
+
+
+def field_path(expression: Any) -> str | None:
+    """The dotted path an expression like "$a.b" or "$$CURRENT.a.b" reads, if it is one."""
+    if not isinstance(expression, str) or not expression.startswith("$"):
+        return None
+    for variable in ROOT_VARIABLES:
+        if expression.startswith(variable + "."):
+            return expression[len(variable) + 1:]
+    if expression.startswith("$$"):
+        return None
+    return expression[1:]
+
+
+def _check_reference(expression: str, ctx: Context, operator: str) -> None:
+    """A bare field path outside a markable shape: refused if it reaches anything encrypted."""
+    if expression in ROOT_VARIABLES:
+        if ctx.schema.encrypts_anything:
+            raise error("PREFIX_REFERENCE", path=expression)
+        return
+    path = field_path(expression)
+    if path is None:
+        return
+    info = ctx.schema.lookup(path)
+    if isinstance(info, Encrypted):
+        raise error("EXPRESSION", op=operator, path=path)
+    if isinstance(info, Prefix):
+        raise error("PREFIX_REFERENCE", path=path)
+    if isinstance(info, Below):
+        raise error("BELOW_ENCRYPTED", path=path)
+
+
+def _constant(expression: Any) -> tuple[bool, Any]:
+    """(True, value) when the expression is a constant mongocryptd can encrypt."""
+    if isinstance(expression, Mapping) and len(expression) == 1 and next(iter(expression)) in ("$const", "$literal"):
+        return True, next(iter(expression.values()))
+    if isinstance(expression, str) and expression.startswith("$"):
+        return False, None
+    if isinstance(expression, (Mapping, list)):
+        return False, None
+    return True, expression
+
+
+def _encrypted_operand(expression: Any, ctx: Context) -> EncryptedField | None:
+    path = field_path(expression)
+    if path is None:
+        return None
+    info = ctx.schema.lookup(path)
+    return info.field if isinstance(info, Encrypted) else None
+
+
+def mark_expression(expression: Any, ctx: Context, operator: str = "expression") -> Any:
+    """The expression with every encrypted comparison marked; refuses other uses of encrypted fields."""
+    if isinstance(expression, str):
+        _check_reference(expression, ctx, operator)
+        return expression
+    if isinstance(expression, list):
+        return [mark_expression(e, ctx, operator) for e in expression]
+    if not isinstance(expression, Mapping):
+        return expression
+    if len(expression) == 1:
+        name, argument = next(iter(expression.items()))
+        if name.startswith("$"):
+            return _mark_operator(name, argument, ctx)
+    for key in expression:
+        if key.startswith("$"):
+            raise error("MALFORMED", detail=f"an expression object must have exactly one operator: {key}")
+    return {key: mark_expression(value, ctx, operator) for key, value in expression.items()}
+
+
+def _mark_operator(name: str, argument: Any, ctx: Context) -> Any:
+    if name in ("$const", "$literal"):
+        return {name: argument}
+    if name in COMPARISONS and isinstance(argument, list) and len(argument) == 2:
+        marked = _comparison(name, argument, ctx)
+        if marked is not None:
+            return marked
+    if name == "$in" and isinstance(argument, list) and len(argument) == 2:
+        field = _encrypted_operand(argument[0], ctx)
+        if field is not None:
+            return {"$in": [argument[0], _in_list(field, argument[1], ctx)]}
+    if name in TEXT_ARGUMENTS:
+        return {name: _text(name, argument, ctx)}
+    return {name: mark_expression(argument, ctx, name)}
+
+
+def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
+    left, right = argument
+    field = _encrypted_operand(left, ctx)
+    constant_side = right
+    if field is None:
+        field = _encrypted_operand(right, ctx)
+        constant_side = left
+        if field is None:
+            return None
+        # `c < $f` is `$f > c`.
+        name = {"$gt": "$lt", "$gte": "$lte", "$lt": "$gt", "$lte": "$gte"}.get(name, name)
+        left = right
+    is_constant, value = _constant(constant_side)
+    if not is_constant:
+        raise error("EXPRESSION", op=name, path=field.path)
+    if field.algorithm == EQUALITY:
+        if name not in ("$eq", "$ne"):
+            raise error("EXPR_NEEDS_RANGE")
+        if value is None:
+            raise error("EQ_NULL", path=field.path)
+        return {name: [left, {"$const": ctx.marked(placeholders.equality_find_placeholder(field, value))}]}
+    if field.algorithm == RANGE:
+        return _range_comparison(name, left, field, value, ctx)
+    if name in ("$eq", "$ne"):
+        raise error("NOT_EQUALITY_INDEXED")
+    raise error("EXPR_NEEDS_RANGE")
+
+
+def _range_comparison(name: str, left: Any, field: EncryptedField, value: Any, ctx: Context) -> Any:
+    """`{$gt: ["$f", c]}` -> `{$and: [{$gt: ["$f", P]}, {$lte: ["$f", P]}]}` with one two-sided placeholder P."""
+    from markd.analysis.qe.match import range_value
+
+    value = range_value(field, value)
+    config = field.range
+    if not numeric(config.min) <= numeric(value) <= numeric(config.max):
+        raise error("EXPR_OUT_OF_BOUNDS")
+    lower, lower_included = value, name != "$gt"
+    upper, upper_included = value, name != "$lt"
+    if name in ("$gt", "$gte"):
+        upper, upper_included = placeholders.POSITIVE_INFINITY, True
+    if name in ("$lt", "$lte"):
+        lower, lower_included = placeholders.NEGATIVE_INFINITY, True
+    first = placeholders.GTE if lower_included else placeholders.GT
+    second = placeholders.LTE if upper_included else placeholders.LT
+    full = placeholders.range_find_placeholder(field, lower, lower_included, upper, upper_included, ctx.payload_id(),
+                                               first, second)
+    ctx.marked(full)
+    ctx.marked(full)
+    both = {"$and": [
+        {"$gte" if lower_included else "$gt": [left, {"$const": full}]},
+        {"$lte" if upper_included else "$lt": [left, {"$const": full}]},
+    ]}
+    return {"$not": [both]} if name == "$ne" else both
+
+
+def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:
+    if not isinstance(values, list):
+        raise error("EXPR_IN_CONSTANT")
+    if field.algorithm != EQUALITY:
+        raise error("NOT_EQUALITY_INDEXED")
+    marked = []
+    for value in values:
+        is_constant, constant = _constant(value)
+        if not is_constant:
+            raise error("EXPR_IN_CONSTANT")
+        if constant is None:
+            raise error("IN_NULL", path=field.path)
+        marked.append({"$const": ctx.marked(placeholders.equality_find_placeholder(field, constant))})
+    return marked
+
+
+def _text(name: str, argument: Any, ctx: Context) -> dict[str, Any]:
+    key = TEXT_ARGUMENTS[name]
+    if not isinstance(argument, Mapping) or set(argument) != {"input", key}:
+        raise error("TEXT_ARGUMENT", op=name, argument=key)
+    path = field_path(argument["input"])
+    info = ctx.schema.lookup(path) if path is not None else None
+    if not isinstance(info, Encrypted):
+        raise error("TEXT_INPUT", op=name)
+    field = info.field
+    if field.algorithm != TEXT:
+        raise error("TEXT_ON_NON_TEXT", op=name, path=field.path)
+    is_constant, value = _constant(argument[key])
+    if not is_constant:
+        raise error("TEXT_STRING", op=name, argument=key)
+    marked = ctx.marked(placeholders.text_find_placeholder(field, name, value))
+    return {"input": argument["input"], key: {"$const": marked}}
+
+
+def references_encrypted(expression: Any, ctx: Context) -> bool:
+    """Whether an expression reads any encrypted field or an object holding one (used by update pipelines)."""
+    if isinstance(expression, str):
+        if expression in ROOT_VARIABLES:
+            return ctx.schema.encrypts_anything
+        path = field_path(expression)
+        return path is not None and not _is_plain(path, ctx)
+    if isinstance(expression, list):
+        return any(references_encrypted(e, ctx) for e in expression)
+    if isinstance(expression, Mapping):
+        if len(expression) == 1 and next(iter(expression)) in ("$const", "$literal"):
+            return False
+        return any(references_encrypted(v, ctx) for v in expression.values())
+    return False
+
+
+def _is_plain(path: str, ctx: Context) -> bool:
+    from markd.analysis.qe.fields import Plain
+
+    return isinstance(ctx.schema.lookup(path), Plain)

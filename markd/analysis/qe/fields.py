@@ -1,0 +1,466 @@
+"""encryptedFields -> an immutable, validated tree that answers "what is at this path?".
+
+Parsed once per distinct `encryptionInformation` (cached by its encoded bytes). Validation follows
+the server's encryptedFields rules (types per index kind, range min/max/precision/sparsity/trimFactor,
+text-search lengths and flags), with mongocryptd's codes from `errors.ERRORS`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from bson import Decimal128, Int64
+from bson.binary import Binary
+from bson.datetime_ms import DatetimeMS
+
+from markd import bsonvalues
+from markd.analysis.qe.errors import error
+
+UNINDEXED, EQUALITY, RANGE, TEXT = 1, 2, 3, 4
+
+TEXT_QUERY_TYPES = ("prefix", "suffix", "substring")
+PREVIEW_QUERY_TYPES = {"prefixPreview": "prefix", "suffixPreview": "suffix", "substringPreview": "substring"}
+ALGORITHM_OF_QUERY_TYPE = {"equality": EQUALITY, "range": RANGE, "prefix": TEXT, "suffix": TEXT, "substring": TEXT}
+
+# Types each kind of field can hold (server: isFLE2{Unindexed,EqualityIndexed,RangeIndexed}SupportedType).
+UNINDEXED_TYPES = frozenset({
+    "bool", "string", "binData", "objectId", "date", "regex", "dbPointer", "javascript", "symbol",
+    "javascriptWithScope", "int", "timestamp", "long", "double", "decimal", "object", "array",
+})
+EQUALITY_TYPES = frozenset({
+    "bool", "string", "binData", "objectId", "date", "regex", "dbPointer", "javascript", "symbol", "int",
+    "timestamp", "long",
+})
+RANGE_TYPES = frozenset({"int", "long", "double", "decimal", "date"})
+TEXT_TYPES = frozenset({"string"})
+
+# The server fills absent range min/max with the whole domain of the type (setRangeDefaults).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DECIMAL_MIN = Decimal128("-9.999999999999999999999999999999999E+6144")
+DECIMAL_MAX = Decimal128("9.999999999999999999999999999999999E+6144")
+DEFAULT_SPARSITY = 2
+# Contention when a query config omits it (encryptedFields IDL default since 7.0).
+DEFAULT_CONTENTION = 8
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+RANGE_ONLY_OPTIONS = ("min", "max", "sparsity", "precision", "trimFactor")
+TEXT_ONLY_OPTIONS = ("strMaxLength", "strMinQueryLength", "strMaxQueryLength", "caseSensitive", "diacriticSensitive")
+KNOWN_QUERY_OPTIONS = frozenset({"queryType", "contention", *RANGE_ONLY_OPTIONS, *TEXT_ONLY_OPTIONS})
+
+
+def default_min(bson_type: str) -> Any:
+    return {
+        "int": INT32_MIN, "long": Int64(INT64_MIN), "double": -1.7976931348623157e308, "decimal": DECIMAL_MIN,
+        "date": DatetimeMS(INT64_MIN),
+    }[bson_type]
+
+
+def default_max(bson_type: str) -> Any:
+    return {
+        "int": INT32_MAX, "long": Int64(INT64_MAX), "double": 1.7976931348623157e308, "decimal": DECIMAL_MAX,
+        "date": DatetimeMS(INT64_MAX),
+    }[bson_type]
+
+
+def numeric(value: Any) -> decimal.Decimal | float | int:
+    """A range value as a Python number that orders like the server does (dates as milliseconds)."""
+    if isinstance(value, bool):
+        raise TypeError("bool is not a range value")
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    if isinstance(value, DatetimeMS):
+        return int(value)
+    if isinstance(value, datetime.datetime):
+        return (value.replace(tzinfo=None) - _EPOCH) // datetime.timedelta(milliseconds=1)
+    if isinstance(value, (int, float)):
+        return value
+    raise TypeError(f"{type(value).__name__} is not a range value")
+
+
+def is_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, Decimal128):
+        return value.to_decimal().is_nan()
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryConfig:
+    """One entry of a field's `queries`, with the server's range defaults filled in."""
+
+    query_type: str
+    contention: int
+    min: Any = None
+    max: Any = None
+    sparsity: int | None = None
+    precision: int | None = None
+    trim_factor: int | None = None
+    case_sensitive: bool | None = None
+    diacritic_sensitive: bool | None = None
+    str_min_query_length: int | None = None
+    str_max_query_length: int | None = None
+    str_max_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedField:
+    path: str
+    key_id: Binary
+    bson_type: str | None
+    queries: tuple[QueryConfig, ...]
+
+    @property
+    def algorithm(self) -> int:
+        return ALGORITHM_OF_QUERY_TYPE[self.queries[0].query_type] if self.queries else UNINDEXED
+
+    @property
+    def contention(self) -> int:
+        # mongocryptd uses the first query config's contention; unindexed fields have none.
+        return self.queries[0].contention if self.queries else 0
+
+    def query(self, query_type: str) -> QueryConfig | None:
+        return next((q for q in self.queries if q.query_type == query_type), None)
+
+    @property
+    def range(self) -> QueryConfig:
+        config = self.query("range")
+        assert config is not None, "range config asked of a non-range field"
+        return config
+
+
+@dataclass(frozen=True, slots=True)
+class Encrypted:
+    """The path is an encrypted field."""
+
+    field: EncryptedField
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """The path is a strict prefix of one or more encrypted fields (an object holding them)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Below:
+    """The path goes through an encrypted field (its value is ciphertext: nothing below is addressable)."""
+
+    encrypted_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """Nothing encrypted at, above or below the path."""
+
+
+PLAIN = Plain()
+PathInfo = Encrypted | Prefix | Below | Plain
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedFields:
+    """The parsed encryptedFields of one namespace."""
+
+    namespace: str
+    fields: tuple[EncryptedField, ...]
+
+    @property
+    def encrypts_anything(self) -> bool:
+        return bool(self.fields)
+
+    def lookup(self, path: str) -> PathInfo:
+        """What `path` (dotted) is with respect to the encrypted fields."""
+        for field in self.fields:
+            if field.path == path:
+                return Encrypted(field)
+        for field in self.fields:
+            if path.startswith(field.path + "."):
+                return Below(field.path)
+        for field in self.fields:
+            if field.path.startswith(path + "."):
+                return Prefix(path)
+        return PLAIN
+
+    def children(self, prefix: str) -> tuple[EncryptedField, ...]:
+        """Encrypted fields strictly below `prefix` ('' = all)."""
+        if not prefix:
+            return self.fields
+        return tuple(f for f in self.fields if f.path.startswith(prefix + "."))
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_option(raw: Mapping[str, Any], name: str, path: str) -> int | None:
+    if name not in raw:
+        return None
+    value = raw[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value):
+        raise error("BAD_FIELD", detail=f"'{name}' of encrypted field '{path}' must be an integer")
+    return int(value)
+
+
+def _bool_option(raw: Mapping[str, Any], name: str, path: str) -> bool | None:
+    if name not in raw:
+        return None
+    if not isinstance(raw[name], bool):
+        raise error("BAD_FIELD", detail=f"'{name}' of encrypted field '{path}' must be a boolean")
+    return raw[name]
+
+
+def _parse_query(raw: Any, path: str, bson_type: str | None) -> QueryConfig:
+    if not isinstance(raw, Mapping):
+        raise error("BAD_FIELD", detail=f"'queries' of encrypted field '{path}' must be an object or an array")
+    query_type = raw.get("queryType")
+    if query_type in PREVIEW_QUERY_TYPES:
+        raise error("PREVIEW_TYPE", name=query_type, replacement=PREVIEW_QUERY_TYPES[query_type])
+    if query_type not in ALGORITHM_OF_QUERY_TYPE:
+        raise error("UNKNOWN_QUERY_TYPE", name=query_type)
+    unknown = set(raw) - KNOWN_QUERY_OPTIONS
+    if unknown:
+        raise error("BAD_FIELD", detail=f"BSON field 'queries.{sorted(unknown)[0]}' is an unknown field.")
+    contention = _int_option(raw, "contention", path)
+    if contention is None:
+        contention = DEFAULT_CONTENTION
+    if contention < 0:
+        raise error("CONTENTION_NEGATIVE")
+    if query_type == "equality":
+        for option in (*RANGE_ONLY_OPTIONS, *TEXT_ONLY_OPTIONS):
+            if option in raw:
+                raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="equality")
+        if bson_type not in EQUALITY_TYPES:
+            raise error("EQUALITY_TYPE", type=bson_type)
+        return QueryConfig("equality", contention)
+    if query_type == "range":
+        return _parse_range(raw, path, bson_type, contention)
+    return _parse_text(raw, path, bson_type, query_type, contention)
+
+
+def _parse_range(raw: Mapping[str, Any], path: str, bson_type: str | None, contention: int) -> QueryConfig:
+    for option in TEXT_ONLY_OPTIONS:
+        if option in raw:
+            raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="range")
+    if bson_type not in RANGE_TYPES:
+        raise error("RANGE_TYPE", type=bson_type)
+    sparsity = _int_option(raw, "sparsity", path)
+    if sparsity is not None and not 1 <= sparsity <= 8:
+        raise error("SPARSITY_RANGE")
+    precision = _int_option(raw, "precision", path)
+    trim_factor = _int_option(raw, "trimFactor", path)
+    floating = bson_type in ("double", "decimal")
+    if precision is not None and not floating:
+        raise error("PRECISION_NOT_ALLOWED")
+    if floating and (precision is not None or "min" in raw or "max" in raw):
+        if precision is None or "min" not in raw or "max" not in raw:
+            raise error("PRECISION_TOGETHER")
+    if precision is not None and precision < 0:
+        raise error("BAD_FIELD", detail=f"'precision' of encrypted field '{path}' must be non-negative")
+    bounds = []
+    for name, key in (("min", "MIN_TYPE"), ("max", "MAX_TYPE")):
+        if name in raw:
+            value = raw[name]
+            value_type = bsonvalues.bson_type(value)
+            if value_type != bson_type:
+                raise error(key, type=bson_type, value_type=value_type)
+            if is_nan(value):
+                raise error("BAD_FIELD", detail=f"'{name}' of encrypted field '{path}' cannot be NaN")
+            bounds.append(value)
+        else:
+            bounds.append(default_min(bson_type) if name == "min" else default_max(bson_type))
+    low, high = bounds
+    if numeric(low) >= numeric(high):
+        raise error("MIN_LT_MAX")
+    if trim_factor is not None:
+        bits = _domain_bits(bson_type, low, high, precision)
+        if trim_factor < 0 or (bits is not None and trim_factor >= bits):
+            raise error("TRIM_FACTOR", bits=bits)
+    return QueryConfig(
+        "range", contention, min=low, max=high,
+        sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity,
+        precision=precision, trim_factor=trim_factor,
+    )
+
+
+def _domain_bits(bson_type: str, low: Any, high: Any, precision: int | None) -> int | None:
+    """Bits needed for the domain [low, high] (None where markd leaves the check to libmongocrypt)."""
+    if bson_type in ("int", "long", "date"):
+        return max(1, (int(numeric(high)) - int(numeric(low))).bit_length())
+    if precision is None:
+        return 64 if bson_type == "double" else 128
+    scaled = (decimal.Decimal(str(numeric(high))) - decimal.Decimal(str(numeric(low)))) * (10 ** precision)
+    return max(1, int(scaled).bit_length() + 1)
+
+
+def _parse_text(raw: Mapping[str, Any], path: str, bson_type: str | None, query_type: str,
+                contention: int) -> QueryConfig:
+    for option in RANGE_ONLY_OPTIONS:
+        if option in raw:
+            raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="text-based")
+    if bson_type not in TEXT_TYPES:
+        raise error("TEXT_TYPE", type=bson_type, path=path)
+    needed = ["strMinQueryLength", "strMaxQueryLength", "caseSensitive", "diacriticSensitive"]
+    if query_type == "substring":
+        needed.append("strMaxLength")
+    for option in needed:
+        if option not in raw:
+            raise error("TEXT_PARAM_REQUIRED", option=option, query_type=query_type, path=path)
+    low = _int_option(raw, "strMinQueryLength", path)
+    high = _int_option(raw, "strMaxQueryLength", path)
+    length = _int_option(raw, "strMaxLength", path)
+    if query_type != "substring" and length is not None:
+        raise error("NOT_ALLOWED_FOR_INDEX", option="strMaxLength", index=query_type)
+    assert low is not None and high is not None
+    if low <= 0 or high <= 0 or (length is not None and length <= 0):
+        raise error("BAD_FIELD", detail=f"text search lengths of encrypted field '{path}' must be positive")
+    if low > high:
+        raise error("TEXT_MIN_GT_MAX")
+    if length is not None and high > length:
+        raise error("TEXT_MAX_GT_LENGTH")
+    return QueryConfig(
+        query_type, contention,
+        case_sensitive=_bool_option(raw, "caseSensitive", path),
+        diacritic_sensitive=_bool_option(raw, "diacriticSensitive", path),
+        str_min_query_length=low, str_max_query_length=high, str_max_length=length,
+    )
+
+
+def _parse_field(raw: Any) -> EncryptedField:
+    if not isinstance(raw, Mapping):
+        raise error("BAD_FIELD", detail="each entry of encryptedFields.fields must be an object")
+    path = raw.get("path")
+    if not isinstance(path, str):
+        raise error("BAD_FIELD", detail="BSON field 'fields.path' is missing but a required field")
+    if not path:
+        raise error("EMPTY_PATH")
+    if path == "_id" or path.startswith("_id."):
+        raise error("ENCRYPT_ID")
+    if any(not part or part.startswith("$") for part in path.split(".")):
+        raise error("BAD_FIELD", detail=f"Invalid encrypted field path '{path}'")
+    key_id = raw.get("keyId")
+    if not isinstance(key_id, Binary) or key_id.subtype != 4 or len(key_id) != 16:
+        # keyAltName strings were translated by libmongocrypt before the command reached markd.
+        raise error("BAD_FIELD", detail=f"keyId of encrypted field '{path}' must be a UUID")
+    bson_type = raw.get("bsonType")
+    if bson_type is not None and not isinstance(bson_type, str):
+        raise error("BAD_FIELD", detail=f"bsonType of encrypted field '{path}' must be a string")
+    unknown = set(raw) - {"path", "keyId", "bsonType", "queries"}
+    if unknown:
+        raise error("BAD_FIELD", detail=f"BSON field 'fields.{sorted(unknown)[0]}' is an unknown field.")
+    raw_queries = raw.get("queries")
+    if raw_queries is None:
+        queries: tuple[QueryConfig, ...] = ()
+        if bson_type is not None and bson_type not in UNINDEXED_TYPES:
+            raise error("UNINDEXED_TYPE", type=bson_type)
+    else:
+        if bson_type is None:
+            raise error("NEEDS_BSON_TYPE")
+        listed = list(raw_queries) if isinstance(raw_queries, list) else [raw_queries]
+        queries = tuple(_parse_query(q, path, bson_type) for q in listed)
+        _check_combination(queries, path)
+    return EncryptedField(path, Binary(bytes(key_id), 4), bson_type, queries)
+
+
+def _check_combination(queries: tuple[QueryConfig, ...], path: str) -> None:
+    if not queries:
+        raise error("TEXT_NO_QUERIES")
+    if len(queries) == 1:
+        return
+    if len(queries) > 2:
+        raise error("TEXT_TOO_MANY")
+    if sorted(q.query_type for q in queries) != ["prefix", "suffix"]:
+        raise error("TEXT_COMBINATION")
+    first, second = queries
+    for option, attribute in (("caseSensitive", "case_sensitive"), ("diacriticSensitive", "diacritic_sensitive"),
+                              ("contention", "contention")):
+        if getattr(first, attribute) != getattr(second, attribute):
+            raise error("TEXT_SAME", option=option, path=path)
+
+
+def parse_encrypted_fields(namespace: str, raw: Any) -> EncryptedFields:
+    """Validate one namespace's encryptedFields."""
+    if not isinstance(raw, Mapping):
+        raise error("SCHEMA_NOT_OBJECT")
+    raw_fields = raw.get("fields", [])
+    if not isinstance(raw_fields, list):
+        raise error("BAD_FIELD", detail="encryptedFields.fields must be an array")
+    fields = tuple(_parse_field(f) for f in raw_fields)
+    seen_paths: set[str] = set()
+    seen_keys: set[bytes] = set()
+    for field in fields:
+        if field.path in seen_paths:
+            raise error("DUPLICATE_PATH")
+        if bytes(field.key_id) in seen_keys:
+            raise error("DUPLICATE_KEY_ID")
+        seen_paths.add(field.path)
+        seen_keys.add(bytes(field.key_id))
+    for field in fields:
+        for other in fields:
+            if other.path.startswith(field.path + "."):
+                raise error("PREFIX_CONFLICT", a=field.path, b=other.path)
+    return EncryptedFields(namespace, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionInformation:
+    """`encryptionInformation.schema`: encryptedFields per namespace."""
+
+    schemas: Mapping[str, EncryptedFields]
+
+    def for_namespace(self, namespace: str) -> EncryptedFields:
+        found = self.schemas.get(namespace)
+        if found is None:
+            if len(self.schemas) == 1:
+                raise error("NAMESPACE_MISMATCH", given=next(iter(self.schemas)), expected=namespace)
+            raise error("MISSING_SCHEMA", namespace=namespace)
+        return found
+
+
+_stats = {"hits": 0, "misses": 0}
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(encoded: bytes) -> EncryptionInformation:
+    raw = bsonvalues.decode(encoded)["i"]
+    if not isinstance(raw, Mapping):
+        raise error("INFO_NOT_OBJECT")
+    kind = raw.get("type", 1)
+    if kind != 1:
+        raise error("BAD_TYPE_FIELD")
+    schema = raw.get("schema")
+    if not isinstance(schema, Mapping) or not schema:
+        raise error("MALFORMED", detail="encryptionInformation.schema must be a non-empty object")
+    return EncryptionInformation({ns: parse_encrypted_fields(ns, value) for ns, value in schema.items()})
+
+
+def parse_encryption_information(raw: Any) -> EncryptionInformation:
+    """Parse (or fetch from the cache) a command's encryptionInformation."""
+    if not isinstance(raw, Mapping):
+        raise error("INFO_NOT_OBJECT")
+    encoded = bsonvalues.encode({"i": raw})
+    before = _parse_cached.cache_info().hits
+    parsed = _parse_cached(encoded)
+    if _parse_cached.cache_info().hits > before:
+        _stats["hits"] += 1
+    else:
+        _stats["misses"] += 1
+    return parsed
+
+
+def cache_stats() -> tuple[int, int]:
+    return _stats["hits"], _stats["misses"]

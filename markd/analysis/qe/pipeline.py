@@ -1,0 +1,213 @@
+"""Aggregation pipelines: one row per stage in `STAGES`; a stage without a row is refused.
+
+The schema flows through the pipeline: stages that keep documents as they are ($match, $sort,
+$limit...) keep it; stages that compute new documents from plain fields only ($group, $count...)
+leave nothing encrypted behind. A stage that would carry an encrypted value somewhere markd could
+no longer track (a computed field, a $lookup result...) is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from markd.analysis.qe.context import Context
+from markd.analysis.qe.errors import error
+from markd.analysis.qe.expressions import field_path, mark_expression, references_encrypted
+from markd.analysis.qe.fields import Below, Encrypted, EncryptedFields, Plain, Prefix
+from markd.analysis.qe.match import mark_filter
+
+StageRule = Callable[[str, Any, Context], tuple[Any, Context]]
+
+ACCUMULATORS_KEEPING_VALUES = ("$first", "$last", "$push", "$addToSet", "$top", "$bottom", "$topN", "$bottomN",
+                               "$firstN", "$lastN", "$min", "$max", "$minN", "$maxN")
+
+
+def _empty(ctx: Context) -> Context:
+    return ctx.with_schema(EncryptedFields(ctx.schema.namespace, ()))
+
+
+def _match(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    return mark_filter(spec, ctx), ctx
+
+
+def _unchanged(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    return spec, ctx
+
+
+def _nothing_encrypted_after(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """Stages whose output holds no document fields ($count, $collStats...)."""
+    return spec, _empty(ctx)
+
+
+def _sort(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    if not isinstance(spec, Mapping):
+        raise error("MALFORMED", detail="$sort key specification must be an object")
+    for path in spec:
+        if not isinstance(ctx.schema.lookup(path), Plain):
+            raise error("SORT", path=path)
+    return spec, ctx
+
+
+def _is_inclusion_flag(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, prefix: str = "") -> dict[str, Any]:
+    """$project/$addFields specs: inclusion flags kept; computed values marked and must not alias ciphertext."""
+    marked: dict[str, Any] = {}
+    for key, value in spec.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if not computed_only and _is_inclusion_flag(value):
+            marked[key] = value
+            continue
+        if isinstance(value, Mapping) and value and not next(iter(value)).startswith("$"):
+            marked[key] = _projection(value, ctx, computed_only, path)
+            continue
+        if not isinstance(ctx.schema.lookup(path), Plain):
+            # Overwriting an encrypted field (or an object holding one) with a computed value.
+            raise error("PROJECTION", path=path)
+        reads = field_path(value)
+        if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+            # A computed field that copies ciphertext would be an encrypted field markd no longer knows.
+            raise error("PROJECTION", path=path)
+        marked[key] = mark_expression(value, ctx, "$project")
+    return marked
+
+
+def _project(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    if not isinstance(spec, Mapping):
+        raise error("MALFORMED", detail=f"{name} specification must be an object")
+    return _projection(spec, ctx, computed_only=name in ("$addFields", "$set")), ctx
+
+
+def _unset(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    return spec, ctx
+
+
+def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    if not isinstance(spec, Mapping) or "_id" not in spec:
+        raise error("MALFORMED", detail="a group specification must include an _id")
+    for key, value in spec.items():
+        if references_encrypted(value, ctx):
+            if key == "_id":
+                path = field_path(value) if isinstance(value, str) else None
+                raise error("GROUP_KEY", path=f"_id.{path}" if path else "_id")
+            operator = next(iter(value)) if isinstance(value, Mapping) and value else key
+            raise error("ACCUMULATOR", op=operator)
+    # Accumulators over plain fields only: nothing encrypted leaves a $group.
+    return mark_expression(dict(spec), ctx, "$group"), _empty(ctx)
+
+
+def _unwind(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    path = spec if isinstance(spec, str) else spec.get("path") if isinstance(spec, Mapping) else None
+    if not isinstance(path, str) or not path.startswith("$"):
+        raise error("MALFORMED", detail="$unwind needs a field path")
+    if isinstance(ctx.schema.lookup(path[1:]), (Below, Encrypted)):
+        raise error("STAGE", stage=name)
+    return spec, ctx
+
+
+def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    if not isinstance(spec, Mapping):
+        raise error("MALFORMED", detail="$lookup specification must be an object")
+    foreign = spec.get("from")
+    namespace = f"{ctx.database}.{foreign}" if isinstance(foreign, str) else None
+    foreign_schema = ctx.information.schemas.get(namespace) if namespace else None
+    if foreign_schema is None:
+        if ctx.schema.encrypts_anything:
+            raise error("OTHER_COLLECTION")
+        foreign_schema = EncryptedFields(namespace or "", ())
+    if foreign_schema.encrypts_anything:
+        # Joined documents would bring encrypted fields under `as`, where later stages could not see them.
+        raise error("STAGE", stage=name)
+    if spec.get("let") and ctx.schema.encrypts_anything:
+        raise error("LOOKUP_LET")
+    local = spec.get("localField")
+    if isinstance(local, str) and not isinstance(ctx.schema.lookup(local), Plain):
+        raise error("STAGE", stage=name)
+    output = spec.get("as")
+    if not isinstance(output, str) or not isinstance(ctx.schema.lookup(output), Plain):
+        raise error("PROJECTION", path=output)
+    marked = dict(spec)
+    if "pipeline" in spec:
+        inner, _ = mark_pipeline(spec["pipeline"], ctx.with_schema(foreign_schema))
+        marked["pipeline"] = inner
+    return marked, ctx
+
+
+def _opaque(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """Stages markd does not analyse: allowed only while nothing encrypted is in play."""
+    if ctx.schema.encrypts_anything:
+        raise error("STAGE", stage=name)
+    return spec, ctx
+
+
+# Stage -> rule. No row: refused (31011).
+STAGES: dict[str, StageRule] = {
+    "$match": _match,
+    "$limit": _unchanged,
+    "$skip": _unchanged,
+    "$sample": _unchanged,
+    "$sort": _sort,
+    "$project": _project,
+    "$addFields": _project,
+    "$set": _project,
+    "$unset": _unset,
+    "$group": _group,
+    "$count": _nothing_encrypted_after,
+    "$collStats": _nothing_encrypted_after,
+    "$indexStats": _nothing_encrypted_after,
+    "$unwind": _unwind,
+    "$lookup": _lookup,
+    "$facet": _opaque,
+    "$replaceRoot": _opaque,
+    "$replaceWith": _opaque,
+    "$bucket": _opaque,
+    "$bucketAuto": _opaque,
+    "$sortByCount": _opaque,
+    "$graphLookup": _opaque,
+    "$unionWith": _opaque,
+    "$redact": _opaque,
+    "$geoNear": _opaque,
+    "$out": _opaque,
+    "$merge": _opaque,
+    "$setWindowFields": _opaque,
+    "$densify": _opaque,
+    "$fill": _opaque,
+    "$documents": _opaque,
+}
+
+
+def mark_pipeline(pipeline: Any, ctx: Context) -> tuple[list[Any], Context]:
+    """The marked pipeline, and the schema its output documents follow."""
+    if not isinstance(pipeline, list):
+        raise error("MALFORMED", detail="'pipeline' must be an array")
+    marked: list[Any] = []
+    for stage in pipeline:
+        if not isinstance(stage, Mapping) or len(stage) != 1:
+            raise error("MALFORMED", detail="A pipeline stage specification object must contain exactly one field.")
+        name, spec = next(iter(stage.items()))
+        rule = STAGES.get(name)
+        if rule is None:
+            raise error("STAGE", stage=name)
+        spec, ctx = rule(name, spec, ctx)
+        marked.append({name: spec})
+    return marked, ctx
+
+
+def mark_find_projection(projection: Any, ctx: Context) -> Any:
+    """find's projection: flags and $slice/$elemMatch on plain paths, expressions marked like $project."""
+    if not isinstance(projection, Mapping):
+        return projection
+    marked: dict[str, Any] = {}
+    for path, value in projection.items():
+        if isinstance(value, Mapping) and value and next(iter(value)) in ("$slice", "$elemMatch", "$meta"):
+            if next(iter(value)) != "$meta" and not isinstance(ctx.schema.lookup(path), Plain):
+                raise error("PROJECTION", path=path)
+            marked[path] = value
+        elif isinstance(ctx.schema.lookup(path), Prefix) and not _is_inclusion_flag(value):
+            raise error("PROJECTION", path=path)
+        else:
+            marked.update(_projection({path: value}, ctx, computed_only=False))
+    return marked

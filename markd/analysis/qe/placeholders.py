@@ -1,0 +1,172 @@
+"""FLE2 placeholders: BinData 6 holding 0x03 + BSON {t, a, ki, ku, v, cm[, s]}.
+
+`t` is 1 for a value being written, 2 for a value a query compares with; `a` is the field's algorithm
+(1 unindexed, 2 equality, 3 range, 4 text search); `ki` = `ku` = the field's keyId (mongocryptd uses
+the one key for both); `cm` is the first query config's contention (0 when unindexed); `s` (range
+only) the sparsity. Range and text placeholders carry a spec document in `v` that libmongocrypt
+expands into tokens: see libmongocrypt's mc-fle2-encryption-placeholder.c for the shapes it parses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import Int64
+from bson.binary import Binary
+
+from markd import bsonvalues
+from markd.analysis.qe.errors import error
+from markd.analysis.qe.fields import (
+    EQUALITY,
+    RANGE,
+    TEXT,
+    UNINDEXED,
+    UNINDEXED_TYPES,
+    EncryptedField,
+    QueryConfig,
+)
+
+INSERT, FIND = 1, 2
+PLACEHOLDER_SUBTYPE = 6
+FLE2_PLACEHOLDER = b"\x03"
+
+# Range operators as libmongocrypt numbers them (Fle2RangeOperator).
+GT, GTE, LT, LTE = 1, 2, 3, 4
+OPERATOR_CODES = {"$gt": GT, "$gte": GTE, "$lt": LT, "$lte": LTE}
+
+POSITIVE_INFINITY = float("inf")
+NEGATIVE_INFINITY = float("-inf")
+
+# Text query operator -> (spec key in the placeholder, query type the field must have).
+TEXT_OPERATORS = {
+    "$encStrStartsWith": ("prefix", "prefix"),
+    "$encStrEndsWith": ("suffix", "suffix"),
+    "$encStrContains": ("substr", "substring"),
+}
+
+
+def _placeholder(kind: int, field: EncryptedField, algorithm: int, value: Any, sparsity: int | None = None) -> Binary:
+    document: dict[str, Any] = {
+        "t": kind,
+        "a": algorithm,
+        "ki": field.key_id,
+        "ku": field.key_id,
+        "v": value,
+        "cm": Int64(field.contention),
+    }
+    if sparsity is not None:
+        document["s"] = Int64(sparsity)
+    return Binary(FLE2_PLACEHOLDER + bsonvalues.encode(document), PLACEHOLDER_SUBTYPE)
+
+
+def is_placeholder(value: Any) -> bool:
+    return isinstance(value, Binary) and value.subtype == PLACEHOLDER_SUBTYPE and bytes(value[:1]) == FLE2_PLACEHOLDER
+
+
+def check_writable(field: EncryptedField, value: Any) -> None:
+    """Refuse a value the field cannot hold, as mongocryptd does before marking a write."""
+    value_type = bsonvalues.bson_type(value)
+    if isinstance(value, Binary) and value.subtype == PLACEHOLDER_SUBTYPE:
+        raise error("CANNOT_ENCRYPT_TYPE", type="encrypted binary data")
+    if field.bson_type is not None:
+        if value_type != field.bson_type:
+            raise error("WRONG_TYPE", type=value_type, expected=field.bson_type)
+    elif value_type not in UNINDEXED_TYPES:
+        raise error("CANNOT_ENCRYPT_TYPE", type=value_type)
+
+
+def _text_options(config: QueryConfig) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if config.str_max_length is not None:
+        spec["mlen"] = config.str_max_length
+    spec["ub"] = config.str_max_query_length
+    spec["lb"] = config.str_min_query_length
+    return spec
+
+
+def _text_flags(field: EncryptedField, value: str) -> dict[str, Any]:
+    first = field.queries[0]
+    return {"v": value, "casef": not first.case_sensitive, "diacf": not first.diacritic_sensitive}
+
+
+def insert_placeholder(field: EncryptedField, value: Any) -> Binary:
+    """The t=1 placeholder for writing `value` into `field`."""
+    check_writable(field, value)
+    algorithm = field.algorithm
+    if algorithm in (UNINDEXED, EQUALITY):
+        return _placeholder(INSERT, field, algorithm, value)
+    if algorithm == RANGE:
+        config = field.range
+        spec: dict[str, Any] = {"v": value, "min": config.min, "max": config.max}
+        if config.precision is not None:
+            spec["precision"] = config.precision
+        if config.trim_factor is not None:
+            spec["trimFactor"] = config.trim_factor
+        return _placeholder(INSERT, field, RANGE, spec, config.sparsity)
+    if algorithm == TEXT:
+        spec = _text_flags(field, value)
+        for config in field.queries:
+            key = {"prefix": "prefix", "suffix": "suffix", "substring": "substr"}[config.query_type]
+            spec[key] = _text_options(config)
+        # libmongocrypt reads prefix, suffix and substr in any order; keep its own emission order.
+        ordered = {k: spec[k] for k in ("v", "casef", "diacf", "prefix", "suffix", "substr") if k in spec}
+        return _placeholder(INSERT, field, TEXT, ordered)
+    raise AssertionError(f"unknown algorithm {algorithm}")
+
+
+def equality_find_placeholder(field: EncryptedField, value: Any) -> Binary:
+    """The t=2 placeholder for comparing `field` for equality with `value`."""
+    if field.algorithm != EQUALITY:
+        raise error("NOT_EQUALITY_INDEXED")
+    check_writable(field, value)
+    return _placeholder(FIND, field, EQUALITY, value)
+
+
+def range_find_placeholder(field: EncryptedField, lower: Any, lower_included: bool, upper: Any,
+                           upper_included: bool, payload_id: int, first_operator: int,
+                           second_operator: int | None = None) -> Binary:
+    """The full t=2 range placeholder: the edges of [lower, upper] and the operators that use them."""
+    config = field.range
+    edges: dict[str, Any] = {
+        "lowerBound": lower,
+        "lbIncluded": lower_included,
+        "upperBound": upper,
+        "ubIncluded": upper_included,
+        "indexMin": config.min,
+        "indexMax": config.max,
+    }
+    if config.precision is not None:
+        edges["precision"] = config.precision
+    if config.trim_factor is not None:
+        edges["trimFactor"] = config.trim_factor
+    spec: dict[str, Any] = {"edgesInfo": edges, "payloadId": payload_id, "firstOperator": first_operator}
+    if second_operator is not None:
+        spec["secondOperator"] = second_operator
+    return _placeholder(FIND, field, RANGE, spec, config.sparsity)
+
+
+def range_stub_placeholder(field: EncryptedField, payload_id: int, first_operator: int,
+                           second_operator: int) -> Binary:
+    """The second half of a two-sided range: no edges, only the payload it shares with the first half."""
+    spec = {"payloadId": payload_id, "firstOperator": first_operator, "secondOperator": second_operator}
+    return _placeholder(FIND, field, RANGE, spec, field.range.sparsity)
+
+
+def text_find_placeholder(field: EncryptedField, operator: str, value: Any) -> Binary:
+    """The t=2 text-search placeholder for one $encStr* operator."""
+    if field.algorithm != TEXT:
+        raise error("TEXT_ON_NON_TEXT", op=operator, path=field.path)
+    if not isinstance(value, str):
+        raise error("TEXT_STRING", op=operator, argument={"$encStrStartsWith": "prefix", "$encStrEndsWith": "suffix",
+                                                           "$encStrContains": "substring"}.get(operator, "string"))
+    spec = _text_flags(field, value)
+    if operator == "$encStrNormalizedEq":
+        # Normalised equality needs no query-length options: libmongocrypt derives it from the flags alone.
+        return _placeholder(FIND, field, TEXT, spec)
+    key, query_type = TEXT_OPERATORS[operator]
+    config = field.query(query_type)
+    if config is None:
+        raise error({"prefix": "NO_PREFIX_INDEX", "suffix": "NO_SUFFIX_INDEX", "substring": "NO_SUBSTRING_INDEX"}[
+            query_type], path=field.path)
+    spec[key] = _text_options(config)
+    return _placeholder(FIND, field, TEXT, spec)
