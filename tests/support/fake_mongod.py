@@ -11,6 +11,10 @@
   (`{$or: [{_id: {$in: [...]}}, {keyAltNames: {$in: [...]}}]}`);
 - anything else with `{ok: 1}` (and an empty cursor for cursor commands).
 
+`emulate_database(mongod)` (opt-in, see its section below) adds a catalog (`create` recorded with
+its encryptedFields and returned by listCollections, indexes, `drop`) and queries over the stored
+documents (`find`, `aggregate`, `count`), matching Queryable Encryption payloads on their tokens.
+
 Every command received is recorded (`commands`), so a test can check what actually reached the
 server, e.g. that an encrypted field arrived as ciphertext.  It is deliberately independent of
 markd's own wire code: framing is done here with `struct` and pymongo's `bson`.
@@ -27,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
+from bson.binary import Binary
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 
 OP_REPLY = 1
@@ -303,6 +308,344 @@ class FakeMongod:
             stored = list(self.store.get(namespace, []))
         found = [doc for doc in stored if _matches(bson.decode(doc.raw, _CODEC), query)]
         return _cursor(namespace, found)
+
+
+# --- opt-in database emulation (Django MongoDB Backend's end-to-end test) ------------------------
+#
+# `emulate_database(mongod)` installs handlers that make the stand-in keep a catalog and answer
+# queries over what was stored, enough for an ORM to run migrations and queries through
+# auto-encryption:  `create` records the collection (its `encryptedFields` with mongod's default
+# state-collection names) so that listCollections returns it;  `drop`, `createIndexes`,
+# `listIndexes`, `count` work on that catalog;  `find` and `aggregate` evaluate filters and a few
+# pipeline stages over the stored documents.
+#
+# Queryable Encryption filters are evaluated on the tokens, as mongod does it, without decrypting:
+# the FLE2InsertUpdatePayloadV2 (blob subtype 11) the driver inserts and the FLE2FindEqualityPayloadV2
+# (12) it queries with both carry `l`, the ServerDerivedFromDataToken of the value; a range insert
+# carries one `l` per edge (`g`), a range find one per edge of the query's minimal cover
+# (`payload.g`), so a stored value is in range iff the two sets share a token.  A range find stub
+# (the second half of a two-sided range, with no `payload`) defers to its pair.  Stored documents
+# keep the insert payloads (mongod would rewrite them into indexed values); libmongocrypt decrypts
+# both forms, so what the application reads back is right.
+#
+# Whatever the stand-in cannot evaluate (e.g. `$expr`, an unknown operator or stage) keeps the
+# document: such a filter answers with the stored documents rather than with nothing.
+
+_EMULATION_CODEC = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_UNKNOWN = None  # an evaluator's answer when the stand-in cannot tell
+_MISSING = object()
+_REMOVE = object()
+FLE2_INSERT_UPDATE_PAYLOAD_V2 = 11
+FLE2_FIND_EQUALITY_PAYLOAD_V2 = 12
+FLE2_FIND_RANGE_PAYLOAD_V2 = 13
+_NOT_OPTIONS = frozenset({"create", "$db", "lsid", "$clusterTime", "writeConcern", "txnNumber",
+                          "encryptionInformation", "autocommit", "startTransaction", "apiVersion"})
+
+
+def fle2_payload(value: Any) -> tuple[int, dict[str, Any]] | None:
+    """(blob subtype, document) of a QE insert/find payload in BinData 6, else None."""
+    if (isinstance(value, Binary) and value.subtype == 6 and len(value) > 1
+            and value[0] in (FLE2_INSERT_UPDATE_PAYLOAD_V2, FLE2_FIND_EQUALITY_PAYLOAD_V2,
+                             FLE2_FIND_RANGE_PAYLOAD_V2)):
+        try:
+            return value[0], bson.decode(bytes(value[1:]), _EMULATION_CODEC)
+        except (bson.errors.InvalidBSON, ValueError, OverflowError):
+            return None
+    return None
+
+
+def encrypted_match(stored: Any, query: Any) -> bool | None:
+    """Does a stored QE value match a QE find payload? Compares the tokens, as mongod does."""
+    found = fle2_payload(query)
+    if found is None:
+        return _UNKNOWN
+    kind, wanted = found
+    if kind == FLE2_FIND_RANGE_PAYLOAD_V2 and "payload" not in wanted:
+        return True
+    held = fle2_payload(stored)
+    if held is None or held[0] != FLE2_INSERT_UPDATE_PAYLOAD_V2:
+        return False if not isinstance(stored, Binary) else _UNKNOWN
+    document = held[1]
+    if kind == FLE2_FIND_EQUALITY_PAYLOAD_V2:
+        return "l" in document and bytes(document["l"]) == bytes(wanted.get("l", b""))
+    edges = {bytes(edge["l"]) for edge in document.get("g", [])}
+    return bool(edges & {bytes(edge["l"]) for edge in wanted["payload"].get("g", [])})
+
+
+def _get_path(document: Any, path: str) -> Any:
+    current = document
+    for part in path.split("."):
+        if not (isinstance(current, Mapping) and part in current):
+            return _MISSING
+        current = current[part]
+    return current
+
+
+def _ordered(value: Any) -> tuple[str, Any] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return "number", float(value)
+    if isinstance(value, bson.Decimal128):
+        return "number", float(value.to_decimal())
+    if isinstance(value, str):
+        return "string", value
+    if isinstance(value, datetime.datetime):
+        return "date", value.replace(tzinfo=None)
+    return None
+
+
+def _equal(value: Any, wanted: Any) -> bool | None:
+    if fle2_payload(wanted) is not None:
+        return encrypted_match(value, wanted)
+    if isinstance(value, list) and not isinstance(wanted, list):
+        results = [_equal(item, wanted) for item in value]
+        return True if True in results else (_UNKNOWN if _UNKNOWN in results else False)
+    if isinstance(value, Binary) and value.subtype == 6:
+        return _UNKNOWN  # ciphertext against a plaintext: only mongod's real index could say
+    a, b = _ordered(value), _ordered(wanted)
+    if a is not None and b is not None:
+        return a == b
+    return type(value) is type(wanted) and bool(value == wanted)
+
+
+def _operator(value: Any, operator: str, argument: Any) -> bool | None:
+    present = value is not _MISSING
+    if operator == "$eq":
+        return _equal(value, argument) if present else argument is None
+    if operator in ("$ne", "$nin", "$not"):
+        positive = {"$ne": "$eq", "$nin": "$in"}.get(operator)
+        result = (_operator(value, positive, argument) if positive
+                  else _condition(value, argument) if isinstance(argument, Mapping) else _UNKNOWN)
+        return _UNKNOWN if result is None else not result
+    if operator == "$in":
+        results = [_operator(value, "$eq", item) for item in argument]
+        return True if True in results else (_UNKNOWN if _UNKNOWN in results else False)
+    if operator == "$exists":
+        return present == bool(argument)
+    if operator in ("$gt", "$gte", "$lt", "$lte"):
+        if fle2_payload(argument) is not None:
+            return encrypted_match(value if present else None, argument)
+        a, b = _ordered(value) if present else None, _ordered(argument)
+        if a is None or b is None or a[0] != b[0]:
+            return False if not present else _UNKNOWN
+        return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[operator]
+    return _UNKNOWN
+
+
+def _condition(value: Any, condition: Any) -> bool | None:
+    if isinstance(condition, Mapping) and condition and all(str(key).startswith("$") for key in condition):
+        results = [_operator(value, operator, argument) for operator, argument in condition.items()]
+    else:
+        results = [_operator(value, "$eq", condition)]
+    return False if False in results else (_UNKNOWN if _UNKNOWN in results else True)
+
+
+def evaluate_filter(document: Mapping[str, Any], query: Mapping[str, Any] | None) -> bool | None:
+    """True or False when the stand-in can evaluate the filter on the document, None when it can't."""
+    results: list[bool | None] = []
+    for key, condition in (query or {}).items():
+        if key in ("$and", "$or", "$nor"):
+            parts = [evaluate_filter(document, clause) for clause in condition]
+            if key == "$and":
+                result = False if False in parts else (_UNKNOWN if _UNKNOWN in parts else True)
+            else:
+                result = True if True in parts else (_UNKNOWN if _UNKNOWN in parts else False)
+                if key == "$nor" and result is not None:
+                    result = not result
+            results.append(result)
+        elif key.startswith("$"):
+            results.append(_UNKNOWN)  # $expr, $text, $where...
+        else:
+            results.append(_condition(_get_path(document, key), condition))
+    return False if False in results else (_UNKNOWN if _UNKNOWN in results else True)
+
+
+def _expression(document: Mapping[str, Any], expression: Any) -> Any:
+    """The few aggregation expressions an ORM's count/exists pipelines use; LookupError otherwise."""
+    if isinstance(expression, str):
+        if expression == "$$REMOVE":
+            return _REMOVE
+        if expression.startswith("$$"):
+            raise LookupError(expression)
+        if expression.startswith("$"):
+            value = _get_path(document, expression[1:])
+            return _REMOVE if value is _MISSING else value
+        return expression
+    if isinstance(expression, list):
+        return [_expression(document, item) for item in expression]
+    if not isinstance(expression, Mapping):
+        return expression
+    if len(expression) != 1 or not str(next(iter(expression))).startswith("$"):
+        return {key: _expression(document, value) for key, value in expression.items()}
+    (operator, argument), = expression.items()
+
+    def value_of(item: Any) -> Any:
+        return _expression(document, item)
+
+    if operator == "$literal":
+        return argument
+    if operator == "$eq":
+        left, right = (value_of(item) for item in argument)
+        if any(isinstance(side, Binary) and side.subtype == 6 for side in (left, right)):
+            raise LookupError("$eq on ciphertext")
+        return (None if left is _REMOVE else left) == (None if right is _REMOVE else right)
+    if operator == "$type":
+        value = value_of(argument)
+        return "missing" if value is _REMOVE else type(value).__name__
+    if operator == "$not":
+        return not value_of(argument[0] if isinstance(argument, list) else argument)
+    if operator == "$or":
+        return any(value_of(item) for item in argument)
+    if operator == "$and":
+        return all(value_of(item) for item in argument)
+    if operator == "$cond":
+        test, then, otherwise = ((argument["if"], argument["then"], argument["else"])
+                                 if isinstance(argument, Mapping) else argument)
+        return value_of(then) if value_of(test) else value_of(otherwise)
+    if operator == "$switch":
+        for branch in argument["branches"]:
+            if value_of(branch["case"]):
+                return value_of(branch["then"])
+        return value_of(argument.get("default", "$$REMOVE"))
+    if operator == "$ifNull":
+        for item in argument:
+            value = value_of(item)
+            if value is not _REMOVE and value is not None:
+                return value
+        return None
+    if operator == "$first":
+        value = value_of(argument)
+        return value[0] if isinstance(value, list) and value else _REMOVE
+    raise LookupError(operator)
+
+
+def run_pipeline(documents: list[dict[str, Any]], pipeline: list[Mapping[str, Any]],
+                 collection: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """What the stand-in can run of a pipeline: $match (unevaluable filters keep the document),
+    $limit, $skip, $project, $addFields, $replaceWith, $collStats, $group on null, $lookup with a
+    pipeline and no `let`.  A stage it cannot run leaves the documents as they are."""
+    out = list(documents)
+    for stage in pipeline:
+        (name, argument), = stage.items()
+        try:
+            if name == "$match":
+                out = [document for document in out if evaluate_filter(document, argument) is not False]
+            elif name == "$limit":
+                out = out[: int(argument)]
+            elif name == "$skip":
+                out = out[int(argument):]
+            elif name == "$collStats":
+                out = [{}]
+            elif name == "$lookup" and "pipeline" in argument and not argument.get("let"):
+                joined = run_pipeline(collection(argument["from"]), argument["pipeline"], collection)
+                out = [dict(document, **{argument["as"]: joined}) for document in out]
+            elif name in ("$replaceWith", "$replaceRoot"):
+                new_root = argument if name == "$replaceWith" else argument["newRoot"]
+                out = [_expression(document, new_root) for document in out]
+            elif name == "$group" and argument.get("_id") is None:
+                row: dict[str, Any] = {"_id": None}
+                for key, accumulator in argument.items():
+                    if key == "_id":
+                        continue
+                    (kind, operand), = accumulator.items()
+                    if kind != "$sum":
+                        raise LookupError(kind)
+                    values = [_expression(document, operand) for document in out]
+                    row[key] = sum(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+                out = [row] if out else []
+            elif name in ("$project", "$addFields"):
+                excluding = name == "$project" and any(
+                    value in (0, False) and not isinstance(value, str) for value in argument.values())
+                projected = []
+                for document in out:
+                    if name == "$addFields":
+                        new = dict(document)
+                    elif excluding:
+                        new = {k: v for k, v in document.items() if argument.get(k, 1) not in (0, False)}
+                    else:
+                        new = {k: v for k, v in document.items() if k == "_id" or argument.get(k) in (1, True)}
+                    for key, value in argument.items():
+                        if isinstance(value, (bool, int)) and value in (0, 1):
+                            continue
+                        result = _expression(document, value)
+                        if result is not _REMOVE:
+                            new[key] = result
+                    projected.append(new)
+                out = projected
+        except (LookupError, KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def emulate_database(mongod: FakeMongod) -> FakeMongod:
+    """Install the catalog and query handlers described above (opt-in; returns the stand-in)."""
+    indexes: dict[str, list[dict[str, Any]]] = {}
+
+    def stored(database: str, name: str) -> list[dict[str, Any]]:
+        with mongod._lock:
+            raw = list(mongod.store.get(f"{database}.{name}", []))
+        return [bson.decode(document.raw, _EMULATION_CODEC) for document in raw]
+
+    def create(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body["create"])
+        options = {key: value for key, value in body.items() if key not in _NOT_OPTIONS}
+        fields = options.get("encryptedFields")
+        if isinstance(fields, Mapping):  # mongod fills in the state collection names
+            options["encryptedFields"] = {"escCollection": f"enxcol_.{name}.esc",
+                                          "ecocCollection": f"enxcol_.{name}.ecoc", **fields}
+        if f"{database}.{name}" in mongod.collection_infos:
+            return {"ok": 0.0, "code": 48, "codeName": "NamespaceExists",
+                    "errmsg": f"Collection {database}.{name} already exists."}
+        mongod.set_collection_info(database, name, options=options)
+        indexes[f"{database}.{name}"] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
+        return {"ok": 1.0}
+
+    def drop(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = f"{database}.{body['drop']}"
+        mongod.collection_infos.pop(namespace, None)
+        indexes.pop(namespace, None)
+        with mongod._lock:
+            mongod.store.pop(namespace, None)
+        return {"ok": 1.0}
+
+    def create_indexes(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = f"{database}.{body['createIndexes']}"
+        if namespace not in mongod.collection_infos:
+            mongod.set_collection_info(database, str(body["createIndexes"]))
+        known = indexes.setdefault(namespace, [{"v": 2, "key": {"_id": 1}, "name": "_id_"}])
+        before = len(known)
+        for index in body.get("indexes", []):
+            if index.get("name") not in {existing["name"] for existing in known}:
+                known.append({"v": 2, **index})
+        return {"numIndexesBefore": before, "numIndexesAfter": len(known), "ok": 1.0}
+
+    def list_indexes(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = f"{database}.{body['listIndexes']}"
+        if namespace not in indexes:
+            return {"ok": 0.0, "code": 26, "codeName": "NamespaceNotFound", "errmsg": f"ns does not exist: {namespace}"}
+        return _cursor(namespace, list(indexes[namespace]))
+
+    def find(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body["find"])
+        found = [d for d in stored(database, name) if evaluate_filter(d, body.get("filter")) is not False]
+        if body.get("limit"):
+            found = found[: abs(int(body["limit"]))]
+        return _cursor(f"{database}.{name}", found)
+
+    def aggregate(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["aggregate"]
+        documents = stored(database, str(name)) if isinstance(name, str) else []
+        result = run_pipeline(documents, body.get("pipeline", []), lambda other: stored(database, other))
+        return _cursor(f"{database}.{name}", result)
+
+    def count(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        documents = stored(database, str(body["count"]))
+        return {"n": sum(evaluate_filter(d, body.get("query")) is not False for d in documents), "ok": 1.0}
+
+    mongod.handlers.update({"create": create, "drop": drop, "createIndexes": create_indexes,
+                            "listIndexes": list_indexes, "find": find, "aggregate": aggregate, "count": count})
+    return mongod
 
 
 def _cursor(namespace: str, batch: list[Any]) -> dict[str, Any]:
