@@ -1,0 +1,401 @@
+"""markd benchmarks (issue 8): one command, real processes, real sockets, markd against the floor.
+
+    /work/venv/bin/python -m bench.run            # full run, about 2-3 minutes
+    /work/venv/bin/python -m bench.run --quick    # about 30 seconds
+    /work/venv/bin/python -m bench.run --profile  # also sample markd with py-spy under (a) and (b)
+
+Prints a table and writes bench/results.json. Targets are reported as pass/miss, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bson
+
+from bench import floor, load, procstat, profile, servers, workloads
+from bench.workloads import Workload
+
+BENCH_DIR = Path(__file__).resolve().parent
+CONCURRENT_CONNECTIONS = 256
+MARKING_TARGET_PER_SECOND = 10_000
+LATENCY_RATIO_TARGET = 2.0
+RSS_IDLE_TARGET_MB = 60
+RSS_LOAD_TARGET_MB = 150
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ReplyStatus:
+    ok: bool
+    reply_bytes: int
+    code: int | None = None
+    code_name: str = ""
+    errmsg: str = ""
+    has_encryption_placeholders: bool | None = None
+    schema_requires_encryption: bool | None = None
+
+    def meaningful(self, marking: bool) -> bool:
+        """A figure measures real work only if markd answered the command (and marked it, if marking)."""
+        return self.ok and (not marking or bool(self.has_encryption_placeholders))
+
+    def describe(self) -> str:
+        if not self.ok:
+            return f"error {self.code} {self.code_name}"
+        if self.has_encryption_placeholders is None:
+            return "ok"
+        return "ok, marked" if self.has_encryption_placeholders else "ok, nothing marked"
+
+
+def reply_status(reply: bytes) -> ReplyStatus:
+    document = bson.decode(reply[21:])
+    ok = bool(document.get("ok"))
+    return ReplyStatus(
+        ok=ok,
+        reply_bytes=len(reply),
+        code=document.get("code"),
+        code_name=str(document.get("codeName", "")),
+        errmsg=str(document.get("errmsg", ""))[:200],
+        has_encryption_placeholders=document.get("hasEncryptionPlaceholders"),
+        schema_requires_encryption=document.get("schemaRequiresEncryption"),
+    )
+
+
+def summarise_load(result: load.LoadResult) -> dict[str, Any]:
+    return {
+        "connections": result.connections,
+        "seconds": round(result.seconds, 3),
+        "commands": result.completed,
+        "commands_per_second": round(result.commands_per_second, 1),
+        "p50_us": round(result.percentile_us(0.50), 1),
+        "p99_us": round(result.percentile_us(0.99), 1),
+        "error_replies": result.error_replies,
+        "server_cpu_us_per_command": round(result.server_cpu_us_per_command, 1),
+        "server_cpu_share": round(result.server_cpu_seconds / result.seconds, 2) if result.seconds else 0.0,
+        "client_cpu_share": round(result.client_cpu_seconds / result.seconds, 2) if result.seconds else 0.0,
+        "server_rss_max_mb": round(result.server_rss_max_kb / 1024, 1),
+        "other_processes_cpu_cores": round(result.other_cpu_cores, 2),
+    }
+
+
+@dataclass
+class WorkloadFigures:
+    key: str
+    name: str
+    description: str
+    source: str
+    request_bytes: int
+    status: dict[str, Any]
+    meaningful: bool
+    markd: dict[str, dict[str, Any]] = field(default_factory=dict)  # "1", "8", "256" -> load summary
+    floor: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def markd_metrics(port: int) -> dict[str, Any]:
+    request = workloads.op_msg_frame({"getMarkdMetrics": 1}, "admin")
+    return bson.decode((await load.one_reply(port, request))[21:])
+
+
+def cache_counts(metrics: dict[str, Any]) -> tuple[int, int]:
+    cache = metrics.get("schemaCache", {})
+    return int(cache.get("hits", 0)), int(cache.get("misses", 0))
+
+
+async def measure_workload(workload: Workload, markd: servers.ServerProcess, floor_server: servers.ServerProcess,
+                           seconds: float, warmup: float, round_count: int) -> WorkloadFigures:
+    reply = await load.one_reply(markd.port, workload.request)
+    status = reply_status(reply)
+    figures = WorkloadFigures(workload.key, workload.name, workload.description, workload.source,
+                              len(workload.request), asdict(status), status.meaningful(workload.marking))
+    # The floor answers with a reply of exactly markd's size (markd's own reply bytes, in fact).
+    setup = floor.control_frame(reply)
+    levels = [CONCURRENT_CONNECTIONS] if workload.key == "g" else [1, 8]
+    for connections in levels:
+        # markd and the floor take turns in short rounds, so background load on the machine hits both alike.
+        rounds: dict[str, list[load.LoadResult]] = {"markd": [], "floor": []}
+        for _round in range(round_count):
+            for label, server, setup_frame in (("markd", markd, None), ("floor", floor_server, setup)):
+                rounds[label].append(await load.closed_loop(server.port, workload.request, connections,
+                                                            seconds / round_count, warmup, server.pid, setup_frame))
+        for label, results in rounds.items():
+            getattr(figures, label)[str(connections)] = summarise_load(load.merge(results))
+    return figures
+
+
+async def profile_workloads(chosen: list[Workload], markd: servers.ServerProcess, seconds: float,
+                            output_dir: Path) -> list[dict[str, Any]]:
+    summaries: list[dict[str, Any]] = []
+    output_dir.mkdir(exist_ok=True)
+    for workload in chosen:
+        raw_path = output_dir / f"markd-{workload.key}-{workload.name}.txt"
+        sampler = profile.start_py_spy(markd.pid, seconds, raw_path)
+        if sampler is None:
+            log("  py-spy not found: pip install py-spy to profile")
+            return summaries
+        await asyncio.sleep(0.3)
+        await load.closed_loop(markd.port, workload.request, 8, seconds, 0.0, markd.pid)
+        _, stderr = await asyncio.to_thread(sampler.communicate)
+        if sampler.returncode != 0 or not raw_path.exists():
+            log(f"  py-spy failed: {stderr.decode(errors='replace')[-400:]}")
+            continue
+        summary = profile.summarise(raw_path, f"({workload.key}) {workload.name}")
+        log(profile.format_summary(summary))
+        summaries.append(asdict(summary))
+    return summaries
+
+
+def machine_description() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        import uvloop
+
+        uvloop_version = uvloop.__version__
+    except ImportError:
+        uvloop_version = "absent"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": uvloop_version,
+        "pymongo": __import__("pymongo").__version__,
+    }
+
+
+def git_revision() -> dict[str, Any]:
+    """The commit measured, and the markd/ files that differ from it (markd runs from the working tree)."""
+    import subprocess
+
+    def git(*arguments: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(servers.REPO_ROOT), *arguments],
+                                  capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "markd").splitlines()]
+    return {"commit": git("log", "-1", "--format=%h %s"), "uncommitted_markd_files": changed}
+
+
+def targets(figures: list[WorkloadFigures], memory: dict[str, Any], cache: dict[str, Any]) -> list[dict[str, Any]]:
+    by_key = {f.key: f for f in figures}
+    rows: list[dict[str, Any]] = []
+    for key in ("a", "b", "c"):
+        f = by_key.get(key)
+        if f is None:
+            continue
+        ratio = f.markd["1"]["p50_us"] / f.floor["1"]["p50_us"] if f.floor["1"]["p50_us"] else 0.0
+        rows.append({"target": f"({key}) p50 latency <= {LATENCY_RATIO_TARGET:g}x floor, 1 client",
+                     "value": f"{ratio:.2f}x", "pass": ratio <= LATENCY_RATIO_TARGET, "meaningful": f.meaningful})
+    b = by_key.get("b")
+    if b is not None:
+        rate = b.markd["8"]["commands_per_second"]
+        rows.append({"target": f"(b) >= {MARKING_TARGET_PER_SECOND:,} marking commands/s, 8 clients",
+                     "value": f"{rate:,.0f}/s", "pass": rate >= MARKING_TARGET_PER_SECOND, "meaningful": b.meaningful})
+    hits, misses = cache["hits"], cache["misses"]
+    rate_text = f"{hits / (hits + misses) * 100:.2f}% ({hits} hits, {misses} misses)" if hits + misses else "no lookups"
+    rows.append({"target": "schema cache: each distinct schema parsed once (no misses while measuring)",
+                 "value": rate_text, "pass": hits > 0 and misses == 0, "meaningful": hits + misses > 0})
+    idle_mb = max(memory["rss_idle_fresh_mb"], memory["rss_idle_after_mb"])
+    rows.append({"target": f"RSS idle < {RSS_IDLE_TARGET_MB} MB", "value": f"{idle_mb:.1f} MB",
+                 "pass": idle_mb < RSS_IDLE_TARGET_MB, "meaningful": True})
+    g = by_key.get("g")
+    if g is not None:
+        load_mb = max(g.markd[str(CONCURRENT_CONNECTIONS)]["server_rss_max_mb"], memory["rss_peak_mb"])
+        rows.append({"target": f"RSS < {RSS_LOAD_TARGET_MB} MB under (g) {CONCURRENT_CONNECTIONS} connections",
+                     "value": f"{load_mb:.1f} MB (peak over the whole run)", "pass": load_mb < RSS_LOAD_TARGET_MB,
+                     "meaningful": g.meaningful})
+    return rows
+
+
+def format_table(figures: list[WorkloadFigures]) -> str:
+    header = ("| wl | workload | req B | reply B | markd reply | p50 µs markd/floor | p99 µs markd/floor | "
+              "p50 ratio | cmd/s 1c markd/floor | cmd/s 8c markd/floor | CPU µs/cmd markd/floor | errors | "
+              "other load |")
+    lines = ["CPU µs/cmd: markd's utime+stime per command with 8 clients (256 for g). errors: {ok: 0} replies "
+             "from markd. other load: CPU cores busy with other processes during the phase (noise).", "",
+             header, "|" + "---|" * 13]
+    for f in figures:
+        one = "256" if f.key == "g" else "1"
+        many = "256" if f.key == "g" else "8"
+        m1, f1, m8, f8 = f.markd[one], f.floor[one], f.markd[many], f.floor[many]
+        ratio = m1["p50_us"] / f1["p50_us"] if f1["p50_us"] else 0.0
+        status = ReplyStatus(**f.status).describe() + ("" if f.meaningful else " (NOT MEANINGFUL)")
+        label = f"{f.name} ({f.markd[one]['connections']} conns)" if f.key == "g" else f.name
+        lines.append(
+            f"| {f.key} | {label} | {f.request_bytes:,} | {f.status['reply_bytes']:,} | {status} | "
+            f"{m1['p50_us']:,.0f} / {f1['p50_us']:,.0f} | {m1['p99_us']:,.0f} / {f1['p99_us']:,.0f} | "
+            f"{ratio:.2f}x | "
+            + ("- | " if f.key == "g" else f"{m1['commands_per_second']:,.0f} / {f1['commands_per_second']:,.0f} | ")
+            + f"{m8['commands_per_second']:,.0f} / {f8['commands_per_second']:,.0f} | "
+            f"{m8['server_cpu_us_per_command']:,.0f} / {f8['server_cpu_us_per_command']:,.0f} | "
+            f"{m1['error_replies'] + (0 if f.key == 'g' else m8['error_replies']):,} | "
+            f"{max(m['other_processes_cpu_cores'] for m in (m1, f1, m8, f8)):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | value | result |", "|---|---|---|"]
+    for row in rows:
+        verdict = "pass" if row["pass"] else "MISS"
+        if not row["meaningful"]:
+            verdict += " (not meaningful: markd replied with an error)"
+        lines.append(f"| {row['target']} | {row['value']} | {verdict} |")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    seconds, warmup, round_count = (0.4, 0.1, 2) if args.quick else (args.seconds, 0.15, args.rounds)
+    started = time.monotonic()
+    workdir = servers.private_workdir()
+    markd_server = floor_server = None
+    server_cpus, client_cpus = servers.cpu_layout(not args.no_pin)
+    try:
+        markd_server = servers.start_markd(workdir, server_cpus)
+        floor_server = servers.start_floor(workdir, server_cpus)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
+        log(f"CPUs: servers on {sorted(server_cpus) if server_cpus else 'any'}, "
+            f"client on {sorted(client_cpus) if client_cpus else 'any'}")
+        log(f"markd pid {markd_server.pid} port {markd_server.port}; "
+            f"floor pid {floor_server.pid} port {floor_server.port}; {workdir}")
+        hello = workloads.hello_frame()
+        await load.one_reply(markd_server.port, hello)
+        await asyncio.sleep(0.3)
+        rss_idle_fresh = procstat.rss_kb(markd_server.pid)
+        # Before any workload, so the connections' memory is new memory and not reused from earlier phases.
+        log(f"memory per connection: {CONCURRENT_CONNECTIONS} idle connections, one hello each")
+        rss_before_conns, rss_with_conns = await load.idle_connections_rss(
+            markd_server.port, CONCURRENT_CONNECTIONS, hello, markd_server.pid)
+
+        log("capturing the frames pymongo sends (pymongocrypt marking through a recording proxy)")
+        chosen = await asyncio.to_thread(workloads.build_workloads, markd_server.port, log)
+        if args.only:
+            chosen = [w for w in chosen if w.key in args.only.split(",")]
+
+        metrics_before = await markd_metrics(markd_server.port)
+        figures: list[WorkloadFigures] = []
+        for workload in chosen:
+            log(f"workload ({workload.key}) {workload.name}: {workload.description}")
+            figures.append(await measure_workload(workload, markd_server, floor_server, seconds, warmup, round_count))
+        metrics_after = await markd_metrics(markd_server.port)
+        hits_before, misses_before = cache_counts(metrics_before)
+        hits_after, misses_after = cache_counts(metrics_after)
+        cache = {"hits": hits_after - hits_before, "misses": misses_after - misses_before,
+                 "total_hits": hits_after, "total_misses": misses_after}
+
+        await asyncio.sleep(0.3)
+        memory = {
+            "rss_idle_fresh_mb": round(rss_idle_fresh / 1024, 1),
+            "rss_idle_after_mb": round(procstat.rss_kb(markd_server.pid) / 1024, 1),
+            "rss_with_idle_connections_mb": round(rss_with_conns / 1024, 1),
+            "idle_connections": CONCURRENT_CONNECTIONS,
+            "kb_per_connection": round((rss_with_conns - rss_before_conns) / CONCURRENT_CONNECTIONS, 1),
+            "rss_peak_mb": round(procstat.peak_rss_kb(markd_server.pid) / 1024, 1),
+        }
+
+        profiles: list[dict[str, Any]] = []
+        if args.profile:
+            log("profiling markd with py-spy under (a) and (b)")
+            to_profile = [w for w in chosen if w.key in ("a", "b")]
+            profiles = await profile_workloads(to_profile, markd_server, args.profile_seconds,
+                                               Path(args.profile_dir))
+    finally:
+        for server in (markd_server, floor_server):
+            if server is not None:
+                server.stop()
+        servers.remove_workdir(workdir)
+
+    target_rows = targets(figures, memory, cache)
+    results = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "revision": git_revision(),
+        "mode": "quick" if args.quick else "full",
+        "seconds_per_phase": seconds,
+        "warmup_seconds_per_round": warmup,
+        "rounds_per_phase": round_count,
+        "machine": machine_description(),
+        "cpu_layout": {"servers": sorted(server_cpus) if server_cpus else "any",
+                       "client": sorted(client_cpus) if client_cpus else "any"},
+        "note": ("client, markd and floor share the machine; markd and the floor are pinned to one CPU, the client "
+                 "(one uvloop process) to the other; compare markd with the floor measured by the same client in "
+                 "the same run"),
+        "workloads": [asdict(f) for f in figures],
+        "memory": memory,
+        "schema_cache": cache,
+        "markd_metrics": {key: metrics_after.get(key) for key in ("commands", "schemaCache", "latency")},
+        "targets": target_rows,
+        "profiles": profiles,
+        "run_seconds": round(time.monotonic() - started, 1),
+    }
+    print(format_table(figures))
+    print()
+    print(f"memory: RSS idle {memory['rss_idle_fresh_mb']} MB fresh, {memory['rss_idle_after_mb']} MB after the run; "
+          f"{memory['rss_with_idle_connections_mb']} MB with {CONCURRENT_CONNECTIONS} idle connections "
+          f"({memory['kb_per_connection']} KB per connection); peak {memory['rss_peak_mb']} MB")
+    print(f"schema cache while measuring: {cache['hits']} hits, {cache['misses']} misses "
+          f"(process total {cache['total_hits']} / {cache['total_misses']})")
+    print()
+    print(format_targets(target_rows))
+    print(f"\n{results['mode']} run: {results['run_seconds']} s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="markd benchmarks against the transport floor (issue 8)")
+    parser.add_argument("--quick", action="store_true", help="short phases (about 30 s in all)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per phase (full run)")
+    parser.add_argument("--rounds", type=int, default=4, help="markd/floor alternations per phase (full run)")
+    parser.add_argument("--only", default="", help="comma-separated workload keys, e.g. a,b,g")
+    parser.add_argument("--output", default=str(BENCH_DIR / "results.json"), help="where to write the results")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and client to separate CPUs")
+    parser.add_argument("--profile", action="store_true", help="also sample markd with py-spy under (a) and (b)")
+    parser.add_argument("--profile-seconds", type=float, default=5.0)
+    parser.add_argument("--profile-dir", default=str(BENCH_DIR / "profiles"))
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        results = uvloop.run(run(args))
+    except ImportError:
+        results = asyncio.run(run(args))
+    Path(args.output).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    log(f"wrote {args.output}")
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
