@@ -286,6 +286,49 @@ def test_healthcheck_fails_on_a_missing_socket(installed: Installed, tmp_path: P
     assert result.returncode == 1
 
 
+def self_signed_pem(directory: Path) -> Path:
+    """A key + self-signed certificate for localhost/127.0.0.1, in one PEM (markd's --tlsCertificateKeyFile)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = directory / "markd.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return pem
+
+
+def test_healthcheck_over_tls(installed: Installed, start: StartDaemon, tmp_path: Path) -> None:
+    pem = self_signed_pem(tmp_path)
+    ca = tmp_path / "ca.pem"
+    port = free_port()
+    start([str(installed.bin / "markd"), "--port", str(port), "--nounixsocket", "--pidfilepath",
+           str(tmp_path / "markd.pid"), "--tlsMode", "requireTLS", "--tlsCertificateKeyFile", str(pem)], port)
+    base = ["--host", "127.0.0.1", "--port", str(port), "--timeout", "3"]
+    verified = run_probe(installed, [*base, "--tls", "--tlsCAFile", str(ca)])
+    assert verified.returncode == 0, verified.stderr
+    assert run_probe(installed, [*base, "--tlsAllowInvalidCertificates"]).returncode == 0
+    assert run_probe(installed, [*base, "--tls"]).returncode == 1  # self-signed, not in the system store
+    assert run_probe(installed, base).returncode == 1  # plaintext hello to a TLS port
+
+
 class FakeServer:
     """Accepts connections on a free port and answers each first frame as `mode` says."""
 
