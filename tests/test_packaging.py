@@ -520,6 +520,14 @@ def test_k8s_pod_sidecar() -> None:
     compile(app_code, "app.py", "exec")
 
 
+@pytest.mark.skipif(shutil.which("kubernetes-validate") is None, reason="kubernetes-validate not installed")
+def test_k8s_pod_validates_against_the_api_schema() -> None:
+    for version in ("1.29.0", "1.37.0"):  # 1.29: native sidecars (initContainers restartPolicy)
+        result = subprocess.run(["kubernetes-validate", "--strict", "-k", version, str(K8S_POD)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_healthcheck_module_is_a_wire_level_hello() -> None:
     """The probe must frame with markd.wire, not pymongo's MongoClient."""
     source = (REPO / "markd" / "healthcheck.py").read_text()
