@@ -140,7 +140,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     done = _pip("--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel))
     assert done.returncode == 0, done.stdout + done.stderr
     # Dependencies (pymongo/bson, click, PyYAML, uvloop) from this interpreter, without network. A plain
-    # path entry: the test venv's own .pth files (an editable markd among them) are not processed.
+    # path entry, not a site dir: this interpreter's .pth files (its editable markd among them) stay inert.
     site_dir = next((venv / "lib").glob("python*/site-packages"))
     paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (site_dir / "zz_markd_test_deps.pth").write_text("\n".join(paths) + "\n")
