@@ -381,6 +381,13 @@ def _get_path(document: Any, path: str) -> Any:
     return current
 
 
+def _with_path(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
+    copy = dict(document)
+    copy[head] = _with_path(dict(document.get(head) or {}), rest, value) if rest else value
+    return copy
+
+
 def _ordered(value: Any) -> tuple[str, Any] | None:
     if isinstance(value, bool):
         return None
@@ -523,8 +530,8 @@ def _expression(document: Mapping[str, Any], expression: Any) -> Any:
 def run_pipeline(documents: list[dict[str, Any]], pipeline: list[Mapping[str, Any]],
                  collection: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """What the stand-in can run of a pipeline: $match (unevaluable filters keep the document),
-    $limit, $skip, $project, $addFields, $replaceWith, $collStats, $group on null, $lookup with a
-    pipeline and no `let`.  A stage it cannot run leaves the documents as they are."""
+    $limit, $skip, $project, $addFields, $replaceWith, $collStats, $group on null, $unwind, $lookup
+    without `let`.  A stage it cannot run leaves the documents as they are."""
     out = list(documents)
     for stage in pipeline:
         (name, argument), = stage.items()
@@ -537,9 +544,27 @@ def run_pipeline(documents: list[dict[str, Any]], pipeline: list[Mapping[str, An
                 out = out[int(argument):]
             elif name == "$collStats":
                 out = [{}]
-            elif name == "$lookup" and "pipeline" in argument and not argument.get("let"):
-                joined = run_pipeline(collection(argument["from"]), argument["pipeline"], collection)
-                out = [dict(document, **{argument["as"]: joined}) for document in out]
+            elif name == "$lookup" and not argument.get("let"):
+                joined = run_pipeline(collection(argument["from"]), argument.get("pipeline", []), collection)
+                local, foreign = argument.get("localField"), argument.get("foreignField")
+                out = [dict(document, **{argument["as"]: [
+                    other for other in joined
+                    if local is None or _equal(_get_path(other, foreign), _get_path(document, local)) is True]})
+                    for document in out]
+            elif name == "$unwind":
+                path = (argument if isinstance(argument, str) else argument["path"]).lstrip("$")
+                keep = isinstance(argument, Mapping) and argument.get("preserveNullAndEmptyArrays", False)
+                unwound = []
+                for document in out:
+                    value = _get_path(document, path)
+                    if isinstance(value, list) and value:
+                        unwound.extend(_with_path(document, path, item) for item in value)
+                    elif isinstance(value, list) or value is _MISSING or value is None:
+                        if keep:
+                            unwound.append(document)
+                    else:
+                        unwound.append(document)
+                out = unwound
             elif name in ("$replaceWith", "$replaceRoot"):
                 new_root = argument if name == "$replaceWith" else argument["newRoot"]
                 out = [_expression(document, new_root) for document in out]
