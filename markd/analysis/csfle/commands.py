@@ -1,0 +1,344 @@
+"""One handler per command libmongocrypt sends for CSFLE marking, in `COMMANDS`.
+
+`mark(command)` reads the schema parameters (`jsonSchema` + `isRemoteSchema`, or
+`csfleEncryptionSchemas`), then hands the command to its handler, which returns the command to
+forward: the original fields in their order, with the analysed ones replaced by their marked,
+re-serialized form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from markd.analysis import MarkResult
+from markd.analysis.csfle.errors import fail
+from markd.analysis.csfle.match import mark_filter
+from markd.analysis.csfle.pipeline import PipelineContext, _encryption_shape, mark_stages
+from markd.analysis.csfle.placeholders import MarkContext, is_placeholder
+from markd.analysis.csfle.schema import PREFIX, Encrypted, EncryptionSchema, parse
+from markd.analysis.csfle.update import check_insert_document, mark_update
+from markd.analysis.csfle.walk import is_document, mark_document
+
+SCHEMA_FIELDS = ("jsonSchema", "isRemoteSchema", "csfleEncryptionSchemas")
+DEFAULT_VERBOSITY = "allPlansExecution"
+
+
+@dataclass(frozen=True, slots=True)
+class Schemas:
+    """The schema of the command's own namespace, and every namespace's when several were sent."""
+
+    own: EncryptionSchema
+    by_namespace: Mapping[str, EncryptionSchema]
+    multi: bool
+
+    @property
+    def encrypts_anything(self) -> bool:
+        return any(schema.encrypts_anything for schema in (self.own, *self.by_namespace.values()))
+
+
+def _remote_flag(value: Any, missing_error: str) -> bool:
+    if value is None:
+        fail(missing_error)
+    if not isinstance(value, bool):
+        fail("remote_not_bool")
+    return value
+
+
+def _one_schema(schema: Any, remote: Any, missing_error: str = "remote_required") -> EncryptionSchema:
+    if not is_document(schema):
+        fail("schema_not_object")
+    return parse(schema, _remote_flag(remote, missing_error))
+
+
+def read_schemas(parameters: Mapping[str, Any], name: str, namespace: str) -> Schemas:
+    """The schema parameters of a command (for explain: the outer command's)."""
+    if "csfleEncryptionSchemas" in parameters:
+        if "jsonSchema" in parameters:
+            fail("schema_and_multi")
+        if "isRemoteSchema" in parameters:
+            fail("remote_and_multi")
+        if name != "aggregate":
+            fail("multi_only_aggregate")
+        schemas = parameters["csfleEncryptionSchemas"]
+        if not is_document(schemas):
+            fail("multi_not_object")
+        parsed: dict[str, EncryptionSchema] = {}
+        for ns, entry in schemas.items():
+            if not is_document(entry):
+                fail("ns_schema_not_object")
+            parsed[ns] = _one_schema(entry.get("jsonSchema"), entry.get("isRemoteSchema"), "multi_remote_required")
+        if namespace not in parsed:
+            fail("ns_mismatch", ns=namespace)
+        return Schemas(parsed[namespace], parsed, True)
+    if "jsonSchema" not in parameters:
+        fail("schema_required")
+    own = _one_schema(parameters["jsonSchema"], parameters.get("isRemoteSchema"))
+    return Schemas(own, {namespace: own}, False)
+
+
+def _collation_simple(collation: Any) -> bool:
+    if collation is None:
+        return True
+    if not is_document(collation):
+        fail("collation_not_object")
+    return collation.get("locale", "simple") == "simple"
+
+
+def _filter(filter_: Any, schema: EncryptionSchema, collation: Any) -> Any:
+    if filter_ is None:
+        return None
+    if not is_document(filter_):
+        fail("bad_field_type", field="filter", actual="other", expected="object")
+    return mark_filter(filter_, MarkContext(schema, comparison=True, collation_simple=_collation_simple(collation)))
+
+
+def _replace(command: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """The command with some fields replaced, order kept (a None value leaves the field as it was)."""
+    result = dict(command)
+    for name, value in fields.items():
+        if value is not None:
+            result[name] = value
+    return result
+
+
+def contains_placeholder(value: Any) -> bool:
+    if is_placeholder(value):
+        return True
+    if is_document(value):
+        return any(contains_placeholder(item) for item in value.values())
+    if isinstance(value, list):
+        return any(contains_placeholder(item) for item in value)
+    return False
+
+
+# -- handlers ------------------------------------------------------------------------------------------
+
+Handler = Callable[[dict[str, Any], Schemas, str], dict[str, Any]]
+
+
+def _find(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    return _replace(command, filter=_filter(command.get("filter"), schemas.own, command.get("collation")))
+
+
+def _count(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    return _replace(command, query=_filter(command.get("query"), schemas.own, command.get("collation")))
+
+
+def _distinct(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    key = command.get("key")
+    if not isinstance(key, str):
+        fail("bad_field_type", field="distinct.key", actual="other", expected="string")
+    metadata = schemas.own.metadata_for(key)
+    if isinstance(metadata, Encrypted):
+        if metadata.pointer:
+            fail("distinct_pointer")
+        if not metadata.deterministic:
+            fail("distinct_random")
+        if not _collation_simple(command.get("collation")) and metadata.bson_types & {"string", "symbol"}:
+            fail("distinct_collation")
+    elif metadata is PREFIX:
+        fail("distinct_prefix")
+    return _replace(command, query=_filter(command.get("query"), schemas.own, command.get("collation")))
+
+
+def _aggregate(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    context = PipelineContext(database, str(command.get("aggregate")), schemas.by_namespace,
+                              _collation_simple(command.get("collation")), schemas.multi)
+    pipeline, _ = mark_stages(command.get("pipeline"), schemas.own.root, context)
+    return _replace(command, pipeline=pipeline)
+
+
+def _insert_documents(documents: Any, schema: EncryptionSchema) -> list[Any]:
+    if not isinstance(documents, list):
+        fail("bad_field_type", field="insert.documents", actual="other", expected="array")
+    marked = []
+    for document in documents:
+        if not is_document(document):
+            fail("bad_field_type", field="insert.documents", actual="other", expected="object")
+        check_insert_document(document, schema)
+        marked.append(mark_document(document, "", MarkContext(schema, comparison=False, document=document)))
+    return marked
+
+
+def _insert(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    return _replace(command, documents=_insert_documents(command.get("documents"), schemas.own))
+
+
+def _update_statement(statement: Any, schema: EncryptionSchema) -> dict[str, Any]:
+    if not is_document(statement):
+        fail("bad_field_type", field="update.updates", actual="other", expected="object")
+    marked = dict(statement)
+    upsert = bool(statement.get("upsert", False))
+    marked["q"] = _filter(statement.get("q", {}), schema, statement.get("collation"))
+    marked["u"] = mark_update(statement.get("u"), schema, upsert=upsert, command="update")
+    # mongod's UpdateOpEntry always writes these two back.
+    marked.setdefault("multi", False)
+    marked.setdefault("upsert", False)
+    return marked
+
+
+def _update(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    updates = command.get("updates")
+    if not isinstance(updates, list):
+        fail("bad_field_type", field="update.updates", actual="other", expected="array")
+    return _replace(command, updates=[_update_statement(s, schemas.own) for s in updates])
+
+
+def _delete(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    deletes = command.get("deletes")
+    if not isinstance(deletes, list):
+        fail("bad_field_type", field="delete.deletes", actual="other", expected="array")
+    marked = []
+    for statement in deletes:
+        if not is_document(statement):
+            fail("bad_field_type", field="delete.deletes", actual="other", expected="object")
+        marked.append(_replace(statement, q=_filter(statement.get("q", {}), schemas.own, statement.get("collation"))))
+    return _replace(command, deletes=marked)
+
+
+def _find_and_modify(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    query = _filter(command.get("query"), schemas.own, command.get("collation"))
+    result = dict(command)
+    if query is not None and contains_placeholder(query):
+        result["query"] = query  # mongocryptd keeps the original query when nothing in it was marked
+    if "update" in command:
+        upsert = bool(command.get("upsert", False))
+        result["update"] = mark_update(command["update"], schemas.own, upsert=upsert, command="findAndModify")
+    return result
+
+
+def _validator(validator: Any, schema: EncryptionSchema) -> None:
+    if validator is None:
+        return
+    if not is_document(validator):
+        fail("bad_field_type", field="validator", actual="other", expected="object")
+    if list(validator) == ["$jsonSchema"] and is_document(validator["$jsonSchema"]):
+        # The collection's own schema as validator: fine when it says the same about encryption.
+        if _encryption_shape(parse(validator["$jsonSchema"], True).root) != _encryption_shape(schema.root):
+            fail("validator_schema")
+        return
+    marked = mark_filter(validator, MarkContext(schema, comparison=True))
+    if contains_placeholder(marked):
+        fail("validator_compare")
+
+
+def _create(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    if "viewOn" in command or "pipeline" in command:
+        fail("view")
+    _validator(command.get("validator"), schemas.own)
+    return dict(command)
+
+
+def _coll_mod(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    if "viewOn" in command or "pipeline" in command:
+        fail("view")
+    _validator(command.get("validator"), schemas.own)
+    return dict(command)
+
+
+def _create_indexes(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    indexes = command.get("indexes")
+    if not isinstance(indexes, list):
+        fail("bad_field_type", field="createIndexes.indexes", actual="other", expected="array")
+    for index in indexes:
+        if is_document(index) and "partialFilterExpression" in index:
+            marked = _filter(index["partialFilterExpression"], schemas.own, index.get("collation"))
+            if contains_placeholder(marked):
+                fail("partial_filter_compare")
+    return dict(command)
+
+
+def _bulk_write(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
+    ops = command.get("ops")
+    if not isinstance(ops, list):
+        fail("bad_field_type", field="bulkWrite.ops", actual="other", expected="array")
+    schema = schemas.own
+    marked: list[Any] = []
+    for op in ops:
+        if not is_document(op):
+            fail("bad_field_type", field="bulkWrite.ops", actual="other", expected="object")
+        entry = dict(op)
+        if "insert" in op:
+            entry["document"] = _insert_documents([op.get("document")], schema)[0]
+        elif "update" in op:
+            entry["filter"] = _filter(op.get("filter", {}), schema, op.get("collation"))
+            entry["updateMods"] = mark_update(op.get("updateMods"), schema, upsert=bool(op.get("upsert")),
+                                              command="update")
+        elif "delete" in op:
+            entry["filter"] = _filter(op.get("filter", {}), schema, op.get("collation"))
+        else:
+            fail("bad_field_type", field="bulkWrite.ops", actual="other", expected="insert, update or delete")
+        marked.append(entry)
+    return _replace(command, ops=marked)
+
+
+COMMANDS: dict[str, Handler] = {
+    "find": _find,
+    "aggregate": _aggregate,
+    "count": _count,
+    "distinct": _distinct,
+    "insert": _insert,
+    "update": _update,
+    "delete": _delete,
+    "findAndModify": _find_and_modify,
+    "findandmodify": _find_and_modify,
+    "create": _create,
+    "collMod": _coll_mod,
+    "createIndexes": _create_indexes,
+    "bulkWrite": _bulk_write,
+}
+# Commands that never forward a marked result: libmongocrypt only needs the verdict.
+VERDICT_ONLY = frozenset({"create", "collMod", "createIndexes"})
+
+
+def _strip(command: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in command.items() if k not in SCHEMA_FIELDS and k != "$db"}
+
+
+def _namespace(command: Mapping[str, Any], name: str, database: str) -> str:
+    if name == "bulkWrite":
+        infos = command.get("nsInfo")
+        if isinstance(infos, list) and infos and is_document(infos[0]) and isinstance(infos[0].get("ns"), str):
+            return infos[0]["ns"]
+    return f"{database}.{command.get(name)}"
+
+
+def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database: str
+             ) -> tuple[dict[str, Any], bool, bool]:
+    if not command:
+        fail("no_such_command", name="")
+    name = next(iter(command))
+    handler = COMMANDS.get(name)
+    if handler is None:
+        fail("no_such_command", name=name)
+    schemas = read_schemas(parameters, name, _namespace(command, name, database))
+    stripped = _strip(command)
+    if not schemas.encrypts_anything:
+        return stripped, False, False
+    result = handler(stripped, schemas, database)
+    if name in VERDICT_ONLY:
+        return stripped, False, True
+    return result, contains_placeholder(result), True
+
+
+def mark(command: Mapping[str, Any]) -> MarkResult:
+    """Analyse one CSFLE marking command."""
+    if not command:
+        fail("no_such_command", name="")
+    name = next(iter(command))
+    if name != "explain":
+        result, marked, requires = _analyse(command, command, str(command.get("$db", "")))
+        return MarkResult(result, marked, requires)
+    inner = command.get("explain")
+    if not is_document(inner):
+        fail("bad_field_type", field="explain", actual="other", expected="object")
+    database = str(inner.get("$db", command.get("$db", "")))
+    parameters = {**{k: v for k, v in inner.items() if k in SCHEMA_FIELDS},
+                  **{k: v for k, v in command.items() if k in SCHEMA_FIELDS}}
+    inner_result, marked, requires = _analyse(inner, parameters, database)
+    outer = _strip(command)
+    outer["explain"] = inner_result
+    outer.setdefault("verbosity", DEFAULT_VERBOSITY)
+    return MarkResult(outer, marked, requires)

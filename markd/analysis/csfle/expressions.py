@@ -1,0 +1,252 @@
+"""Aggregation expressions (`$expr`, `$project`, `$group`...) against a CSFLE schema.
+
+Each subexpression is either *forwarded* (its value passes through untouched: `{a: "$ssn"}`),
+*compared* for equality (`$eq`, `$ne`, `$in`: a constant compared to a deterministic field is
+marked) or *evaluated* (arithmetic, string operators, `$gt`...: an encrypted field there is refused).
+The expression is written back as mongod serializes it: constants as `{$const: v}`, operator
+arguments as arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from markd.analysis.csfle.errors import fail
+from markd.analysis.csfle.placeholders import MarkContext, mark_value
+from markd.analysis.csfle.schema import (
+    EMPTY,
+    NOT_ENCRYPTED,
+    PREFIX,
+    UNKNOWN,
+    UNKNOWN_NODE,
+    Encrypted,
+    Metadata,
+    SchemaNode,
+    lookup,
+    subtree,
+)
+from markd.analysis.csfle.walk import is_document
+
+LITERAL = "literal"
+FIELD = "field"
+EVALUATED = "evaluated"
+FORWARDED = "forwarded"
+ROOT = "root"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """What an expression yields: its kind, and for field references the path and its metadata."""
+
+    kind: str
+    metadata: Metadata = NOT_ENCRYPTED
+    path: str = ""
+    node: SchemaNode = EMPTY  # the schema of the value when it is a (forwarded) document
+
+    @property
+    def may_be_encrypted(self) -> bool:
+        return isinstance(self.metadata, Encrypted) or self.metadata in (PREFIX, UNKNOWN)
+
+
+# Operators whose result is one of their arguments, unevaluated: the result keeps its encryption.
+FORWARDING = {"$cond", "$ifNull", "$switch", "$let", "$first", "$last", "$arrayElemAt"}
+COMPARISONS = {"$eq", "$ne"}
+# Operators mongod parses with named (object) arguments; their values are expressions.
+OBJECT_ARGUMENT = {
+    "$dateToString", "$dateFromString", "$dateFromParts", "$dateToParts", "$filter", "$map", "$reduce",
+    "$let", "$switch", "$regexMatch", "$regexFind", "$regexFindAll", "$replaceOne", "$replaceAll", "$trim",
+    "$ltrim", "$rtrim", "$zip", "$getField", "$setField", "$unsetField", "$dateAdd", "$dateSubtract",
+    "$dateDiff", "$dateTrunc", "$sortArray", "$firstN", "$lastN", "$maxN", "$minN", "$median",
+    "$percentile", "$convert", "$function", "$accumulator", "$bottom", "$bottomN", "$top", "$topN",
+    "$toHashedIndexKey", "$tsSecond", "$tsIncrement",
+}
+
+
+class ExpressionAnalysis:
+    """Analyses expressions over the documents described by `node` (the current pipeline schema)."""
+
+    def __init__(self, node: SchemaNode, context: MarkContext) -> None:
+        self.node = node
+        self.context = context
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def forwarded(self, expression: Any) -> tuple[Any, Value]:
+        """Serialize an expression whose value is passed on (a $project field)."""
+        return self._analyse(expression)
+
+    def evaluated(self, expression: Any, op: str) -> Any:
+        """Serialize an expression whose value `op` inspects: no encrypted field may reach it."""
+        serialized, value = self._analyse(expression)
+        self._refuse_evaluation(value, op)
+        return serialized
+
+    # -- core ----------------------------------------------------------------------------------
+
+    def _metadata(self, path: str) -> Metadata:
+        return lookup(self.node, path)
+
+    def _field(self, reference: str) -> tuple[Any, Value]:
+        if reference.startswith("$$"):
+            name, _, rest = reference[2:].partition(".")
+            if name in ("ROOT", "CURRENT"):
+                if rest:
+                    return reference, Value(FIELD, self._metadata(rest), rest, subtree(self.node, rest))
+                return reference, Value(ROOT, PREFIX if self.node.may_hold_encryption else NOT_ENCRYPTED,
+                                        "", self.node)
+            return reference, Value(EVALUATED)  # user and system variables hold no encrypted value
+        path = reference[1:]
+        return reference, Value(FIELD, self._metadata(path), path, subtree(self.node, path))
+
+    def _analyse(self, expression: Any) -> tuple[Any, Value]:
+        if isinstance(expression, str) and expression.startswith("$"):
+            return self._field(expression)
+        if isinstance(expression, list):
+            # An encrypted value copied into an array stays a ciphertext: nothing to refuse.
+            items = [self._analyse(item) for item in expression]
+            return [serialized for serialized, _ in items], Value(EVALUATED)
+        if is_document(expression):
+            if expression and next(iter(expression)).startswith("$"):
+                if len(expression) != 1:
+                    fail("unknown_expression", op=next(iter(expression)))
+                op, argument = next(iter(expression.items()))
+                return self._operator(op, argument)
+            fields: dict[str, Any] = {}
+            for name, item in expression.items():
+                fields[name], _ = self._analyse(item)
+            return fields, Value(EVALUATED)
+        return {"$const": expression}, Value(LITERAL)
+
+    def _refuse_evaluation(self, value: Value, op: str) -> None:
+        if value.kind == ROOT and value.metadata is PREFIX:
+            fail("variable", name="ROOT")
+        if isinstance(value.metadata, Encrypted):
+            fail("evaluated", path=value.path, op=op)
+        if value.metadata is PREFIX:
+            fail("prefix_reference", path=value.path)
+        if value.metadata is UNKNOWN:
+            fail("unknown_path", path=value.path or op)
+
+    def _arguments(self, argument: Any) -> list[Any]:
+        return argument if isinstance(argument, list) else [argument]
+
+    def _operator(self, op: str, argument: Any) -> tuple[Any, Value]:
+        if op in ("$literal", "$const"):
+            return {"$const": argument}, Value(LITERAL)
+        if op in COMPARISONS:
+            return self._comparison(op, self._arguments(argument))
+        if op == "$in":
+            return self._in(self._arguments(argument))
+        if op in FORWARDING:
+            return self._forwarding(op, argument)
+        if op in OBJECT_ARGUMENT and is_document(argument):
+            body = {name: self.evaluated(item, op) for name, item in argument.items()}
+            return {op: body}, Value(EVALUATED)
+        body = [self.evaluated(item, op) for item in self._arguments(argument)]
+        return {op: body}, Value(EVALUATED)
+
+    def _forwarding(self, op: str, argument: Any) -> tuple[Any, Value]:
+        """$cond and friends: the condition is evaluated, the branches forwarded."""
+        if op == "$cond" and is_document(argument):
+            argument = [argument.get("if"), argument.get("then"), argument.get("else")]
+        if op in ("$switch", "$let", "$first", "$last", "$arrayElemAt") or not isinstance(argument, list):
+            # Their structure is richer; forwarding through them is not tracked: evaluate everything.
+            if is_document(argument):
+                body: Any = {name: self.evaluated(item, op) for name, item in argument.items()}
+            else:
+                body = [self.evaluated(item, op) for item in self._arguments(argument)]
+            return {op: body}, Value(EVALUATED)
+        serialized: list[Any] = []
+        branches: list[Value] = []
+        for index, item in enumerate(argument):
+            if op == "$cond" and index == 0:
+                serialized.append(self.evaluated(item, op))
+                continue
+            out, value = self._analyse(item)
+            serialized.append(out)
+            branches.append(value)
+        result = Value(EVALUATED)
+        if any(branch.may_be_encrypted or branch.kind == ROOT for branch in branches):
+            first = branches[0]
+            same = all(branch.metadata == first.metadata and branch.node == first.node for branch in branches)
+            result = first if same else Value(FORWARDED, UNKNOWN, "", UNKNOWN_NODE)
+        return {op: serialized}, result
+
+    def _comparison(self, op: str, arguments: list[Any]) -> tuple[Any, Value]:
+        if len(arguments) != 2:
+            fail("unknown_expression", op=op)  # mongod: "Expression $eq takes exactly 2 arguments"
+        analysed = [self._analyse(item) for item in arguments]
+        serialized = [out for out, _ in analysed]
+        values = [value for _, value in analysed]
+        for index, value in enumerate(values):
+            other = values[1 - index]
+            if value.kind == ROOT and value.metadata is PREFIX:
+                fail("variable", name="ROOT")
+            if value.metadata is PREFIX:
+                fail("prefix_reference", path=value.path)
+            if value.metadata is UNKNOWN:
+                fail("unknown_path", path=value.path or op)
+            if not isinstance(value.metadata, Encrypted):
+                continue
+            if not value.metadata.deterministic:
+                fail("compare_random", path=value.path)
+            if other.kind == LITERAL:
+                constant = arguments[1 - index]
+                constant = constant.get("$literal", constant.get("$const")) if is_document(constant) else constant
+                if constant is None:
+                    fail("null_equality", path=value.path)
+                compare = MarkContext(self.context.schema, True, None, self.context.collation_simple)
+                serialized[1 - index] = {"$const": mark_value(value.metadata, constant, value.path, compare)}
+            elif isinstance(other.metadata, Encrypted):
+                if other.metadata != value.metadata:
+                    fail("compare_algorithms", path=value.path, other=f"'{other.path}'")
+            elif other.kind == FIELD:
+                fail("compare_enc_plain", path=value.path, other=f"'{other.path}'")
+            else:
+                fail("compare_evaluated", op=op, other=f"'{value.path}'")
+        return {op: serialized}, Value(EVALUATED)
+
+    def _in(self, arguments: list[Any]) -> tuple[Any, Value]:
+        if len(arguments) != 2:
+            fail("unknown_expression", op="$in")
+        needle_out, needle = self._analyse(arguments[0])
+        haystack = arguments[1]
+        if isinstance(needle.metadata, Encrypted):
+            if not needle.metadata.deterministic:
+                fail("compare_random", path=needle.path)
+            if not isinstance(haystack, list):
+                fail("compare_enc_plain", path=needle.path, other="an array expression")
+            marked: list[Any] = []
+            compare = MarkContext(self.context.schema, True, None, self.context.collation_simple)
+            for item in haystack:
+                out, value = self._analyse(item)
+                if value.kind != LITERAL:
+                    if isinstance(value.metadata, Encrypted) and value.metadata == needle.metadata:
+                        marked.append(out)
+                        continue
+                    fail("compare_enc_plain", path=needle.path, other=f"'{value.path}'")
+                constant = out["$const"]
+                if constant is None:
+                    fail("null_in", path=needle.path)
+                marked.append({"$const": mark_value(needle.metadata, constant, needle.path, compare)})
+            return {"$in": [needle_out, marked]}, Value(EVALUATED)
+        if needle.metadata in (PREFIX, UNKNOWN):
+            self._refuse_evaluation(needle, "$in")
+        return {"$in": [needle_out, self.evaluated(haystack, "$in")]}, Value(EVALUATED)
+
+
+def mark_match_expr(expression: Any, context: MarkContext) -> Any:
+    """A `$expr` filter: its value is used as a boolean, i.e. evaluated."""
+    analysis = ExpressionAnalysis(context.schema.root, context)
+    serialized, value = analysis._analyse(expression)
+    if value.kind in (FIELD, ROOT, FORWARDED):
+        analysis._refuse_evaluation(value, "$expr")
+    return serialized
+
+
+def analysis_for(node: SchemaNode, context: MarkContext) -> ExpressionAnalysis:
+    return ExpressionAnalysis(node, context)
+
+
+__all__ = ["ExpressionAnalysis", "Value", "analysis_for", "mark_match_expr"]

@@ -1,0 +1,576 @@
+"""Aggregation pipelines against a CSFLE schema: one rule per stage, in `STAGES`.
+
+Each rule reads one stage with the schema of the documents entering it, returns the stage(s) as
+mongod serializes them (some stages desugar: `$count` -> `$group` + `$project`...) and the schema
+of the documents leaving it.  A stage without a row is refused (31011).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from markd.analysis import paths
+from markd.analysis.csfle.errors import fail
+from markd.analysis.csfle.expressions import FIELD, LITERAL, ROOT, ExpressionAnalysis, Value
+from markd.analysis.csfle.match import mark_filter
+from markd.analysis.csfle.placeholders import MarkContext
+from markd.analysis.csfle.schema import (
+    EMPTY,
+    PREFIX,
+    UNKNOWN,
+    UNKNOWN_NODE,
+    Encrypted,
+    EncryptionSchema,
+    SchemaNode,
+    lookup,
+    node,
+    subtree,
+)
+from markd.analysis.csfle.walk import is_document
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineContext:
+    """What every stage rule may consult: the namespace, the other namespaces' schemas, the collation."""
+
+    database: str
+    collection: str
+    schemas: Mapping[str, EncryptionSchema] = field(default_factory=dict)  # "db.coll" -> schema
+    collation_simple: bool = True
+    multi_schema: bool = False
+
+    def foreign(self, collection: Any) -> EncryptionSchema | None:
+        """The schema of another collection this pipeline reads (None: not allowed)."""
+        if not isinstance(collection, str):
+            return None
+        namespace = f"{self.database}.{collection}"
+        if namespace in self.schemas:
+            return self.schemas[namespace]
+        if self.multi_schema:
+            fail("missing_ns_schema", ns=namespace)
+        return None
+
+
+Stage = list[dict[str, Any]]
+StageRule = Callable[[str, Any, SchemaNode, PipelineContext], tuple[Stage, SchemaNode]]
+
+
+def _mark_context(current: SchemaNode, context: PipelineContext) -> MarkContext:
+    return MarkContext(EncryptionSchema(current), comparison=True, collation_simple=context.collation_simple)
+
+
+def _analysis(current: SchemaNode, context: PipelineContext) -> ExpressionAnalysis:
+    return ExpressionAnalysis(current, _mark_context(current, context))
+
+
+def with_path(root: SchemaNode, path: str, child: SchemaNode) -> SchemaNode:
+    """`root` with the subschema at dotted `path` replaced by `child`."""
+    parts = paths.split(path)
+    if not parts:
+        return child
+    head, rest = parts[0], paths.join(parts[1:])
+    if root.encrypted is not None or root.unknown:
+        base = EMPTY if root.encrypted is not None else UNKNOWN_NODE
+        return node(properties={head: with_path(base, rest, child)}) if not root.unknown else UNKNOWN_NODE
+    current = subtree(root, head) if rest else EMPTY
+    properties = dict(root.properties)
+    properties[head] = with_path(current, rest, child) if rest else child
+    return node(None, properties, root.patterns, root.additional)
+
+
+def _value_node(value: Value) -> SchemaNode:
+    """The schema of a computed field holding `value`."""
+    if value.kind in (FIELD, ROOT):
+        if isinstance(value.metadata, Encrypted):
+            return node(value.metadata)
+        if value.metadata is UNKNOWN:
+            return UNKNOWN_NODE
+        return value.node
+    if value.metadata is UNKNOWN:
+        return UNKNOWN_NODE
+    if isinstance(value.metadata, Encrypted):
+        return node(value.metadata)
+    return EMPTY
+
+
+# -- stage rules -------------------------------------------------------------------------------------
+
+
+def _match(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$match", actual="other", expected="object")
+    return [{"$match": mark_filter(spec, _mark_context(current, context))}], current
+
+
+def _unchanged(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    return [{name: spec}], current
+
+
+def _is_inclusion(value: Any) -> bool | None:
+    """True for 1/true, False for 0/false, None for a computed field."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0
+    return None
+
+
+def _project(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec) or not spec:
+        fail("bad_field_type", field="$project", actual="other", expected="non-empty object")
+    analysis = _analysis(current, context)
+    kinds = {_is_inclusion(v) for k, v in spec.items() if k != "_id"} or {_is_inclusion(spec.get("_id", 1))}
+    exclusion = kinds == {False}
+    serialized: dict[str, Any] = {}
+    if exclusion:
+        out = current
+        for path, value in spec.items():
+            serialized[path] = bool(_is_inclusion(value))
+            if not _is_inclusion(value):
+                out = with_path(out, path, EMPTY)
+        return [{"$project": serialized}], out
+    out = EMPTY
+    if "_id" not in spec:
+        serialized["_id"] = True
+        out = with_path(out, "_id", subtree(current, "_id"))
+    for path, value in spec.items():
+        included = _is_inclusion(value)
+        if included is True:
+            serialized[path] = True
+            out = with_path(out, path, subtree(current, path))
+        elif included is False:
+            serialized[path] = False  # only _id may be excluded in an inclusion projection
+        else:
+            expression, result = _computed(analysis, value)
+            serialized[path] = expression
+            out = with_path(out, path, _value_node(result))
+    return [{"$project": serialized}], out
+
+
+def _computed(analysis: ExpressionAnalysis, value: Any) -> tuple[Any, Value]:
+    if is_document(value) and value and not next(iter(value)).startswith("$"):
+        # A nested projection object: each field computed in turn.
+        fields: dict[str, Any] = {}
+        result = EMPTY
+        for name, item in value.items():
+            fields[name], inner = _computed(analysis, item)
+            result = with_path(result, name, _value_node(inner))
+        return fields, Value("document", node=result, metadata=PREFIX if result.may_hold_encryption else
+                             lookup(EMPTY, ""))
+    return analysis.forwarded(value)
+
+
+def _add_fields(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field=name, actual="other", expected="object")
+    analysis = _analysis(current, context)
+    serialized: dict[str, Any] = {}
+    out = current
+    for path, value in spec.items():
+        expression, result = _computed(analysis, value)
+        serialized[path] = expression
+        out = with_path(out, path, _value_node(result))
+    return [{"$addFields": serialized}], out
+
+
+def _unset(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    fields = [spec] if isinstance(spec, str) else spec
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        fail("bad_field_type", field="$unset", actual="other", expected="string or array of strings")
+    return _project("$project", {f: False for f in fields}, current, context)
+
+
+GROUP_KEEPS = {"$first", "$last"}
+GROUP_COLLECTS = {"$push", "$addToSet"}
+
+
+def _group_key(analysis: ExpressionAnalysis, key: Any, path: str) -> tuple[Any, SchemaNode]:
+    if is_document(key) and key and not next(iter(key)).startswith("$"):
+        fields: dict[str, Any] = {}
+        out = EMPTY
+        for name, item in key.items():
+            fields[name], child = _group_key(analysis, item, paths.join(path, name))
+            out = with_path(out, name, child)
+        return fields, out
+    expression, value = analysis.forwarded(key)
+    if isinstance(value.metadata, Encrypted):
+        if not value.metadata.deterministic:
+            fail("group_key", path=path)
+        return expression, node(value.metadata)
+    if value.metadata is UNKNOWN:
+        fail("group_key", path=path)
+    if value.kind in (FIELD, ROOT) and value.node.may_hold_encryption:
+        _refuse_random_below(value.node, path)
+        return expression, value.node
+    if value.kind not in (FIELD, ROOT, LITERAL) and value.metadata is PREFIX:
+        fail("group_key", path=path)
+    return expression, EMPTY
+
+
+def _refuse_random_below(current: SchemaNode, path: str) -> None:
+    if current.unknown:
+        fail("group_key", path=path)
+    if current.encrypted is not None:
+        if not current.encrypted.deterministic:
+            fail("group_key", path=path)
+        return
+    for name, child in current.properties.items():
+        _refuse_random_below(child, paths.join(path, name))
+    for _, child in current.patterns:
+        _refuse_random_below(child, path)
+    if current.additional is not None:
+        _refuse_random_below(current.additional, path)
+
+
+def _accumulator(analysis: ExpressionAnalysis, field_name: str, spec: Any) -> tuple[Any, SchemaNode]:
+    if not is_document(spec) or len(spec) != 1:
+        from markd.errors import CommandError
+
+        raise CommandError(40238, f"The field '{field_name}' must specify one accumulator")
+    op, argument = next(iter(spec.items()))
+    if op == "$count":
+        return {"$sum": {"$const": 1}}, EMPTY
+    expression, value = analysis.forwarded(argument)
+    encrypted = value.metadata is not None and (isinstance(value.metadata, Encrypted)
+                                                or value.metadata in (PREFIX, UNKNOWN))
+    if op in GROUP_KEEPS:
+        return {op: expression}, _value_node(value)
+    if op in GROUP_COLLECTS:
+        if op == "$addToSet" and encrypted:
+            if value.metadata is UNKNOWN or (isinstance(value.metadata, Encrypted)
+                                             and not value.metadata.deterministic):
+                fail("add_to_set", field=field_name)
+            if value.metadata is PREFIX:
+                _refuse_random_below(value.node, field_name)
+        return {op: expression}, UNKNOWN_NODE if encrypted else EMPTY
+    if op == "$accumulator":
+        if encrypted:
+            fail("accumulator", op=op)
+        return {op: expression}, EMPTY
+    if encrypted:
+        fail("accumulator", op=op)
+    return {op: expression}, EMPTY
+
+
+def _group(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec) or "_id" not in spec:
+        from markd.errors import CommandError
+
+        raise CommandError(15955, "a group specification must include an _id")
+    analysis = _analysis(current, context)
+    serialized: dict[str, Any] = {}
+    serialized["_id"], key_node = _group_key(analysis, spec["_id"], "_id")
+    out = with_path(EMPTY, "_id", key_node)
+    for field_name, accumulator in spec.items():
+        if field_name == "_id":
+            continue
+        serialized[field_name], child = _accumulator(analysis, field_name, accumulator)
+        out = with_path(out, field_name, child)
+    return [{"$group": serialized}], out
+
+
+def _count(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not isinstance(spec, str) or not spec or spec.startswith("$") or "." in spec:
+        from markd.errors import CommandError
+
+        raise CommandError(40156, "the count field must be a non-empty string")
+    stages = [{"$group": {"_id": {"$const": None}, spec: {"$sum": {"$const": 1}}}},
+              {"$project": {"_id": False, spec: True}}]
+    return stages, with_path(EMPTY, spec, EMPTY)
+
+
+def _sort_keys(spec: Mapping[str, Any], current: SchemaNode) -> None:
+    for path, direction in spec.items():
+        if is_document(direction) and "$meta" in direction:
+            continue
+        metadata = lookup(current, path)
+        if isinstance(metadata, Encrypted) or metadata in (PREFIX, UNKNOWN):
+            fail("sort", path=path)
+
+
+def _sort(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$sort", actual="other", expected="object")
+    _sort_keys(spec, current)
+    return [{"$sort": spec}], current
+
+
+def _sort_by_count(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    grouped, out = _group("$group", {"_id": spec, "count": {"$sum": 1}}, current, context)
+    return [*grouped, {"$sort": {"count": -1}}], out
+
+
+def _unwind(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    options = dict(spec) if is_document(spec) else {"path": spec}
+    path = options.get("path")
+    if not isinstance(path, str) or not path.startswith("$"):
+        from markd.errors import CommandError
+
+        raise CommandError(28808, "$unwind path must be prefixed by a '$'")
+    metadata = lookup(current, path[1:])
+    if isinstance(metadata, Encrypted) and not metadata.deterministic:
+        fail("unwind_random")
+    out = current
+    index_field = options.get("includeArrayIndex")
+    if isinstance(index_field, str):
+        out = with_path(out, index_field, EMPTY)
+    return [{"$unwind": options}], out
+
+
+def _replace_root(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    new_root = spec.get("newRoot") if name == "$replaceRoot" and is_document(spec) else spec
+    expression, value = _computed(_analysis(current, context), new_root)
+    if isinstance(value.metadata, Encrypted):
+        fail("replace_root")
+    if value.metadata is UNKNOWN:
+        out = UNKNOWN_NODE
+    else:
+        out = value.node if value.kind in (FIELD, ROOT, "document") else EMPTY
+    return [{"$replaceRoot": {"newRoot": expression}}], out
+
+
+def _lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$lookup", actual="other", expected="object")
+    source = spec.get("from", context.collection)
+    foreign = context.foreign(source) if source != context.collection else context.schemas.get(
+        f"{context.database}.{context.collection}", None)
+    if foreign is None:
+        if source != context.collection:
+            fail("other_collection")
+        foreign = EncryptionSchema(current)
+    if spec.get("let"):
+        fail("lookup_let")
+    serialized = dict(spec)
+    if "localField" in spec or "foreignField" in spec:
+        local_path, foreign_path = spec.get("localField", ""), spec.get("foreignField", "")
+        local, remote = lookup(current, local_path), foreign.metadata_for(foreign_path)
+        if local is PREFIX or local is UNKNOWN:
+            fail("lookup_local_child", field=local_path)
+        if remote is PREFIX or remote is UNKNOWN:
+            fail("lookup_foreign_child", field=foreign_path)
+        if local != remote:
+            fail("lookup_mismatch", local=local_path, foreign=foreign_path)
+        if isinstance(local, Encrypted) and not local.deterministic:
+            fail("lookup_random", local=local_path, foreign=foreign_path)
+    foreign_out = foreign.root
+    if "pipeline" in spec:
+        inner_context = replace(context, collection=source)
+        serialized["pipeline"], foreign_out = mark_stages(spec["pipeline"], foreign.root, inner_context)
+    joined = UNKNOWN_NODE if foreign_out.may_hold_encryption else EMPTY
+    return [{"$lookup": serialized}], with_path(current, spec.get("as", ""), joined)
+
+
+def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext
+                  ) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$graphLookup", actual="other", expected="object")
+    source = spec.get("from")
+    foreign = context.foreign(source) if source != context.collection else None
+    if foreign is None:
+        if source != context.collection:
+            fail("other_collection")
+        foreign = EncryptionSchema(current)
+    start_expression, start = _analysis(current, context).forwarded(spec.get("startWith"))
+    source_field, target_field = spec.get("connectFromField", ""), spec.get("connectToField", "")
+    source_metadata, target_metadata = foreign.metadata_for(source_field), foreign.metadata_for(target_field)
+    if source_metadata in (PREFIX, UNKNOWN):
+        fail("graph_from_child", field=source_field)
+    if target_metadata in (PREFIX, UNKNOWN):
+        fail("graph_to_child", field=target_field)
+    if source_metadata != target_metadata or (start.kind == FIELD and start.metadata != target_metadata):
+        fail("graph_mismatch", source=source_field, target=target_field)
+    if isinstance(target_metadata, Encrypted) and not target_metadata.deterministic:
+        fail("graph_random", source=source_field, target=target_field)
+    serialized = dict(spec)
+    serialized["startWith"] = start_expression
+    if "restrictSearchWithMatch" in spec:
+        restrict = MarkContext(foreign, comparison=True, collation_simple=context.collation_simple)
+        serialized["restrictSearchWithMatch"] = mark_filter(spec["restrictSearchWithMatch"], restrict)
+    joined = UNKNOWN_NODE if foreign.root.may_hold_encryption else EMPTY
+    return [{"$graphLookup": serialized}], with_path(current, spec.get("as", ""), joined)
+
+
+def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$geoNear", actual="other", expected="object")
+    serialized = dict(spec)
+    key = spec.get("key")
+    if isinstance(key, str) and lookup(current, key) != lookup(EMPTY, key):
+        fail("geo_near_key", field=key)
+    if "query" in spec:
+        serialized["query"] = mark_filter(spec["query"], _mark_context(current, context))
+    out = current
+    for option in ("distanceField", "includeLocs"):
+        if isinstance(spec.get(option), str):
+            out = with_path(out, spec[option], EMPTY)
+    return [{"$geoNear": serialized}], out
+
+
+def _bucket_auto(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$bucketAuto", actual="other", expected="object")
+    analysis = _analysis(current, context)
+    group_by, value = analysis.forwarded(spec.get("groupBy"))
+    if value.may_be_encrypted or value.kind == ROOT:
+        fail("bucket_auto")
+    serialized = dict(spec)
+    serialized["groupBy"] = group_by
+    out = with_path(EMPTY, "_id", EMPTY)
+    if is_document(spec.get("output")):
+        output: dict[str, Any] = {}
+        for field_name, accumulator in spec["output"].items():
+            output[field_name], child = _accumulator(analysis, field_name, accumulator)
+            out = with_path(out, field_name, child)
+        serialized["output"] = output
+    else:
+        out = with_path(out, "count", EMPTY)
+    return [{"$bucketAuto": serialized}], out
+
+
+def _bucket(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec):
+        fail("bad_field_type", field="$bucket", actual="other", expected="object")
+    analysis = _analysis(current, context)
+    # The boundaries are compared with the groupBy value: it is evaluated.
+    group_by = analysis.evaluated(spec.get("groupBy"), "$bucket")
+    serialized = dict(spec)
+    serialized["groupBy"] = group_by
+    out = with_path(EMPTY, "_id", EMPTY)
+    output_spec = spec.get("output") if is_document(spec.get("output")) else {"count": {"$sum": 1}}
+    output: dict[str, Any] = {}
+    for field_name, accumulator in output_spec.items():
+        output[field_name], child = _accumulator(analysis, field_name, accumulator)
+        out = with_path(out, field_name, child)
+    serialized["output"] = output
+    return [{"$bucket": serialized}], out
+
+
+def _fresh_documents(name: str, spec: Any, current: SchemaNode, context: PipelineContext
+                     ) -> tuple[Stage, SchemaNode]:
+    """Stages whose output is metadata about the collection, never its encrypted data."""
+    return [{name: spec}], EMPTY
+
+
+def _search(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if is_document(spec) and spec.get("returnStoredSource") and current.may_hold_encryption:
+        fail("stored_source")
+    return [{name: spec}], current
+
+
+def _union_with(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    options = dict(spec) if is_document(spec) else {"coll": spec}
+    source = options.get("coll", context.collection)
+    foreign = context.foreign(source) if context.multi_schema else None
+    if foreign is None:
+        fail("stage_unsupported", stage=name)
+    foreign_out = foreign.root
+    if "pipeline" in options:
+        options["pipeline"], foreign_out = mark_stages(options["pipeline"], foreign.root,
+                                                       replace(context, collection=source))
+    merged = current if foreign_out == current else (
+        UNKNOWN_NODE if foreign_out.may_hold_encryption or current.may_hold_encryption else EMPTY)
+    return [{"$unionWith": options}], merged
+
+
+def _facet(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    if not context.multi_schema:
+        fail("stage_unsupported", stage=name)
+    if not is_document(spec):
+        fail("bad_field_type", field="$facet", actual="other", expected="object")
+    serialized: dict[str, Any] = {}
+    out = EMPTY
+    for facet_name, stages in spec.items():
+        serialized[facet_name], facet_out = mark_stages(stages, current, context)
+        out = with_path(out, facet_name, UNKNOWN_NODE if facet_out.may_hold_encryption else EMPTY)
+    return [{"$facet": serialized}], out
+
+
+STAGES: dict[str, StageRule] = {
+    "$match": _match,
+    "$project": _project,
+    "$addFields": _add_fields,
+    "$set": _add_fields,
+    "$unset": _unset,
+    "$group": _group,
+    "$count": _count,
+    "$sort": _sort,
+    "$sortByCount": _sort_by_count,
+    "$limit": _unchanged,
+    "$skip": _unchanged,
+    "$sample": _unchanged,
+    "$unwind": _unwind,
+    "$replaceRoot": _replace_root,
+    "$replaceWith": _replace_root,
+    "$lookup": _lookup,
+    "$graphLookup": _graph_lookup,
+    "$geoNear": _geo_near,
+    "$bucketAuto": _bucket_auto,
+    "$bucket": _bucket,
+    "$collStats": _fresh_documents,
+    "$documents": _fresh_documents,
+    "$search": _search,
+    "$searchMeta": _fresh_documents,
+    "$vectorSearch": _search,
+    "$listSearchIndexes": _fresh_documents,
+    "$unionWith": _union_with,
+    "$facet": _facet,
+}
+
+
+def mark_stages(pipeline: Any, current: SchemaNode, context: PipelineContext) -> tuple[list[Any], SchemaNode]:
+    """The pipeline as mongod re-serializes it, marked, and the schema of its output documents."""
+    if not isinstance(pipeline, list):
+        fail("pipeline_not_array")
+    serialized: list[Any] = []
+    for stage in pipeline:
+        if not is_document(stage) or len(stage) != 1:
+            fail("stage_not_object")
+        name, spec = next(iter(stage.items()))
+        rule = STAGES.get(name)
+        if rule is None:
+            fail("stage_unsupported", stage=name)
+        stages, current = rule(name, spec, current, context)
+        serialized.extend(stages)
+    return serialized, current
+
+
+def mark_update_pipeline(pipeline: Any, schema: EncryptionSchema, context: MarkContext) -> list[Any]:
+    """A pipeline-style update: allowed only when it leaves the encrypted fields as they were."""
+    if not isinstance(pipeline, list):
+        fail("pipeline_not_array")
+    for stage in pipeline:
+        if not is_document(stage) or len(stage) != 1:
+            fail("stage_not_object")
+        stage_name = next(iter(stage))
+        if stage_name not in ("$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"):
+            from markd.errors import CommandError
+
+            raise CommandError(ERROR_UPDATE_STAGE, f"{stage_name} is not allowed to be used within an update")
+    pipeline_context = PipelineContext("", "", collation_simple=context.collation_simple)
+    serialized, out = mark_stages(pipeline, schema.root, pipeline_context)
+    if _encryption_shape(out) != _encryption_shape(schema.root):
+        fail("pipeline_update_schema")
+    return serialized
+
+
+ERROR_UPDATE_STAGE = 72  # InvalidOptions, as mongod refuses non-projection stages in update pipelines
+
+
+def _encryption_shape(current: SchemaNode, depth: int = 0) -> Any:
+    """A comparable summary of where encryption sits in a tree."""
+    if depth > 50:
+        return "deep"
+    if current.unknown:
+        return "unknown"
+    if current.encrypted is not None:
+        return current.encrypted
+    return (
+        tuple(sorted((k, _encryption_shape(v, depth + 1)) for k, v in current.properties.items()
+                     if v.may_hold_encryption)),
+        tuple((p.pattern, _encryption_shape(v, depth + 1)) for p, v in current.patterns if v.may_hold_encryption),
+        _encryption_shape(current.additional, depth + 1) if current.additional is not None
+        and current.additional.may_hold_encryption else None,
+    )

@@ -1,0 +1,428 @@
+"""A CSFLE `jsonSchema` parsed once into an immutable tree that answers "what is at this path?".
+
+`parse(schema, remote)` validates the schema the way mongocryptd does (first as a JSON Schema, then
+as an encryption schema) and returns an `EncryptionSchema`; `metadata_for(path)` answers one of
+`Encrypted`, `NOT_ENCRYPTED`, `PREFIX` (an ancestor of an encrypted path) or `UNKNOWN` (a value
+whose encryption is only known at run time, e.g. an aggregation result mixing fields).
+Parsed trees are cached by the schema's BSON bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson.binary import Binary
+
+from markd import bsonvalues
+from markd.analysis import paths
+from markd.analysis.csfle.errors import fail
+
+DETERMINISTIC_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
+RANDOM_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Random"
+DETERMINISTIC = 1
+RANDOM = 2
+ALGORITHMS = {DETERMINISTIC_NAME: DETERMINISTIC, RANDOM_NAME: RANDOM}
+ALGORITHM_NAMES = {number: name for name, number in ALGORITHMS.items()}
+
+# BSON type aliases in BSON type-number order (minKey first, as mongod's type sets sort them).
+TYPE_ORDER = (
+    "minKey", "double", "string", "object", "array", "binData", "undefined", "objectId", "bool", "date",
+    "null", "regex", "dbPointer", "javascript", "symbol", "javascriptWithScope", "int", "timestamp", "long",
+    "decimal", "maxKey",
+)
+TYPE_ALIASES = frozenset((*TYPE_ORDER, "number"))
+NUMBER_TYPES = frozenset({"int", "long", "double", "decimal"})
+
+# Types no encryption can hold, and those deterministic encryption also refuses (equality on them
+# would be wrong or leak: floating point, booleans, documents and arrays).
+NEVER_ENCRYPTABLE = frozenset({"minKey", "maxKey", "undefined", "null"})
+NOT_DETERMINISTIC = NEVER_ENCRYPTABLE | frozenset(
+    {"array", "object", "javascriptWithScope", "bool", "double", "decimal"}
+)
+
+# Every keyword mongod's $jsonSchema parser knows; those it names but does not implement.
+JSON_SCHEMA_KEYWORDS = frozenset({
+    "additionalItems", "additionalProperties", "allOf", "anyOf", "bsonType", "dependencies", "description",
+    "encrypt", "encryptMetadata", "enum", "exclusiveMaximum", "exclusiveMinimum", "items", "maxItems",
+    "maxLength", "maxProperties", "maximum", "minItems", "minLength", "minProperties", "minimum", "multipleOf",
+    "not", "oneOf", "pattern", "patternProperties", "properties", "required", "title", "type", "uniqueItems",
+})
+UNIMPLEMENTED_KEYWORDS = frozenset({"$ref", "$schema", "default", "definitions", "format", "id"})
+# The subset mongocryptd accepts at all, and the subset it accepts in a local (schemaMap) schema:
+# validation keywords only make sense where mongod enforces them, i.e. in a remote schema.
+FLE_KEYWORDS = JSON_SCHEMA_KEYWORDS - {"dependencies"}
+LOCAL_KEYWORDS = frozenset({
+    "additionalItems", "additionalProperties", "allOf", "anyOf", "bsonType", "description", "encrypt",
+    "encryptMetadata", "items", "not", "oneOf", "patternProperties", "properties", "title", "type",
+})
+JSON_TYPES = {"object": "object", "array": "array", "string": "string", "boolean": "bool", "null": "null",
+              "number": "number", "integer": "int"}  # JSON Schema `type` names (no "integer" in mongod: kept simple)
+
+
+@dataclass(frozen=True, slots=True)
+class Encrypted:
+    """An encrypted field: algorithm 1 (deterministic) or 2 (random), a key and the allowed types."""
+
+    algorithm: int
+    key: Binary | str  # a key UUID (BinData 4), or a JSON pointer to the key's alt name
+    bson_types: frozenset[str] = frozenset()  # empty: any type; may hold "number"
+
+    @property
+    def deterministic(self) -> bool:
+        return self.algorithm == DETERMINISTIC
+
+    @property
+    def pointer(self) -> bool:
+        return isinstance(self.key, str)
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NOT_ENCRYPTED = _Marker("NOT_ENCRYPTED")
+PREFIX = _Marker("PREFIX")
+UNKNOWN = _Marker("UNKNOWN")
+Metadata = Encrypted | _Marker
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaNode:
+    """One subschema: encrypted itself, or the rules for its fields."""
+
+    encrypted: Encrypted | None = None
+    properties: Mapping[str, SchemaNode] = field(default_factory=dict)
+    patterns: tuple[tuple[re.Pattern[str], SchemaNode], ...] = ()
+    additional: SchemaNode | None = None
+    unknown: bool = False  # encryption only known at run time (aggregation results)
+    contains_encrypted: bool = False
+
+    def children_for(self, name: str) -> list[SchemaNode]:
+        """Subschemas that govern field `name` (JSON Schema's properties/patternProperties/additionalProperties)."""
+        found: list[SchemaNode] = []
+        if name in self.properties:
+            found.append(self.properties[name])
+        found.extend(child for pattern, child in self.patterns if pattern.search(name))
+        if not found and self.additional is not None:
+            found.append(self.additional)
+        return found
+
+    @property
+    def may_hold_encryption(self) -> bool:
+        return self.encrypted is not None or self.unknown or self.contains_encrypted
+
+
+def node(
+    encrypted: Encrypted | None = None,
+    properties: Mapping[str, SchemaNode] | None = None,
+    patterns: tuple[tuple[re.Pattern[str], SchemaNode], ...] = (),
+    additional: SchemaNode | None = None,
+    unknown: bool = False,
+) -> SchemaNode:
+    """A SchemaNode with `contains_encrypted` worked out from its children."""
+    properties = dict(properties or {})
+    children = [*properties.values(), *(child for _, child in patterns)]
+    if additional is not None:
+        children.append(additional)
+    contains = any(child.may_hold_encryption for child in children)
+    return SchemaNode(encrypted, properties, patterns, additional, unknown, contains)
+
+
+EMPTY = node()
+UNKNOWN_NODE = node(unknown=True)
+
+
+def lookup(root: SchemaNode, path: str) -> Metadata:
+    """What is at `path` under `root` (see module docstring)."""
+    return _lookup(root, paths.split(path), path)
+
+
+def _lookup(current: SchemaNode, parts: tuple[str, ...], full: str) -> Metadata:
+    if current.unknown:
+        return UNKNOWN
+    if current.encrypted is not None:
+        if parts:
+            fail("through_encrypted", path=full)
+        return current.encrypted
+    if not parts:
+        return PREFIX if current.contains_encrypted else NOT_ENCRYPTED
+    children = current.children_for(parts[0])
+    if not children:
+        return NOT_ENCRYPTED
+    answers = {_lookup(child, parts[1:], full) for child in children}
+    if len(answers) > 1:
+        fail("conflicting_metadata", path=full)
+    return answers.pop()
+
+
+def subtree(root: SchemaNode, path: str) -> SchemaNode:
+    """The node governing `path` (EMPTY when nothing does); conflicts raise as in `lookup`."""
+    current = root
+    for index, part in enumerate(paths.split(path)):
+        if current.unknown:
+            return UNKNOWN_NODE
+        if current.encrypted is not None:
+            fail("through_encrypted", path=path)
+        children = current.children_for(part)
+        if not children:
+            return EMPTY
+        if len(children) > 1 and len({_lookup(c, (), path) for c in children}) > 1:
+            fail("conflicting_metadata", path=paths.join(paths.split(path)[: index + 1]))
+        current = children[0]
+    return current
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionSchema:
+    """A parsed jsonSchema: the tree and whether anything in it is encrypted."""
+
+    root: SchemaNode
+    remote: bool = True
+
+    def metadata_for(self, path: str) -> Metadata:
+        return lookup(self.root, path)
+
+    def subtree(self, path: str) -> SchemaNode:
+        return subtree(self.root, path)
+
+    @property
+    def encrypts_anything(self) -> bool:
+        return self.root.may_hold_encryption
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+
+_CACHE: OrderedDict[bytes, EncryptionSchema] = OrderedDict()
+_CACHE_SIZE = 256
+_STATS = {"hits": 0, "misses": 0}
+
+
+def parse(schema: Mapping[str, Any], remote: bool) -> EncryptionSchema:
+    """The EncryptionSchema for a jsonSchema, validated as mongocryptd does; cached by its bytes."""
+    key = bsonvalues.encode({"s": schema, "r": remote})
+    cached = _CACHE.get(key)
+    if cached is not None:
+        _STATS["hits"] += 1
+        _CACHE.move_to_end(key)
+        return cached
+    _STATS["misses"] += 1
+    _check_json_schema(schema)
+    parsed = EncryptionSchema(_build(schema, remote, allow_encrypt=True, inherited={}, top_level=True), remote)
+    _CACHE[key] = parsed
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return parsed
+
+
+def cache_stats() -> tuple[int, int]:
+    return _STATS["hits"], _STATS["misses"]
+
+
+def _subschemas(schema: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(keyword, subschema) for every nested subschema of `schema`."""
+    found: list[tuple[str, Any]] = []
+    for keyword in ("properties", "patternProperties"):
+        value = schema.get(keyword)
+        if isinstance(value, Mapping):
+            found.extend((keyword, sub) for sub in value.values())
+    for keyword in ("additionalProperties", "additionalItems", "not"):
+        value = schema.get(keyword)
+        if isinstance(value, Mapping):
+            found.append((keyword, value))
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        found.append(("items", items))
+    elif isinstance(items, list):
+        found.extend(("items", sub) for sub in items)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        value = schema.get(keyword)
+        if isinstance(value, list):
+            found.extend((keyword, sub) for sub in value)
+    dependencies = schema.get("dependencies")
+    if isinstance(dependencies, Mapping):
+        found.extend(("dependencies", sub) for sub in dependencies.values() if isinstance(sub, Mapping))
+    return found
+
+
+def _check_json_schema(schema: Any) -> None:
+    """mongod's own $jsonSchema parse, which runs (over the whole schema) before the encryption rules."""
+    if not isinstance(schema, Mapping):
+        fail("keyword_type", keyword="properties", expected="an object")
+    for keyword in schema:
+        if keyword in UNIMPLEMENTED_KEYWORDS:
+            from markd.errors import CommandError
+
+            raise CommandError(9, f"$jsonSchema keyword '{keyword}' is not currently supported")
+        if keyword not in JSON_SCHEMA_KEYWORDS:
+            fail("unknown_keyword", keyword=keyword)
+    if "type" in schema and "bsonType" in schema:
+        fail("type_and_bsontype")
+    if "encrypt" in schema:
+        if "bsonType" in schema:
+            fail("encrypt_with_bsontype")
+        if "type" in schema:
+            fail("encrypt_with_type")
+    for keyword in ("properties", "patternProperties"):
+        if keyword in schema and not isinstance(schema[keyword], Mapping):
+            fail("keyword_type", keyword=keyword, expected="an object")
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if keyword in schema and not (isinstance(schema[keyword], list) and schema[keyword]):
+            fail("keyword_type", keyword=keyword, expected="a nonempty array")
+    for keyword in ("not",):
+        if keyword in schema and not isinstance(schema[keyword], Mapping):
+            fail("keyword_type", keyword=keyword, expected="an object")
+    for keyword in ("additionalProperties", "additionalItems"):
+        if keyword in schema and not isinstance(schema[keyword], (Mapping, bool)):
+            fail("keyword_type", keyword=keyword, expected="either an object or a boolean")
+    if "items" in schema and not isinstance(schema["items"], (Mapping, list)):
+        fail("keyword_type", keyword="items", expected="either an object or an array")
+    for keyword in ("bsonType", "type"):
+        if keyword in schema:
+            _type_names(schema[keyword], keyword)
+    for keyword in ("encrypt", "encryptMetadata"):
+        if keyword in schema and not isinstance(schema[keyword], Mapping):
+            fail("keyword_type", keyword=keyword, expected="an object")
+    if "patternProperties" in schema:
+        for pattern in schema["patternProperties"]:
+            _compile(pattern)
+    for _, sub in _subschemas(schema):
+        _check_json_schema(sub)
+
+
+def _type_names(value: Any, keyword: str) -> frozenset[str]:
+    """The type aliases named by a `bsonType`/`type` value (a string or an array of strings)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        fail("keyword_type", keyword=keyword, expected="a string or an array of strings")
+    result: set[str] = set()
+    for name in names:
+        if keyword == "type":
+            if name not in JSON_TYPES:
+                fail("unknown_bson_type", name=name)
+            result.add(JSON_TYPES[name])
+        else:
+            if name not in TYPE_ALIASES:
+                fail("unknown_bson_type", name=name)
+            result.add(name)
+    return frozenset(result)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        from markd.errors import CommandError
+
+        raise CommandError(51091, f"Invalid regular expression in patternProperties: {pattern}") from None
+
+
+def _restricts_to_object(schema: Mapping[str, Any]) -> bool:
+    """True when the subschema admits objects only: then (and only then) its fields may be encrypted."""
+    for keyword in ("bsonType", "type"):
+        if keyword in schema:
+            names = _type_names(schema[keyword], keyword)
+            return names == {"object"}
+    return False
+
+
+def _check_keywords(schema: Mapping[str, Any], remote: bool) -> None:
+    for keyword in schema:
+        if keyword not in FLE_KEYWORDS:
+            fail("keyword_unsupported", keyword=keyword)
+        if not remote and keyword not in LOCAL_KEYWORDS:
+            fail("keyword_remote_only", keyword=keyword)
+
+
+def _metadata_fields(spec: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """keyId/algorithm (and bsonType for `encrypt`) of an encrypt or encryptMetadata object, checked."""
+    allowed = ("keyId", "algorithm", "bsonType") if owner == "encrypt" else ("keyId", "algorithm")
+    fields: dict[str, Any] = {}
+    for name, value in spec.items():
+        if name not in allowed:
+            fail("encrypt_field" if owner == "encrypt" else "metadata_field", field=name)
+        fields[name] = value
+    if "algorithm" in fields and fields["algorithm"] not in ALGORITHMS:
+        fail("bad_algorithm", value=fields["algorithm"], field=owner)
+    if "keyId" in fields:
+        key_id = fields["keyId"]
+        if isinstance(key_id, str):
+            if not key_id.startswith("/"):
+                fail("bad_pointer", pointer=key_id)
+        elif not (isinstance(key_id, list) and key_id
+                  and all(isinstance(k, Binary) and k.subtype == 4 and len(k) == 16 for k in key_id)):
+            fail("bad_key_id")
+    if "bsonType" in fields:
+        fields["bsonType"] = _type_names(fields["bsonType"], "bsonType")
+    return fields
+
+
+def _encrypted(spec: Mapping[str, Any], inherited: Mapping[str, Any]) -> Encrypted:
+    fields = {**inherited, **_metadata_fields(spec, "encrypt")}
+    if "algorithm" not in fields:
+        fail("no_algorithm")
+    if "keyId" not in fields:
+        fail("no_key_id")
+    algorithm = ALGORITHMS[fields["algorithm"]]
+    key_id = fields["keyId"]
+    key: Binary | str = key_id if isinstance(key_id, str) else Binary(bytes(key_id[0]), 4)
+    types: frozenset[str] = fields.get("bsonType", frozenset())
+    if algorithm == DETERMINISTIC:
+        if len(types) != 1 or "number" in types:
+            fail("deterministic_one_type")
+        if isinstance(key, str):
+            fail("deterministic_pointer")
+    illegal = NOT_DETERMINISTIC if algorithm == DETERMINISTIC else NEVER_ENCRYPTABLE
+    for name in TYPE_ORDER:
+        if name in types and name in illegal:
+            fail("schema_type_illegal", type=name)
+    return Encrypted(algorithm, key, types)
+
+
+def _build(schema: Mapping[str, Any], remote: bool, *, allow_encrypt: bool, inherited: Mapping[str, Any],
+           top_level: bool = False) -> SchemaNode:
+    """The encryption tree of one (already JSON-Schema-checked) subschema."""
+    _check_keywords(schema, remote)
+    if "encryptMetadata" in schema:
+        if not allow_encrypt:
+            fail("metadata_not_allowed")
+        inherited = {**inherited, **_metadata_fields(schema["encryptMetadata"], "encryptMetadata")}
+    if "encrypt" in schema:
+        if not allow_encrypt:
+            fail("encrypt_not_allowed")
+        if len(schema) > 1:
+            fail("encrypt_siblings")
+        return node(_encrypted(schema["encrypt"], inherited))
+
+    fields_may_encrypt = allow_encrypt and _restricts_to_object(schema)
+    properties: dict[str, SchemaNode] = {}
+    for name, sub in schema.get("properties", {}).items():
+        # A dotted property name would make the encrypted path ambiguous with a nested one.
+        properties[name] = _build(sub, remote, allow_encrypt=fields_may_encrypt and "." not in name,
+                                  inherited=inherited)
+    patterns = tuple(
+        (_compile(pattern), _build(sub, remote, allow_encrypt=fields_may_encrypt, inherited=inherited))
+        for pattern, sub in schema.get("patternProperties", {}).items()
+    )
+    additional = schema.get("additionalProperties")
+    additional_node = (
+        _build(additional, remote, allow_encrypt=fields_may_encrypt, inherited=inherited)
+        if isinstance(additional, Mapping) else None
+    )
+    # Nothing inside arrays or logical combinators may be encrypted: their subschemas are only checked.
+    for keyword, sub in _subschemas(schema):
+        if keyword in ("items", "additionalItems", "allOf", "anyOf", "oneOf", "not", "dependencies"):
+            _build(sub, remote, allow_encrypt=False, inherited=inherited)
+    built = node(None, properties, patterns, additional_node)
+    if top_level:
+        for child in built.children_for("_id"):
+            if child.encrypted is not None and child.encrypted.algorithm == RANDOM:
+                fail("id_algorithm", algorithm=RANDOM_NAME)
+    return built
