@@ -21,7 +21,7 @@ from bson.binary import Binary, UuidRepresentation
 from bson.code import Code
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.datetime_ms import DatetimeMS
-from bson.errors import InvalidDocument
+from bson.errors import InvalidBSON, InvalidDocument
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 
@@ -87,12 +87,43 @@ class DBPointer:
         return f"DBPointer({self.namespace!r}, {self.oid!r})"
 
 
+class ExactRegex(Regex):  # type: ignore[type-arg]
+    """A regex whose option letters pymongo would reorder, dedupe or drop ("xi", "ii", "q").
+
+    Still a `Regex` (rules that ask `isinstance(value, Regex)` see a regex), but it keeps the option
+    bytes the client sent; pymongo's encoder refuses it, so `encode` writes it itself.
+    """
+
+    __slots__ = ("options",)
+    _type_marker = None  # not 11: pymongo's encoder must not write it with normalized flags
+
+    def __init__(self, pattern: str, options: str) -> None:
+        super().__init__(pattern, "".join(letter for letter in options if letter in _REGEX_LETTERS))
+        self.options = options
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExactRegex) and (other.pattern, other.options) == (self.pattern, self.options)
+
+    def __hash__(self) -> int:
+        return hash(("regex", self.pattern, self.options))
+
+    def __repr__(self) -> str:
+        return f"ExactRegex({self.pattern!r}, {self.options!r})"
+
+
+_REGEX_LETTERS = "ilmsux"  # the letters pymongo reads, in the order it writes them
+
+
 def decode(data: bytes) -> dict[str, Any]:
     """BSON bytes to a dict whose values re-encode to the same bytes."""
     document = bson.decode(data, CODEC_OPTIONS)
     if bson.encode(document, codec_options=CODEC_OPTIONS) == data:
         return document
-    return _decode_document(data, 0)
+    try:
+        return _decode_document(data, 0)
+    except (UnicodeDecodeError, ValueError, IndexError, struct.error) as exc:
+        # pymongo's decoder skips array keys, so bytes it accepted can still be malformed here.
+        raise InvalidBSON(f"invalid BSON: {exc}") from exc
 
 
 def encode(document: Mapping[str, Any]) -> bytes:
@@ -134,20 +165,32 @@ def _element_end(data: bytes, kind: int, offset: int) -> int:
     raise bson.errors.InvalidBSON(f"unknown BSON type {kind:#x}")
 
 
-def _decode_document(data: bytes, start: int) -> dict[str, Any]:
+def _decode_document(data: bytes, start: int, is_array: bool = False) -> dict[str, Any]:
     end = start + _INT32.unpack_from(data, start)[0] - 1
     result: dict[str, Any] = {}
     offset = start + 4
     while offset < end:
         kind = data[offset]
         name_end = _cstring_end(data, offset + 1)
-        name = data[offset + 1 : name_end].decode("utf-8")
+        # Array keys carry no meaning (BSON says "0", "1", ...; readers ignore them): never fail on one.
+        name = (str(len(result)) if is_array else data[offset + 1 : name_end].decode("utf-8"))
         value_start = name_end + 1
         value_end = _element_end(data, kind, value_start)
         if kind == 0x03:
             result[name] = _decode_document(data, value_start)
+        elif kind == 0x0B:
+            pattern_end = _cstring_end(data, value_start)
+            pattern = data[value_start:pattern_end].decode("utf-8")
+            options = data[pattern_end + 1 : value_end - 1].decode("utf-8")
+            canonical = "".join(letter for letter in _REGEX_LETTERS if letter in options)
+            result[name] = Regex(pattern, options) if options == canonical else ExactRegex(pattern, options)
+        elif kind == 0x0F:
+            # Code with scope: the scope is a document, and may hold the deprecated types too.
+            size = _INT32.unpack_from(data, value_start + 4)[0]
+            code = data[value_start + 8 : value_start + 7 + size].decode("utf-8")
+            result[name] = Code(code, _decode_document(data, value_start + 8 + size))
         elif kind == 0x04:
-            result[name] = list(_decode_document(data, value_start).values())
+            result[name] = list(_decode_document(data, value_start, is_array=True).values())
         elif kind == 0x0E:
             size = _INT32.unpack_from(data, value_start)[0]
             result[name] = Symbol(data[value_start + 4 : value_start + 3 + size].decode("utf-8"))
@@ -158,9 +201,10 @@ def _decode_document(data: bytes, start: int) -> dict[str, Any]:
             namespace = data[value_start + 4 : value_start + 3 + size].decode("utf-8")
             result[name] = DBPointer(namespace, ObjectId(data[value_start + 4 + size : value_end]))
         else:
-            element = data[offset:value_end]
+            # The element re-keyed "k": its own key may be an array index pymongo never checked.
+            element = bytes([kind]) + b"k\x00" + data[value_start:value_end]
             single = _INT32.pack(len(element) + 5) + element + b"\x00"
-            result[name] = bson.decode(single, CODEC_OPTIONS)[name]
+            result[name] = bson.decode(single, CODEC_OPTIONS)["k"]
         offset = value_end
     return result
 
@@ -178,6 +222,11 @@ def _encode_element(name: str, value: Any) -> bytes:
         return b"\x06" + key
     if isinstance(value, DBPointer):
         return b"\x0c" + key + _string(value.namespace) + value.oid.binary
+    if isinstance(value, ExactRegex):
+        return b"\x0b" + key + value.pattern.encode("utf-8") + b"\x00" + value.options.encode("utf-8") + b"\x00"
+    if isinstance(value, Code) and value.scope is not None:
+        code_and_scope = _string(str(value)) + _encode_document(value.scope)
+        return b"\x0f" + key + _INT32.pack(4 + len(code_and_scope)) + code_and_scope
     if isinstance(value, Mapping) and not isinstance(value, DBRef):
         return b"\x03" + key + _encode_document(value)
     if isinstance(value, (list, tuple)):
@@ -238,6 +287,7 @@ def bson_type(value: Any) -> str:
 __all__ = [
     "CODEC_OPTIONS",
     "DBPointer",
+    "ExactRegex",
     "Symbol",
     "Undefined",
     "bson_type",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 import markd
 from markd import logs
 from markd.config import ConfigError, Settings, load_config_file
+from markd.pidfile import PidFile, PidFileLocked
 
 
 def _split_ips(value: str | None) -> tuple[str, ...] | None:
@@ -68,7 +70,21 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
         overrides["verbosity"] = verbosity
     settings = Settings().with_overrides(**base).with_overrides(**overrides)
     settings = settings.with_overrides(unknown_options=tuple(ctx.args))
-    logs.configure(settings.logpath, settings.logappend, settings.log_format, settings.verbosity, settings.quiet)
+    # The pid file lock comes first: a process that loses the race must not truncate the winner's log.
+    pidfile = PidFile(settings.pidfile) if settings.pidfile else None
+    if pidfile is not None:
+        try:
+            pidfile.acquire()
+        except PidFileLocked:
+            _configure_logs(settings, append=True)
+            logs.log.info("another markd is already serving; exiting",
+                          extra={"attr": {"reason": f"pid file {pidfile.path} is locked by another process"}})
+            sys.exit(0)
+        except OSError as exc:
+            _configure_logs(settings, append=True)
+            _fatal(settings, f"cannot open the pid file {pidfile.path}: {exc.strerror or exc} "
+                             "(choose a writable place with --pidfilepath)")
+    _configure_logs(settings, append=settings.logappend)
     for flag in settings.unknown_options:
         logs.log.warning("ignoring unrecognized option", extra={"attr": {"option": flag}})
     for key in unknown_config:
@@ -77,11 +93,22 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
     from markd import server
 
     try:
-        code = server.run(settings, ["mongocryptd", *sys.argv[1:]], parsed)
-    except (OSError, ValueError) as exc:
-        logs.log.error("cannot start", extra={"attr": {"error": str(exc)}})
-        sys.exit(1)
+        code = server.run(settings, ["mongocryptd", *sys.argv[1:]], parsed, pidfile)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        _fatal(settings, f"cannot start: {exc}")
     sys.exit(code)
+
+
+def _configure_logs(settings: Settings, append: bool) -> None:
+    logs.configure(settings.logpath, append, settings.log_format, settings.verbosity, settings.quiet)
+
+
+def _fatal(settings: Settings, message: str) -> NoReturn:
+    """Log why markd cannot start, say it on stderr too when the log is a file, and exit 1."""
+    logs.log.error(message)
+    if settings.logpath:
+        click.echo(f"markd: {message}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

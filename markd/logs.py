@@ -46,10 +46,16 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(logpath: str | None, append: bool, log_format: str, verbosity: int, quiet: bool) -> None:
-    if logpath:
-        handler: logging.Handler = logging.FileHandler(logpath, mode="a" if append else "w", encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stdout)
+    """Send the markd logger to `logpath` (or stdout). A log file that cannot be opened falls back to
+    stderr with a warning: losing the log must never cost the daemon."""
+    unopenable: OSError | None = None
+    handler: logging.Handler
+    try:
+        handler = (logging.FileHandler(logpath, mode="a" if append else "w", encoding="utf-8") if logpath
+                   else logging.StreamHandler(sys.stdout))
+    except OSError as exc:
+        unopenable = exc
+        handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -60,3 +66,6 @@ def configure(logpath: str | None, append: bool, log_format: str, verbosity: int
     log.propagate = False
     # A full disk or a vanished log file must not take the daemon down with it.
     logging.raiseExceptions = False
+    if unopenable is not None:
+        log.warning("cannot open the log file; logging to stderr instead",
+                    extra={"attr": {"logpath": logpath, "error": unopenable.strerror or str(unopenable)}})

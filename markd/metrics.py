@@ -1,8 +1,10 @@
-"""Counters and a latency histogram, as an admin command reply and as Prometheus text."""
+"""Counters and a marking-latency histogram, as an admin command reply and as Prometheus text.
+
+Pure bookkeeping: the server calls in, and serves the text over HTTP itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import time
 from collections import Counter
@@ -25,10 +27,12 @@ class Metrics:
         self.total_connections = 0
         self.protocol_errors = 0
 
-    def command_done(self, name: str, outcome: str, seconds: float) -> None:
+    def command_done(self, name: str, outcome: str, seconds: float = 0.0, marking: bool = False) -> None:
+        """Count one command; only marking commands feed the latency histogram (handshakes would drown it)."""
         self.commands[(name, outcome)] += 1
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+        if marking:
+            self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
 
     def connection_opened(self) -> None:
         self.open_connections += 1
@@ -51,7 +55,7 @@ class Metrics:
                 {"command": name, "outcome": outcome, "count": count}
                 for (name, outcome), count in sorted(self.commands.items())
             ],
-            "latency": {
+            "latency": {  # marking commands only
                 "bucketsSecs": list(LATENCY_BUCKETS),
                 "counts": list(self.latency_counts),
                 "sumSecs": self.latency_sum,
@@ -73,17 +77,17 @@ class Metrics:
             outcome = _label(row["outcome"])
             lines.append(f'markd_commands_total{{command="{name}",outcome="{outcome}"}} {row["count"]}')
         lines += [
-            "# HELP markd_command_duration_seconds Time to handle one command.",
-            "# TYPE markd_command_duration_seconds histogram",
+            "# HELP markd_marking_duration_seconds Time to analyze one marking command.",
+            "# TYPE markd_marking_duration_seconds histogram",
         ]
         cumulative = 0
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
             cumulative += count
             le = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f'markd_command_duration_seconds_bucket{{le="{le}"}} {cumulative}')
+            lines.append(f'markd_marking_duration_seconds_bucket{{le="{le}"}} {cumulative}')
         lines += [
-            f"markd_command_duration_seconds_sum {self.latency_sum}",
-            f"markd_command_duration_seconds_count {cumulative}",
+            f"markd_marking_duration_seconds_sum {self.latency_sum}",
+            f"markd_marking_duration_seconds_count {cumulative}",
             "# HELP markd_open_connections Client connections open now.",
             "# TYPE markd_open_connections gauge",
             f"markd_open_connections {self.open_connections}",
@@ -101,30 +105,6 @@ class Metrics:
             f"markd_schema_cache_misses_total {snap['schemaCache']['misses']}",
         ]
         return "\n".join(lines) + "\n"
-
-    async def serve_http(self, port: int, host: str) -> asyncio.AbstractServer:
-        """A minimal HTTP endpoint: GET /metrics answers Prometheus text."""
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-                path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
-                if path.split(b"?")[0] == b"/metrics":
-                    body = self.prometheus_text().encode()
-                    status = b"200 OK"
-                else:
-                    body, status = b"not found\n", b"404 Not Found"
-                writer.write(
-                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
-                )
-                await writer.drain()
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        return await asyncio.start_server(handle, host=host, port=port)
 
 
 def _label(value: str) -> str:

@@ -22,6 +22,8 @@ class PidFile:
 
     def acquire(self) -> None:
         """Open and lock; PidFileLocked if another process holds it, OSError if it cannot be opened."""
+        if self._fd is not None:
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,9 +20,11 @@ import time
 from typing import Any
 
 import bson
+from bson.errors import InvalidBSON
 
 import markd
 from markd import bsonvalues
+from markd.analysis import MARKING_COMMANDS
 from markd.commands import ConnectionInfo, Dispatcher
 from markd.config import Settings
 from markd.errors import CommandError
@@ -42,6 +44,9 @@ from markd.wire import (
 _HANDSHAKE_NAMES = ("hello", "isMaster", "ismaster")
 # Stop reading from a client whose replies pile up unread beyond this.
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+# At shutdown: how long requests already sent get to be read and answered, and the hard limit.
+_GRACE_SECS = 0.05
+_DRAIN_SECS = 5.0
 
 
 class AlreadyRunning(Exception):
@@ -128,9 +133,25 @@ class MarkdProtocol(asyncio.Protocol):
             except ProtocolError as exc:
                 self._drop(str(exc))
                 return
+            except Exception:  # a bug must cost this connection, never the daemon
+                log.exception("internal error while reading a message",
+                              extra={"attr": {"conn": self.info.connection_id}})
+                self._drop("internal error")
+                return
             if reply:
                 transport.write(reply)
+        if frames:
+            # The half-sent-frame clock starts again with each frame the client finishes.
+            self._cancel_frame_timer()
         self._arm_frame_timer()
+
+    @property
+    def busy(self) -> bool:
+        """A frame half received or a reply not yet flushed: shutdown waits for it."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        return bool(self.reader.pending or transport.get_write_buffer_size())
 
     # helpers -----------------------------------------------------------------------------------
     def _drop(self, reason: str) -> None:
@@ -175,14 +196,16 @@ def _describe_peer(peer: Any) -> tuple[str, bool]:
 class MarkdServer:
     """Holds the listeners, the dispatcher and the shutdown machinery."""
 
-    def __init__(self, settings: Settings, argv: list[str], parsed_options: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, argv: list[str], parsed_options: dict[str, Any],
+                 pidfile: PidFile | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(argv=argv, parsed_options=parsed_options, on_shutdown=self.request_shutdown,
                                      extra_commands={"getMarkdMetrics": self.metrics.command_reply})
         self.connections: set[MarkdProtocol] = set()
         self.servers: list[asyncio.AbstractServer] = []
-        self.pidfile = PidFile(settings.pidfile) if settings.pidfile else None
+        # The CLI takes the pid file before it opens the log, so a losing racer never truncates the winner's log.
+        self.pidfile = pidfile or (PidFile(settings.pidfile) if settings.pidfile else None)
         self.socket_path: str | None = None
         self.last_activity = time.monotonic()
         self._connection_ids = 0
@@ -218,12 +241,15 @@ class MarkdServer:
         except CommandError as exc:
             outcome = exc.code_name
             body = bson.encode(exc.to_reply())
+        except InvalidBSON as exc:
+            outcome = "InvalidBSON"
+            body = bson.encode(CommandError(22, str(exc)).to_reply())
         except Exception as exc:  # a bug must cost one command, never the daemon
             log.exception("internal error while handling a command", extra={"attr": {"command": name}})
             outcome = "InternalError"
             body = bson.encode(CommandError(1, f"markd internal error: {type(exc).__name__}").to_reply())
         elapsed = time.perf_counter() - started
-        self.metrics.command_done(name, outcome, elapsed)
+        self.metrics.command_done(name, outcome, elapsed, marking=name in MARKING_COMMANDS)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("command", extra={"attr": {
                 "conn": connection.connection_id, "command": name, "ns": namespace, "outcome": outcome,
@@ -233,14 +259,17 @@ class MarkdServer:
         return encode_op_msg(message.request_id, body)
 
     def _handle_op_query(self, message: OpQuery, connection: ConnectionInfo) -> bytes:
-        query = bsonvalues.decode(message.query)
+        try:
+            query = bsonvalues.decode(message.query)
+        except InvalidBSON as exc:
+            raise ProtocolError(f"invalid OP_QUERY: {exc}") from exc
         # Drivers wrap a legacy command with read preference as {$query: {...}}.
         if "$query" in query and isinstance(query["$query"], dict):
             query = query["$query"]
         name = _command_name(query)
         if message.collection.endswith(".$cmd") and name in _HANDSHAKE_NAMES:
             reply = self.dispatcher.handle(query, connection)
-            self.metrics.command_done(name, "ok", 0.0)
+            self.metrics.command_done(name, "ok")
         else:
             reply = CommandError(
                 352,
@@ -248,7 +277,7 @@ class MarkdServer:
                 "For more details see https://dochub.mongodb.org/core/legacy-opcode-removal",
                 "UnsupportedOpQueryCommand",
             ).to_reply()
-            self.metrics.command_done(name, "UnsupportedOpQueryCommand", 0.0)
+            self.metrics.command_done(name, "UnsupportedOpQueryCommand")
         return encode_op_reply(message.request_id, bson.encode(reply))
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -267,8 +296,8 @@ class MarkdServer:
                 self.pidfile.acquire()
             except PidFileLocked as exc:
                 raise AlreadyRunning(f"pid file {exc} is locked by another process") from exc
-        ssl_context = _ssl_context(settings)
         try:
+            ssl_context = _ssl_context(settings)
             for address in settings.listen_addresses:
                 family = socket.AF_INET6 if ":" in address else socket.AF_INET
                 try:
@@ -283,19 +312,29 @@ class MarkdServer:
                 self.servers.append(server)
             if settings.socket_path:
                 self.servers.append(await self._listen_unix(settings.socket_path))
+            if settings.metrics_port is not None:
+                self.servers.append(await loop.create_server(
+                    lambda: MetricsHttpProtocol(self.metrics), host=settings.listen_addresses[0],
+                    port=settings.metrics_port, reuse_address=True))
         except BaseException:
-            await self._close_listeners()
+            self._close_listeners()
+            await self._wait_listeners_closed()
             if self.pidfile is not None:
                 self.pidfile.release()
             raise
         if self.pidfile is not None:
             self.pidfile.write(self.bound_port, self.socket_path)
-        if settings.metrics_port is not None:
-            self.servers.append(await self.metrics.serve_http(settings.metrics_port, settings.listen_addresses[0]))
-        for address in settings.listen_addresses:
-            if not ipaddress.ip_address(address).is_loopback:
+        for address in self.bound_addresses:
+            if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
                 log.warning("listening on a non-loopback address: anyone who can reach it can use this daemon",
-                            extra={"attr": {"address": address}})
+                            extra={"attr": {"address": address, "tls": settings.tls_mode}})
+
+    @property
+    def bound_addresses(self) -> list[str]:
+        """The IP addresses the command listeners actually bound (hostnames resolved)."""
+        return [str(sock.getsockname()[0]) for server in self.servers for sock in server.sockets
+                if sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.getsockname()[1] != self.settings.metrics_port]
 
     @property
     def bound_port(self) -> int:
@@ -318,12 +357,15 @@ class MarkdServer:
         self.socket_path = path
         return server
 
-    async def _close_listeners(self) -> None:
+    def _close_listeners(self) -> None:
+        """Stop accepting; connections already open stay open."""
         for server in self.servers:
             server.close()
+
+    async def _wait_listeners_closed(self) -> None:
         for server in self.servers:
             with contextlib.suppress(Exception):
-                await server.wait_closed()
+                await asyncio.wait_for(server.wait_closed(), timeout=1.0)
         self.servers.clear()
 
     async def serve(self) -> str:
@@ -337,7 +379,7 @@ class MarkdServer:
             "version": markd.__version__, "pid": os.getpid(), "port": self.bound_port,
             "addresses": ",".join(self.settings.listen_addresses), "unixSocket": self.socket_path or "",
             "idleShutdownTimeoutSecs": self.settings.idle_shutdown_secs,
-            "tls": self.settings.tls_mode}})
+            "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or ""}})
         await self._stop.wait()
         if idle_task is not None:
             idle_task.cancel()
@@ -355,24 +397,60 @@ class MarkdServer:
             await asyncio.sleep(min(timeout - idle + 0.01, 1.0))
 
     async def shutdown(self) -> None:
-        """Stop accepting, let written replies drain, close connections, clean up files."""
+        """Stop accepting, answer what is in flight, close connections, clean up files."""
         log.info("shutting down", extra={"attr": {"reason": self.stop_reason}})
-        await self._close_listeners()
-        # Replies are produced synchronously; what is in flight is what sits in write buffers.
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(
-            c.transport is not None and c.transport.get_write_buffer_size() for c in self.connections
-        ):
+        self._close_listeners()
+        # Requests a client finished sending before the signal sit in socket buffers: a short grace
+        # lets the loop read and answer them; a frame still arriving gets until the deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DRAIN_SECS
+        await asyncio.sleep(_GRACE_SECS)
+        while loop.time() < deadline and any(connection.busy for connection in self.connections):
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
+        await self._wait_listeners_closed()
         if self.socket_path:
             with contextlib.suppress(OSError):
                 os.unlink(self.socket_path)
         if self.pidfile is not None:
             self.pidfile.release()
         log.info("markd stopped")
+
+
+class MetricsHttpProtocol(asyncio.Protocol):
+    """`GET /metrics` answers Prometheus text; anything else 404. One request per connection."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.transport: asyncio.Transport | None = None
+        self.request = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = asyncio.get_running_loop().call_later(5.0, transport.abort)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.request += data
+        if b"\r\n\r\n" not in self.request:
+            if len(self.request) > 8192:
+                self.transport.abort()
+            return
+        parts = bytes(self.request).split(b" ", 2)
+        path = parts[1].split(b"?")[0] if len(parts) > 2 else b""
+        if parts[0] == b"GET" and path == b"/metrics":
+            status, body = b"200 OK", self.metrics.prometheus_text().encode()
+        else:
+            status, body = b"404 Not Found", b"not found\n"
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        self.transport.close()
 
 
 def _socket_is_live(path: str) -> bool:
@@ -405,7 +483,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def run(settings: Settings, argv: list[str], parsed_options: dict[str, Any]) -> int:
+def run(settings: Settings, argv: list[str], parsed_options: dict[str, Any], pidfile: PidFile | None = None) -> int:
     """Run the daemon to completion; the process exit code."""
     try:
         import uvloop
@@ -415,7 +493,7 @@ def run(settings: Settings, argv: list[str], parsed_options: dict[str, Any]) -> 
         runner = asyncio.run
 
     async def main() -> int:
-        server = MarkdServer(settings, argv, parsed_options)
+        server = MarkdServer(settings, argv, parsed_options, pidfile)
         try:
             await server.start()
         except AlreadyRunning as exc:
