@@ -42,6 +42,9 @@ class _Callback(MongoCryptCallback):
     keys: dict[bytes, bytes] = field(default_factory=dict)  # key _id bytes -> raw key document
     collection_infos: dict[str, dict[str, Any]] = field(default_factory=dict)  # "db.coll" -> listCollections doc
     exchanges: list[Exchange] = field(default_factory=list)
+    # When True, answer a key request with only the keys its filter asks for (libmongocrypt refuses
+    # keys it did not request: "unexpected key returned, does not match any requests").
+    only_requested_keys: bool = False
 
     def kms_request(self, kms_context: Any) -> None:  # local KMS only
         raise AssertionError("no KMS request expected with the local provider")
@@ -67,7 +70,14 @@ class _Callback(MongoCryptCallback):
         return reply.raw
 
     def fetch_keys(self, filter: bytes) -> Any:
-        yield from self.keys.values()
+        if not self.only_requested_keys:
+            yield from self.keys.values()
+            return
+        wanted_ids, wanted_names = _requested_keys(bson.decode(filter))
+        for raw in self.keys.values():
+            key = bson.decode(raw)
+            if bytes(key["_id"]) in wanted_ids or wanted_names & set(key.get("keyAltNames", [])):
+                yield raw
 
     def insert_data_key(self, data_key: bytes) -> Binary:
         document = bson.decode(data_key, RAW)
@@ -82,15 +92,27 @@ class _Callback(MongoCryptCallback):
         pass
 
 
+def _requested_keys(query: dict[str, Any]) -> tuple[set[bytes], set[str]]:
+    """The key _ids and keyAltNames a key-vault filter `{$or: [{_id: {$in}}, {keyAltNames: {$in}}]}` names."""
+    ids: set[bytes] = set()
+    names: set[str] = set()
+    for clause in query.get("$or", [query]):
+        for value in clause.get("_id", {}).get("$in", []):
+            ids.add(bytes(value))
+        for value in clause.get("keyAltNames", {}).get("$in", []):
+            names.add(value)
+    return ids, names
+
+
 class CryptDriver:
     """libmongocrypt with a local KMS key, an in-memory key vault and markd for markings."""
 
     def __init__(self, markd_uri: str | None, *, schema_map: dict[str, Any] | None = None,
-                 encrypted_fields_map: dict[str, Any] | None = None) -> None:
+                 encrypted_fields_map: dict[str, Any] | None = None, only_requested_keys: bool = False) -> None:
         self.client: MongoClient[Any] | None = (
             MongoClient(markd_uri, serverSelectionTimeoutMS=5000) if markd_uri else None
         )
-        self.callback = _Callback(self.client)
+        self.callback = _Callback(self.client, only_requested_keys=only_requested_keys)
         self.kms_providers = {"local": {"key": LOCAL_MASTER_KEY}}
         self._explicit = ExplicitEncrypter(self.callback, MongoCryptOptions(self.kms_providers))
         self.schema_map = schema_map

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Int64, Regex
+from bson import Decimal128, Int64, Regex
 
 from markd import bsonvalues
 from markd.analysis.qe import placeholders
@@ -158,7 +158,20 @@ def _is_pattern(value: Any) -> bool:
     return isinstance(value, re.Pattern)
 
 
+def true_value(value: Any) -> bool:
+    """BSON truthiness as the server reads `$exists`: false, 0, null and undefined are false."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, Decimal128):
+        return not value.to_decimal().is_zero()
+    return value is not None and not isinstance(value, bsonvalues.Undefined)
+
+
 def _plain(path: str, operator: str, operand: Any) -> dict[str, Any]:
+    if operator == "$exists":
+        return {path: {"$exists": true_value(operand)}}
     if operator == "$regex":
         return {path: operand if isinstance(operand, Mapping) and "$regex" in operand else {"$regex": operand}}
     if operator == "$ne":
@@ -286,7 +299,7 @@ def _op_range(operator: str) -> Callable[[EncryptedField, Any, Context], Node]:
 
 
 def _op_exists(field: EncryptedField, operand: Any, ctx: Context) -> Node:
-    return {field.path: {"$exists": operand}}
+    return {field.path: {"$exists": true_value(operand)}}
 
 
 def _op_not(field: EncryptedField, operand: Any, ctx: Context) -> Node:

@@ -1,0 +1,278 @@
+"""Queryable Encryption rules as a table: command -> mongocryptd's error code, or the marked shape.
+
+Sent to the real markd process as libmongocrypt would send them (with `encryptionInformation`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+from bson import Decimal128, Int64, Regex
+from bson.binary import Binary
+
+from tests.support.process import raw_command
+
+KEYS = {name: Binary(uuid.UUID(int=i + 1).bytes, 4) for i, name in enumerate(
+    ["ssn", "age", "notes", "salary", "a.b", "text", "when", "d"])}
+
+FIELDS = [
+    {"path": "ssn", "keyId": KEYS["ssn"], "bsonType": "string",
+     "queries": {"queryType": "equality", "contention": Int64(0)}},
+    {"path": "age", "keyId": KEYS["age"], "bsonType": "int",
+     "queries": {"queryType": "range", "contention": Int64(0), "min": 0, "max": 200, "sparsity": Int64(1)}},
+    {"path": "notes", "keyId": KEYS["notes"], "bsonType": "string"},
+    {"path": "a.b", "keyId": KEYS["a.b"], "bsonType": "string",
+     "queries": {"queryType": "equality", "contention": Int64(0)}},
+    {"path": "text", "keyId": KEYS["text"], "bsonType": "string",
+     "queries": {"queryType": "prefix", "contention": Int64(0), "strMinQueryLength": Int64(2),
+                 "strMaxQueryLength": Int64(10), "caseSensitive": True, "diacriticSensitive": True}},
+    {"path": "when", "keyId": KEYS["when"], "bsonType": "date",
+     "queries": {"queryType": "range", "contention": Int64(0)}},
+    {"path": "d", "keyId": KEYS["d"], "bsonType": "double",
+     "queries": {"queryType": "range", "contention": Int64(0), "min": 0.0, "max": 10.0, "precision": 1}},
+]
+
+
+def info(fields: list[dict[str, Any]] | None = None, namespace: str = "db.coll") -> dict[str, Any]:
+    return {"type": 1, "schema": {namespace: {"escCollection": "enxcol_.coll.esc",
+                                              "ecocCollection": "enxcol_.coll.ecoc",
+                                              "fields": FIELDS if fields is None else fields}}}
+
+
+def send(client, command: dict[str, Any], fields: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return raw_command(client, "db", {**command, "encryptionInformation": info(fields)})
+
+
+def find(filter_: Any) -> dict[str, Any]:
+    return {"find": "coll", "filter": filter_}
+
+
+def update(u: Any, q: Any = None, **options: Any) -> dict[str, Any]:
+    return {"update": "coll", "updates": [{"q": q or {}, "u": u, **options}]}
+
+
+def agg(*stages: Any) -> dict[str, Any]:
+    return {"aggregate": "coll", "pipeline": list(stages), "cursor": {}}
+
+
+REFUSED = [
+    # queries
+    (find({"notes": "x"}), 63165),
+    (find({"text": "x"}), 63165),
+    (find({"ssn": None}), 51095),
+    (find({"ssn": {"$in": [None]}}), 51120),
+    (find({"ssn": {"$in": [Regex("^a")]}}), 51015),
+    (find({"ssn": {"$in": [["a"]]}}), 6994300),
+    (find({"ssn": {"$regex": "^a"}}), 51092),
+    (find({"ssn": Regex("^a")}), 51092),
+    (find({"ssn": {"$type": "string"}}), 51092),
+    (find({"ssn": {"$size": 1}}), 51092),
+    (find({"ssn": {"$gt": "a"}}), 6721001),
+    (find({"ssn": {"$elemMatch": {"$eq": 1}}}), 6890100),
+    (find({"ssn.x": "a"}), 51102),
+    (find({"a": {"b": "x"}}), 6341900),
+    (find({"a": ["x"]}), 31007),
+    (find({"a": {"$in": [["x"]]}}), 31008),
+    (find({"a": {"$elemMatch": {"b": "x"}}}), 6890100),
+    (find({"$where": "this.ssn == '1'"}), 51094),
+    (find({"age": {"$gt": 201}}), 6747900),
+    (find({"age": {"$gt": -5, "$lt": 5}}), 6747901),
+    (find({"age": {"$gt": 5, "$lt": 500}}), 6747902),
+    (find({"age": {"$gte": 1.5}}), 6742002),
+    (find({"age": {"$gte": "1"}}), 6742000),
+    (find({"age": {"$gte": datetime.datetime(2020, 1, 1)}}), 6720002),
+    (find({"when": {"$gte": 5}}), 6720002),
+    (find({"d": {"$gte": float("nan")}}), 6991000),
+    (find({"$expr": {"$eq": ["$ssn", "$other"]}}), 6331102),
+    (find({"$expr": {"$gt": ["$ssn", "a"]}}), 6721409),
+    (find({"$expr": {"$concat": ["$ssn", "x"]}}), 6331102),
+    (find({"$expr": {"$eq": ["$$ROOT", {}]}}), 31131),
+    (find({"$expr": {"$encStrStartsWith": {"input": "$ssn", "prefix": "ab"}}}), 10113904),
+    (find({"$expr": {"$encStrStartsWith": {"input": "$plain", "prefix": "ab"}}}), 10112204),
+    (find({"$expr": {"$encStrEndsWith": {"input": "$text", "suffix": "ab"}}}), 10209400),
+    (find({"$expr": {"$encStrContains": {"input": "$text", "substring": "ab"}}}), 10209500),
+    ({"find": "coll", "filter": {"ssn": "a"}, "collation": {"locale": "fr"}}, 31054),
+    ({"find": "coll", "filter": {}, "projection": {"x": "$ssn"}}, 6331103),
+    ({"distinct": "coll", "key": "a"}, 31027),
+    ({"distinct": "coll", "key": "ssn.x"}, 51102),
+    ({"count": "coll", "query": {"notes": "x"}}, 63165),
+    ({"delete": "coll", "deletes": [{"q": {"notes": "x"}, "limit": 1}]}, 63165),
+    # writes
+    ({"insert": "coll", "documents": [{"ssn": 5}]}, 31118),
+    ({"insert": "coll", "documents": [{"age": Int64(5)}]}, 31118),
+    ({"insert": "coll", "documents": [{"ssn": None}]}, 31118),
+    ({"insert": "coll", "documents": [{"a": [{"b": "x"}]}]}, 31006),
+    ({"insert": "coll", "documents": [{"ssn": Binary(b"\x03abc", 6)}]}, 31041),
+    (update({"$set": {"ssn": 5}}), 31118),
+    (update({"$set": {"a": "scalar"}}), 51159),
+    (update({"$set": {"a": [{"b": "x"}]}}), 31006),
+    (update({"$set": {"ssn.x": "y"}}), 51102),
+    (update({"$inc": {"age": 1}}), 51150),
+    (update({"$push": {"a": {"b": "x"}}}), 51150),
+    (update({"$rename": {"ssn": "other"}}), 6329901),
+    (update({"$rename": {"a": "other"}}), 51161),
+    (update({"$set": {"a.$.b": "x"}}), 51149),
+    (update({"$frobnicate": {"x": 1}}), 9),
+    (update({"$set": {"x": 1}}, multi=True), 6329900),
+    (update([{"$set": {"ssn": "x"}}]), 6329902),
+    (update([{"$set": {"x": "$ssn"}}]), 6329902),
+    (update([{"$set": {"x": 1}}, {"$out": "z"}]), 31011),
+    ({"findAndModify": "coll", "query": {}, "update": {"$set": {"age": "x"}}}, 31118),
+    # aggregation
+    (agg({"$out": "other"}), 31011),
+    (agg({"$frobnicate": {}}), 31011),
+    (agg({"$sort": {"ssn": 1}}), 51201),
+    (agg({"$sort": {"a": 1}}), 51201),
+    (agg({"$group": {"_id": "$ssn"}}), 51222),
+    (agg({"$group": {"_id": None, "s": {"$avg": "$age"}}}), 51221),
+    (agg({"$project": {"x": "$ssn"}}), 6331103),
+    (agg({"$addFields": {"ssn": "x"}}), 6331103),
+    (agg({"$lookup": {"from": "other", "localField": "x", "foreignField": "y", "as": "z"}}), 51204),
+    (agg({"$match": {"ssn": {"$regex": "a"}}}), 51092),
+    # schema commands
+    ({"create": "coll", "validator": {"ssn": "x"}}, 6491100),
+    ({"create": "coll", "viewOn": "other", "pipeline": []}, 7501300),
+    ({"collMod": "coll", "validator": {"age": {"$gt": 5}}}, 6491100),
+    ({"createIndexes": "coll", "indexes": [{"name": "i", "key": {"x": 1}, "partialFilterExpression": {"ssn": "x"}}]},
+     6491102),
+    ({"createIndexes": "coll", "indexes": [{"name": "i", "key": {"ssn": 1}}]}, 6346502),
+]
+
+
+@pytest.mark.parametrize(("command", "code"), REFUSED, ids=[f"{i}-{next(iter(c))}-{code}" for i, (c, code) in
+                                                              enumerate(REFUSED)])
+def test_refused(client, command, code):
+    reply = send(client, command)
+    assert reply["ok"] == 0.0, reply
+    assert reply["code"] == code, reply
+    assert reply["codeName"]
+
+
+BAD_DEFINITIONS = [
+    ([{"path": "", "keyId": KEYS["ssn"], "bsonType": "string"}], 6316402),
+    ([{"path": "_id", "keyId": KEYS["ssn"], "bsonType": "string"}], 6316403),
+    ([{"path": "x", "keyId": KEYS["ssn"]}, {"path": "y", "keyId": KEYS["ssn"]}], 6338401),
+    ([{"path": "x", "keyId": KEYS["ssn"]}, {"path": "x", "keyId": KEYS["age"]}], 6338402),
+    ([{"path": "x", "keyId": KEYS["ssn"]}, {"path": "x.y", "keyId": KEYS["age"]}], 6338403),
+    ([{"path": "x", "keyId": KEYS["ssn"], "queries": {"queryType": "equality"}}], 6412601),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double", "queries": {"queryType": "equality"}}], 6338405),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string", "queries": {"queryType": "range"}}], 6775201),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "range", "sparsity": Int64(9)}}], 6775214),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "range", "min": Int64(0), "max": 5}}], 7018200),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int", "queries": {"queryType": "range", "min": 5, "max": 5}}],
+     6720005),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double", "queries": {"queryType": "range", "precision": 2}}],
+     6967100),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "range", "min": 0, "max": 7, "trimFactor": 3}}], 8574000),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "equality", "min": 0}}], 10774900),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                   "diacriticSensitive": True}}], 9783400),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "prefix", "strMaxQueryLength": 2, "caseSensitive": True,
+                   "diacriticSensitive": True}}], 9783402),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "prefix", "strMinQueryLength": 3, "strMaxQueryLength": 2, "caseSensitive": True,
+                   "diacriticSensitive": True}}], 9783406),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "substring", "strMinQueryLength": 1, "strMaxQueryLength": 20, "strMaxLength": 10,
+                   "caseSensitive": True, "diacriticSensitive": True}}], 9783408),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": [{"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": True},
+                   {"queryType": "substring", "strMinQueryLength": 1, "strMaxQueryLength": 2, "strMaxLength": 9,
+                    "caseSensitive": True, "diacriticSensitive": True}]}], 9783414),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": [{"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": True},
+                   {"queryType": "suffix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": False,
+                    "diacriticSensitive": True}]}], 9783409),
+    ([{"path": "x", "keyId": "not a uuid", "bsonType": "string"}], 9),
+]
+
+
+@pytest.mark.parametrize(("fields", "code"), BAD_DEFINITIONS, ids=[str(c) for _, c in BAD_DEFINITIONS])
+def test_bad_encrypted_fields_refused(client, fields, code):
+    reply = send(client, {"insert": "coll", "documents": [{"_id": 1}]}, fields)
+    assert reply["ok"] == 0.0 and reply["code"] == code, reply
+
+
+def test_namespace_mismatch(client):
+    reply = raw_command(client, "db", {"find": "other", "filter": {}, "encryptionInformation": info()})
+    assert reply["code"] == 6411900
+    assert reply["errmsg"] == ("Namespace in encryptionInformation: 'db.coll' does not match namespace given in "
+                               "command: 'db.other'")
+
+
+def test_error_messages_carry_no_values(client):
+    secret = "s3cr3t-value"
+    for command in (find({"ssn": {"$regex": secret}}), find({"notes": secret}), find({"ssn": {"$gt": secret}}),
+                    {"insert": "coll", "documents": [{"ssn": [secret]}]}, update({"$inc": {"age": secret}})):
+        reply = send(client, command)
+        assert reply["ok"] == 0.0 and secret not in reply["errmsg"], reply
+
+
+# ---------------------------------------------------------------------------------------------- accepted shapes
+
+
+def test_nothing_encrypted_passes_through(client):
+    command = {"find": "coll", "filter": {"x": 1}}
+    reply = send(client, command, fields=[])
+    assert reply["schemaRequiresEncryption"] is False and reply["hasEncryptionPlaceholders"] is False
+    assert reply["result"]["filter"] == {"x": 1}
+
+
+def test_update_statements_get_mongocryptd_defaults(client):
+    reply = send(client, update({"$set": {"x": 1}}, q={"_id": 1}))
+    statement = reply["result"]["updates"][0]
+    assert statement == {"q": {"_id": {"$eq": 1}}, "u": {"$set": {"x": 1}}, "multi": False, "upsert": False}
+    assert reply["schemaRequiresEncryption"] is True and reply["hasEncryptionPlaceholders"] is False
+    assert "encryptionInformation" in reply["result"]
+
+
+@pytest.mark.parametrize(("filter_", "expected"), [
+    ({"_id": 1}, {"_id": {"$eq": 1}}),
+    ({}, {}),
+    ({"x": {"$ne": 1}}, {"x": {"$not": {"$eq": 1}}}),
+    ({"x": {"$nin": [1]}}, {"x": {"$not": {"$in": [1]}}}),
+    ({"x": 1, "y": {"$exists": True}}, {"$and": [{"x": {"$eq": 1}}, {"y": {"$exists": True}}]}),
+    ({"$or": [{"x": 1}, {"y": 2, "z": 3}]},
+     {"$or": [{"x": {"$eq": 1}}, {"$and": [{"y": {"$eq": 2}}, {"z": {"$eq": 3}}]}]}),
+    ({"age": {"$gt": 5, "$lt": 2}}, {"$alwaysFalse": 1}),
+    ({"ssn": {"$exists": False}}, {"ssn": {"$exists": False}}),
+    ({"a": {"$exists": True}}, {"a": {"$exists": True}}),
+    ({"a": 5}, {"a": {"$eq": 5}}),
+])
+def test_filter_normalisation(client, filter_, expected):
+    reply = send(client, find(filter_))
+    assert reply["ok"] == 1.0, reply
+    assert reply["result"]["filter"] == expected
+
+
+def test_create_keeps_command_without_encryption_information(client):
+    reply = send(client, {"create": "coll", "validator": {"plain": "x"}})
+    assert reply["result"] == {"create": "coll", "validator": {"plain": "x"}}
+    assert reply["schemaRequiresEncryption"] is True and reply["hasEncryptionPlaceholders"] is False
+    reply = send(client, {"createIndexes": "coll", "indexes": [{"name": "i", "key": {"plain": 1}}]})
+    assert "encryptionInformation" not in reply["result"]
+
+
+def test_explain_envelope(client):
+    reply = send(client, {"explain": {"find": "coll", "filter": {"ssn": "x"}, "$db": "db"}})
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
+    assert reply["result"]["verbosity"] == "allPlansExecution"
+    assert set(reply["result"]["explain"]) == {"find", "filter", "encryptionInformation"}
+
+
+def test_decimal_and_date_range_bounds_accepted(client):
+    fields = [{"path": "m", "keyId": KEYS["ssn"], "bsonType": "decimal",
+               "queries": {"queryType": "range", "contention": Int64(0)}}]
+    reply = send(client, find({"m": {"$gte": Decimal128("1.5"), "$lte": Decimal128("2.5")}}), fields)
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
