@@ -514,3 +514,59 @@ def test_bulk_update_is_refused_by_django_itself(stack: Stack) -> None:
         CharSample.objects.bulk_update(objects, ["value"])
     assert "Expressions in update queries are not allowed with Queryable Encryption." in str(raised.value)
     assert stack.exchanges[asked:] == []  # Django refused before asking markd
+
+
+# --- the other way to run markd: pymongo spawns it from PATH -------------------------------------
+
+# Django can be set up once per process: the spawn variant runs manage.py in a child process (with
+# the same Python 3.11 shim as above, when needed).
+MANAGE = (
+    "import inspect, runpy, sys\n"
+    "if not hasattr(inspect, 'markcoroutinefunction'):\n"
+    "    from asgiref.sync import markcoroutinefunction\n"
+    "    inspect.markcoroutinefunction = markcoroutinefunction\n"
+    "sys.argv = ['manage.py', *sys.argv[1:]]\n"
+    "runpy.run_path('manage.py', run_name='__main__')\n"
+)
+
+
+def test_example_with_markd_spawned_from_path(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+
+    from tests.support.process import BIN_DIR, free_port
+
+    port = free_port()
+    pidfile = tmp_path / "mongocryptd.pid"
+    with emulate_database(FakeMongod()) as mongod:
+        environment = dict(
+            os.environ,
+            PATH=f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+            DJANGO_SETTINGS_MODULE="qe_project.settings",
+            MONGODB_URI=f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
+            MARKD_URI=f"mongodb://127.0.0.1:{port}",
+            MARKD_SPAWN="1",
+            MARKD_SPAWN_ARGS=f"--pidfilepath={pidfile} --unixSocketPrefix={tmp_path} --idleShutdownTimeoutSecs=30",
+            QE_DB_NAME=PLAIN_DB,
+            QE_ENCRYPTED_DB_NAME=ENCRYPTED_DB,
+        )
+        try:
+            outputs = []
+            for command in (["migrate", "--database", "encrypted", "--verbosity", "0"], ["qe_demo"]):
+                done = subprocess.run([sys.executable, "-c", MANAGE, *command], cwd=EXAMPLE, env=environment,
+                                      capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stderr[-3000:]
+                outputs.append(done.stdout)
+            assert pidfile.exists(), "pymongo did not spawn markd"
+        finally:
+            if pidfile.exists():  # the daemon pymongo started for us: stop it, by its pid
+                os.kill(json.loads(pidfile.read_text())["pid"], signal.SIGTERM)
+        demo = outputs[1]
+        assert "equality on an encrypted field: John Doe (1001) ssn=123-45-6789" in demo
+        assert "range query value__gt=7: [10]" in demo
+        assert "range query on a date: [datetime.date(2024, 6, 1)]" in demo
+        assert "sorting on an encrypted field is refused" in demo
+        (insert,) = [c.body for c in mongod.received("insert") if c.body["insert"] == "medical_patient"]
+        assert encrypted(insert["documents"][0]["patient_record"]["ssn"], INSERT_UPDATE_PAYLOAD)
+        assert_no_plaintext(insert, SSN, CARD)

@@ -11,6 +11,9 @@ Environment overrides (all optional):
     MARKD_URI              where markd listens (default mongodb://localhost:27020)
     MARKD_SPAWN=1          let pymongo spawn `mongocryptd` (markd's console script) from PATH
                            instead of connecting to an already running markd
+    MARKD_SPAWN_PATH       with MARKD_SPAWN=1, the program to spawn (default "mongocryptd")
+    MARKD_SPAWN_ARGS       with MARKD_SPAWN=1, more arguments for it (pymongo adds
+                           --idleShutdownTimeoutSecs=60 unless given)
     QE_DB_NAME             plain database (default "medical")
     QE_ENCRYPTED_DB_NAME   encrypted database, also holds the key vault (default "medical_encrypted")
     QE_LOCAL_MASTER_KEY    base64 of the 96-byte local KMS master key (default: a development key)
@@ -18,8 +21,10 @@ Environment overrides (all optional):
 
 import base64
 import os
+import shlex
 
 from pymongo.encryption_options import AutoEncryptionOpts
+from pymongo.uri_parser import parse_uri
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "markd-example-not-secret")
 DEBUG = True
@@ -47,11 +52,11 @@ LOCAL_MASTER_KEY = base64.b64decode(os.environ.get("QE_LOCAL_MASTER_KEY", DEV_LO
 if os.environ.get("MARKD_SPAWN") == "1":
     # pymongo starts `mongocryptd` from PATH (pip install markd puts markd there under that name)
     # and connects to it on MARKD_URI's port.
+    _, markd_port = parse_uri(MARKD_URI)["nodelist"][0]
     query_analysis = {
         "mongocryptd_uri": MARKD_URI,
-        "mongocryptd_spawn_path": "mongocryptd",
-        "mongocryptd_spawn_args": [f"--port={MARKD_URI.rsplit(':', 1)[-1].strip('/')}",
-                                   "--idleShutdownTimeoutSecs=60"],
+        "mongocryptd_spawn_path": os.environ.get("MARKD_SPAWN_PATH", "mongocryptd"),
+        "mongocryptd_spawn_args": [f"--port={markd_port}", *shlex.split(os.environ.get("MARKD_SPAWN_ARGS", ""))],
     }
 else:
     # markd already runs (systemd unit, container, or `markd --port 27020`).
