@@ -62,14 +62,20 @@ def _fields(keys: dict[str, Binary]) -> list[dict[str, Any]]:
     ]
 
 
-FIELD_NAMES = ["eq", "eqLong", "nested.eq", "un", "ri", "rl", "rd", "rdp", "rm", "rmp", "rt", "tp", "ts", "tps", "tsub"]
+FIELD_NAMES = ["eq", "eqLong", "nested.eq", "un", "ri", "rl", "rd", "rdp", "rm", "rmp", "rt", "tp", "ts", "tps", "tsub",
+               "other.e2"]
 
 
 @pytest.fixture(scope="module")
 def qe(markd) -> Iterator[tuple[CryptDriver, dict[str, Binary]]]:
     driver = CryptDriver(markd.uri, only_requested_keys=True)
+    driver.enable_multiple_collinfo = True
     keys = {name: driver.create_key() for name in FIELD_NAMES}
-    driver.encrypted_fields_map = {"db.coll": {"fields": _fields(keys)}}
+    driver.encrypted_fields_map = {
+        "db.coll": {"fields": _fields(keys)},
+        "db.other": {"fields": [{"path": "e2", "keyId": keys["other.e2"], "bsonType": "string",
+                                 "queries": {"queryType": "equality", "contention": Int64(0)}}]},
+    }
     try:
         yield driver, keys
     finally:
@@ -383,3 +389,21 @@ def test_aggregate_match_and_group(qe):
         {"$match": {"eq": "a"}}, {"$sort": {"_id": 1}}, {"$group": {"_id": "$plain", "n": {"$sum": 1}}},
         {"$match": {"eq": "not encrypted any more"}}], "cursor": {}})
     assert found == {"pipeline.0.$match.eq.$eq": FIND_EQUALITY}
+
+
+def test_lookup_between_qe_collections_marks_joined_fields(qe):
+    _, keys = qe
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {"$lookup": {"from": "other", "localField": "joinme", "foreignField": "joinme", "as": "matched"}},
+        {"$match": {"eq": "a", "matched.e2": "b"}}], "cursor": {}})
+    assert found == {"pipeline.1.$match.$and.0.eq.$eq": FIND_EQUALITY,
+                     "pipeline.1.$match.$and.1.matched.e2.$eq": FIND_EQUALITY}
+    assert marked["pipeline.1.$match.$and.1.matched.e2.$eq"]["ki"] == keys["other.e2"]
+
+
+def test_lookup_sub_pipeline_uses_the_joined_collections_fields(qe):
+    _, keys = qe
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {"$lookup": {"from": "other", "pipeline": [{"$match": {"e2": "b"}}], "as": "matched"}}], "cursor": {}})
+    assert found == {"pipeline.0.$lookup.pipeline.0.$match.e2.$eq": FIND_EQUALITY}
+    assert marked["pipeline.0.$lookup.pipeline.0.$match.e2.$eq"]["ki"] == keys["other.e2"]

@@ -131,6 +131,12 @@ REFUSED = [
     (agg({"$project": {"x": "$ssn"}}), 6331103),
     (agg({"$addFields": {"ssn": "x"}}), 6331103),
     (agg({"$lookup": {"from": "other", "localField": "x", "foreignField": "y", "as": "z"}}), 51204),
+    (agg({"$lookup": {"from": "coll", "localField": "ssn", "foreignField": "y", "as": "z"}}), 51206),
+    (agg({"$lookup": {"from": "coll", "localField": "x", "foreignField": "a", "as": "z"}}), 51207),
+    (agg({"$lookup": {"from": "coll", "localField": "x", "foreignField": "y", "as": "a"}}), 6331103),
+    (agg({"$lookup": {"from": "coll", "let": {"v": "$x"}, "pipeline": [], "as": "z"}}), 51208),
+    (agg({"$lookup": {"from": "coll", "localField": "x", "foreignField": "y", "as": "z"}},
+         {"$match": {"z.notes": "x"}}), 63165),
     (agg({"$match": {"ssn": {"$regex": "a"}}}), 51092),
     # schema commands
     ({"create": "coll", "validator": {"ssn": "x"}}, 6491100),
@@ -276,3 +282,37 @@ def test_decimal_and_date_range_bounds_accepted(client):
                "queries": {"queryType": "range", "contention": Int64(0)}}]
     reply = send(client, find({"m": {"$gte": Decimal128("1.5"), "$lte": Decimal128("2.5")}}), fields)
     assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
+
+
+# ---------------------------------------------------------------------------------------------- bulkWrite
+
+
+def bulk(*operations: Any, db: str = "admin") -> dict[str, Any]:
+    return {"bulkWrite": 1, "ops": list(operations), "nsInfo": [{"ns": "db.coll", "encryptionInformation": info()}],
+            "$db": db}
+
+
+def test_bulk_write_marks_inserts():
+    # libmongocrypt puts a bulkWrite's encryptionInformation in nsInfo.0: analysed by the pure function.
+    from markd.analysis import qe
+
+    marked = qe.mark(bulk({"insert": 0, "document": {"_id": 1, "ssn": "x"}}, {"insert": 0, "document": {"x": 1}}))
+    assert marked.has_encryption_placeholders and marked.schema_requires_encryption
+    placeholder = marked.result["ops"][0]["document"]["ssn"]
+    assert isinstance(placeholder, Binary) and placeholder.subtype == 6 and placeholder[0] == 3
+    assert marked.result["nsInfo"][0]["encryptionInformation"] == info()
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    (bulk({"insert": 0, "document": {}}, {"delete": 0, "filter": {}}), 2),
+    (bulk({"insert": 0, "document": {}}, db="db"), 73),
+    ({**bulk({"insert": 0, "document": {}}), "nsInfo": [{"ns": "db.coll"}]}, 2),
+    (bulk({"update": 0, "filter": {"notes": "x"}, "updateMods": {"$set": {"x": 1}}}), 63165),
+])
+def test_bulk_write_refused(command, code):
+    from markd.analysis import qe
+    from markd.errors import CommandError
+
+    with pytest.raises(CommandError) as raised:
+        qe.mark(command)
+    assert raised.value.code == code

@@ -118,6 +118,8 @@ class CryptDriver:
         self.schema_map = schema_map
         self.encrypted_fields_map = encrypted_fields_map
         self._auto: AutoEncrypter | None = None
+        # As pymongo sets it: lets libmongocrypt encrypt commands over several collections ($lookup).
+        self.enable_multiple_collinfo = False
 
     def create_key(self, alt_name: str | None = None) -> Binary:
         """A new data key in the vault; its UUID as BinData 4."""
@@ -134,6 +136,7 @@ class CryptDriver:
                 self.kms_providers,
                 schema_map=bson.encode(self.schema_map) if self.schema_map else None,
                 encrypted_fields_map=bson.encode(self.encrypted_fields_map) if self.encrypted_fields_map else None,
+                **({"enable_multiple_collinfo": True} if self.enable_multiple_collinfo else {}),
             )
             self._auto = AutoEncrypter(self.callback, options)
         return self._auto

@@ -37,17 +37,35 @@ def _schema(command: dict[str, Any], name: str, information: Any) -> tuple[Encry
     raise error("ONE_NAMESPACE")
 
 
+def _bulk_write_namespace(command: dict[str, Any]) -> tuple[str, Any]:
+    """bulkWrite names its one namespace, and carries its encryptionInformation, in `nsInfo`."""
+    if command.get("$db", "admin") != "admin":
+        raise error("BULK_ADMIN")
+    namespaces = command.get("nsInfo")
+    if not isinstance(namespaces, list) or len(namespaces) != 1 or not isinstance(namespaces[0], dict):
+        raise error("BULK_ONE_NAMESPACE")
+    entry = namespaces[0]
+    if "encryptionInformation" not in entry and "encryptionInformation" not in command:
+        raise error("BULK_NEEDS_INFO")
+    return str(entry.get("ns", "")), entry.get("encryptionInformation", command.get("encryptionInformation"))
+
+
 def _mark_command(command: dict[str, Any]) -> MarkResult:
     name = _command_name(command)
     if "jsonSchema" in command:
         raise error("BOTH_SCHEMAS")
     if "isRemoteSchema" in command:
         raise error("BOTH_REMOTE")
-    information = parse_encryption_information(command.get("encryptionInformation"))
     handler = COMMANDS.get(name)
     if handler is None:
         raise error("COMMAND", command=name)
-    schema, database = _schema(command, name, information)
+    if name == "bulkWrite":
+        namespace, raw_information = _bulk_write_namespace(command)
+        information = parse_encryption_information(raw_information)
+        schema, database = information.for_namespace(namespace), namespace.split(".", 1)[0]
+    else:
+        information = parse_encryption_information(command.get("encryptionInformation"))
+        schema, database = _schema(command, name, information)
     anything_encrypted = any(s.encrypts_anything for s in information.schemas.values())
     ctx = Context(schema, information, database, command.get("collation"))
     marked = handler(command, ctx)

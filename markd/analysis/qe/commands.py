@@ -170,6 +170,29 @@ def _create_indexes(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return _without_information(command)
 
 
+def _bulk_write(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Client bulkWrite on one QE namespace: several operations only if all are inserts."""
+    operations = _statements(command, "ops")
+    kinds = [next((k for k in ("insert", "update", "delete") if k in op), None) for op in operations]
+    if None in kinds:
+        raise error("MALFORMED", detail="each bulkWrite operation must be an insert, update or delete")
+    if len(operations) > 1 and any(kind != "insert" for kind in kinds):
+        raise error("BULK_ONLY_INSERT")
+    marked_operations = []
+    for operation, kind in zip(operations, kinds, strict=True):
+        marked = dict(operation)
+        if kind == "insert":
+            marked["document"] = mark_document(operation.get("document", {}), ctx)
+        else:
+            if operation.get("multi") and kind == "update" and ctx.schema.encrypts_anything:
+                raise error("MULTI_UPDATE")
+            marked["filter"] = mark_filter(operation.get("filter", {}), _statement_ctx(operation, ctx))
+            if kind == "update":
+                marked["updateMods"] = mark_update(operation.get("updateMods"), ctx)
+        marked_operations.append(marked)
+    return _replace(command, ops=marked_operations)
+
+
 # Command name -> handler. No row: refused.
 COMMANDS: dict[str, Handler] = {
     "find": _find,
@@ -184,6 +207,7 @@ COMMANDS: dict[str, Handler] = {
     "create": _create,
     "collMod": _coll_mod,
     "createIndexes": _create_indexes,
+    "bulkWrite": _bulk_write,
 }
 
 # Commands whose result loses encryptionInformation (libmongocrypt appends encryptedFields itself).

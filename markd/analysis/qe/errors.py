@@ -150,6 +150,10 @@ ERRORS: dict[str, tuple[int, str]] = {
         51208,
         "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted collection.",
     ),
+    "LOOKUP_LOCAL": (51206, "'localField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."),
+    "LOOKUP_FOREIGN": (
+        51207, "'foreignField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."
+    ),
     "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
     "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
     "GROUP_KEY": (

@@ -9,6 +9,7 @@ no longer track (a computed field, a $lookup result...) is refused rather than g
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from markd.analysis.qe.context import Context
@@ -109,31 +110,40 @@ def _unwind(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
 
 
 def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """$lookup: joined documents land under `as` with their own collection's encrypted fields.
+
+    The joined fields are re-rooted under `as` in the schema that flows on, so a later `$match` on
+    `as.field` is marked with the joined collection's key (or refused), never sent in the clear.
+    """
     if not isinstance(spec, Mapping):
         raise error("MALFORMED", detail="$lookup specification must be an object")
     foreign = spec.get("from")
+    if isinstance(foreign, Mapping):
+        foreign = foreign.get("coll")
     namespace = f"{ctx.database}.{foreign}" if isinstance(foreign, str) else None
     foreign_schema = ctx.information.schemas.get(namespace) if namespace else None
     if foreign_schema is None:
-        if ctx.schema.encrypts_anything:
+        if any(s.encrypts_anything for s in ctx.information.schemas.values()):
             raise error("OTHER_COLLECTION")
         foreign_schema = EncryptedFields(namespace or "", ())
-    if foreign_schema.encrypts_anything:
-        # Joined documents would bring encrypted fields under `as`, where later stages could not see them.
-        raise error("STAGE", stage=name)
-    if spec.get("let") and ctx.schema.encrypts_anything:
+    if spec.get("let") and (ctx.schema.encrypts_anything or foreign_schema.encrypts_anything):
         raise error("LOOKUP_LET")
-    local = spec.get("localField")
+    local, remote = spec.get("localField"), spec.get("foreignField")
     if isinstance(local, str) and not isinstance(ctx.schema.lookup(local), Plain):
-        raise error("STAGE", stage=name)
+        raise error("LOOKUP_LOCAL", path=local)
+    if isinstance(remote, str) and not isinstance(foreign_schema.lookup(remote), Plain):
+        raise error("LOOKUP_FOREIGN", path=remote)
     output = spec.get("as")
     if not isinstance(output, str) or not isinstance(ctx.schema.lookup(output), Plain):
         raise error("PROJECTION", path=output)
     marked = dict(spec)
+    joined = foreign_schema
     if "pipeline" in spec:
-        inner, _ = mark_pipeline(spec["pipeline"], ctx.with_schema(foreign_schema))
+        inner, inner_ctx = mark_pipeline(spec["pipeline"], ctx.with_schema(foreign_schema).for_filter())
         marked["pipeline"] = inner
-    return marked, ctx
+        joined = inner_ctx.schema
+    rerooted = tuple(replace(field, path=f"{output}.{field.path}") for field in joined.fields)
+    return marked, ctx.with_schema(EncryptedFields(ctx.schema.namespace, ctx.schema.fields + rerooted))
 
 
 def _opaque(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
