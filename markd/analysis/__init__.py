@@ -70,9 +70,8 @@ def mark_command(command: dict[str, Any]) -> dict[str, Any]:
         marked = csfle.mark(command)
     else:
         # Without encryption rules there is nothing to prove a value safe against: refuse.
-        raise CommandError(
-            51073, "jsonSchema or encryptionInformation is required for query analysis"
-        )
+        # mongocryptd's own refusal (code and wording) for a command without encryption rules.
+        raise CommandError(51073, "jsonSchema or encryptionInformation is required")
     result = dict(marked.result)
     result.pop("$db", None)
     return {
