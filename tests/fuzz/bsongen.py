@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+from functools import cache
 from typing import Any
 
 from bson import Decimal128, Int64, ObjectId, Regex, Timestamp
@@ -95,6 +96,7 @@ def _leaf_elements() -> st.SearchStrategy[tuple[int, bytes]]:
     )
 
 
+@cache
 def raw_document(max_leaves: int = 20) -> st.SearchStrategy[bytes]:
     """A BSON document as bytes, keys unique at every level, every element type possible."""
 
@@ -119,6 +121,7 @@ def raw_document(max_leaves: int = 20) -> st.SearchStrategy[bytes]:
 
 # Decoded values of exact BSON type ---------------------------------------------------------------
 
+@cache
 def scalar_values() -> st.SearchStrategy[Any]:
     return st.one_of(
         st.integers(-(2**31), 2**31 - 1),
@@ -147,6 +150,7 @@ def scalar_values() -> st.SearchStrategy[Any]:
     )
 
 
+@cache
 def values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     return st.recursive(
         scalar_values(),
