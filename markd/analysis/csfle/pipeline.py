@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bson import Int64
+
 from markd.analysis import paths
 from markd.analysis.csfle.errors import fail
 from markd.analysis.csfle.expressions import FIELD, LITERAL, ROOT, ExpressionAnalysis, Value
@@ -18,6 +20,7 @@ from markd.analysis.csfle.match import mark_filter
 from markd.analysis.csfle.placeholders import MarkContext
 from markd.analysis.csfle.schema import (
     EMPTY,
+    NOT_ENCRYPTED,
     PREFIX,
     UNKNOWN,
     UNKNOWN_NODE,
@@ -29,6 +32,8 @@ from markd.analysis.csfle.schema import (
     subtree,
 )
 from markd.analysis.csfle.walk import is_document
+
+DOCUMENT = "document"  # a nested projection object: its fields computed one by one
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,8 @@ def with_path(root: SchemaNode, path: str, child: SchemaNode) -> SchemaNode:
 
 def _value_node(value: Value) -> SchemaNode:
     """The schema of a computed field holding `value`."""
+    if value.kind == DOCUMENT:
+        return value.node
     if value.kind in (FIELD, ROOT):
         if isinstance(value.metadata, Encrypted):
             return node(value.metadata)
@@ -108,6 +115,16 @@ def _unchanged(name: str, spec: Any, current: SchemaNode, context: PipelineConte
     return [{name: spec}], current
 
 
+def _count_limit(name: str, spec: Any, current: SchemaNode, context: PipelineContext
+                 ) -> tuple[Stage, SchemaNode]:
+    """$limit/$skip: mongod keeps the count as a 64-bit integer and writes it back as one."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or spec < 0 or spec != int(spec):
+        from markd.errors import CommandError
+
+        raise CommandError(15957 if name == "$limit" else 15956, f"invalid argument to {name} stage")
+    return [{name: Int64(int(spec))}], current
+
+
 def _is_inclusion(value: Any) -> bool | None:
     """True for 1/true, False for 0/false, None for a computed field."""
     if isinstance(value, bool):
@@ -126,10 +143,10 @@ def _project(name: str, spec: Any, current: SchemaNode, context: PipelineContext
     serialized: dict[str, Any] = {}
     if exclusion:
         out = current
-        for path, value in spec.items():
-            serialized[path] = bool(_is_inclusion(value))
-            if not _is_inclusion(value):
-                out = with_path(out, path, EMPTY)
+        for path in spec:
+            serialized[path] = False
+            out = with_path(out, path, EMPTY)
+        serialized.setdefault("_id", True)  # mongod writes the implicit _id inclusion out
         return [{"$project": serialized}], out
     out = EMPTY
     if "_id" not in spec:
@@ -157,8 +174,7 @@ def _computed(analysis: ExpressionAnalysis, value: Any) -> tuple[Any, Value]:
         for name, item in value.items():
             fields[name], inner = _computed(analysis, item)
             result = with_path(result, name, _value_node(inner))
-        return fields, Value("document", node=result, metadata=PREFIX if result.may_hold_encryption else
-                             lookup(EMPTY, ""))
+        return fields, Value(DOCUMENT, PREFIX if result.may_hold_encryption else NOT_ENCRYPTED, "", result)
     return analysis.forwarded(value)
 
 
@@ -172,7 +188,7 @@ def _add_fields(name: str, spec: Any, current: SchemaNode, context: PipelineCont
         expression, result = _computed(analysis, value)
         serialized[path] = expression
         out = with_path(out, path, _value_node(result))
-    return [{"$addFields": serialized}], out
+    return [{name: serialized}], out
 
 
 def _unset(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
@@ -327,7 +343,7 @@ def _replace_root(name: str, spec: Any, current: SchemaNode, context: PipelineCo
     if value.metadata is UNKNOWN:
         out = UNKNOWN_NODE
     else:
-        out = value.node if value.kind in (FIELD, ROOT, "document") else EMPTY
+        out = value.node if value.kind in (FIELD, ROOT, DOCUMENT) else EMPTY
     return [{"$replaceRoot": {"newRoot": expression}}], out
 
 
@@ -498,8 +514,8 @@ STAGES: dict[str, StageRule] = {
     "$count": _count,
     "$sort": _sort,
     "$sortByCount": _sort_by_count,
-    "$limit": _unchanged,
-    "$skip": _unchanged,
+    "$limit": _count_limit,
+    "$skip": _count_limit,
     "$sample": _unchanged,
     "$unwind": _unwind,
     "$replaceRoot": _replace_root,
