@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from bson import Decimal128, Int64, Regex
+from bson import Decimal128, Int64, Regex, Timestamp
 from bson.binary import Binary
 
 from tests.support.process import raw_command
@@ -117,6 +117,8 @@ REFUSED = [
     (update({"$set": {"a.$.b": "x"}}), 51149),
     (update({"$frobnicate": {"x": 1}}), 9),
     (update({"$set": {"x": 1}}, multi=True), 6329900),
+    ({"insert": "coll", "documents": [{"ssn": Timestamp(0, 0)}]}, 51129),
+    ({"distinct": "coll", "key": "ssn"}, 31026),
     (update([{"$set": {"ssn": "x"}}]), 6329902),
     (update([{"$set": {"x": "$ssn"}}]), 6329902),
     (update([{"$set": {"x": 1}}, {"$out": "z"}]), 31011),
@@ -130,7 +132,7 @@ REFUSED = [
     (agg({"$group": {"_id": None, "s": {"$avg": "$age"}}}), 51221),
     (agg({"$project": {"x": "$ssn"}}), 6331103),
     (agg({"$addFields": {"ssn": "x"}}), 6331103),
-    (agg({"$lookup": {"from": "other", "localField": "x", "foreignField": "y", "as": "z"}}), 51204),
+    (agg({"$lookup": {"from": "other", "localField": "x", "foreignField": "y", "as": "z"}}), 9710000),
     (agg({"$lookup": {"from": "coll", "localField": "ssn", "foreignField": "y", "as": "z"}}), 51206),
     (agg({"$lookup": {"from": "coll", "localField": "x", "foreignField": "a", "as": "z"}}), 51207),
     (agg({"$lookup": {"from": "coll", "localField": "x", "foreignField": "y", "as": "a"}}), 6331103),
@@ -208,6 +210,34 @@ BAD_DEFINITIONS = [
 def test_bad_encrypted_fields_refused(client, fields, code):
     reply = send(client, {"insert": "coll", "documents": [{"_id": 1}]}, fields)
     assert reply["ok"] == 0.0 and reply["code"] == code, reply
+
+
+def test_timestamp_zero_refused_at_encrypted_top_level(client):
+    fields = [{"path": "ts", "keyId": KEYS["ssn"], "bsonType": "timestamp",
+               "queries": {"queryType": "equality", "contention": Int64(0)}}]
+    reply = send(client, {"insert": "coll", "documents": [{"ts": Timestamp(0, 0)}]}, fields)
+    assert reply["code"] == 51129
+    reply = send(client, {"insert": "coll", "documents": [{"ts": Timestamp(5, 1)}]}, fields)
+    assert reply["ok"] == 1.0
+
+
+def test_several_namespaces(client):
+    two = info()
+    two["schema"]["db.other"] = {"fields": []}
+    reply = raw_command(client, "db", {"find": "coll", "filter": {}, "encryptionInformation": two})
+    assert reply["code"] == 6327503
+    reply = raw_command(client, "db", {"aggregate": "nope", "pipeline": [], "cursor": {}, "encryptionInformation": two})
+    assert reply["code"] == 9686712
+    reply = raw_command(client, "db", {"aggregate": "coll", "pipeline": [{"$match": {"ssn": "x"}}], "cursor": {},
+                                       "encryptionInformation": two})
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
+
+
+def test_find_and_modify_keeps_an_unmarked_query(client):
+    reply = send(client, {"findAndModify": "coll", "query": {"_id": 1}, "update": {"$set": {"ssn": "x"}}})
+    assert reply["result"]["query"] == {"_id": 1}
+    reply = send(client, {"findAndModify": "coll", "query": {"ssn": "y"}, "update": {"$set": {"x": 1}}})
+    assert set(reply["result"]["query"]["ssn"]) == {"$eq"}
 
 
 def test_namespace_mismatch(client):

@@ -27,14 +27,23 @@ def _command_name(command: dict[str, Any]) -> str:
 
 
 def _schema(command: dict[str, Any], name: str, information: Any) -> tuple[EncryptedFields, str]:
+    """The command's own namespace schema: one namespace, or (aggregate only) several including it."""
     database = command.get("$db")
     collection = command.get(name)
-    if isinstance(database, str) and isinstance(collection, str):
-        return information.for_namespace(f"{database}.{collection}"), database
-    if len(information.schemas) == 1:
-        namespace, schema = next(iter(information.schemas.items()))
+    schemas = information.schemas
+    if not (isinstance(database, str) and isinstance(collection, str)):
+        if len(schemas) != 1:
+            raise error("ONE_NAMESPACE")
+        namespace, schema = next(iter(schemas.items()))
         return schema, namespace.split(".", 1)[0]
-    raise error("ONE_NAMESPACE")
+    namespace = f"{database}.{collection}"
+    if name == "aggregate":
+        if namespace not in schemas:
+            raise error("MULTI_NAMESPACE_MISMATCH", namespace=namespace)
+        return schemas[namespace], database
+    if len(schemas) != 1:
+        raise error("ONE_NAMESPACE")
+    return information.for_namespace(namespace), database
 
 
 def _bulk_write_namespace(command: dict[str, Any]) -> tuple[str, Any]:

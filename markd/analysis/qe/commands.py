@@ -84,7 +84,8 @@ def _statement_ctx(statement: Mapping[str, Any], ctx: Context) -> Context:
 
 
 def _update_statement(statement: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    if statement.get("multi") and ctx.schema.encrypts_anything:
+    if statement.get("multi"):
+        # mongocryptd refuses these for any QE collection, encrypted fields or not.
         raise error("MULTI_UPDATE")
     ctx = _statement_ctx(statement, ctx)
     values = dict(statement)
@@ -117,7 +118,10 @@ def _find_and_modify(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
         if key == "findandmodify":
             marked["findAndModify"] = value
         elif key == "query" and value is not None:
-            marked[key] = mark_filter(value, ctx)
+            # mongocryptd keeps the original query unless marking it placed something in it.
+            before = ctx.tally.placeholders
+            query = mark_filter(value, ctx)
+            marked[key] = query if ctx.tally.placeholders > before else value
         elif key == "update" and value is not None:
             marked[key] = mark_update(value, ctx)
         elif key == "fields":
@@ -184,8 +188,10 @@ def _bulk_write(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
         if kind == "insert":
             marked["document"] = mark_document(operation.get("document", {}), ctx)
         else:
-            if operation.get("multi") and kind == "update" and ctx.schema.encrypts_anything:
+            if operation.get("multi") and kind == "update":
                 raise error("MULTI_UPDATE")
+            if operation.get(kind) != 0:
+                raise error("BULK_ONE_NAMESPACE")
             marked["filter"] = mark_filter(operation.get("filter", {}), _statement_ctx(operation, ctx))
             if kind == "update":
                 marked["updateMods"] = mark_update(operation.get("updateMods"), ctx)

@@ -123,6 +123,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     # writes
     "MULTI_UPDATE": (6329900, "Multi-document updates are not allowed with Queryable Encryption"),
+    "TIMESTAMP_ZERO": (
+        51129,
+        "A command that inserts cannot supply Timestamp(0, 0) for an encrypted top-level field at path {path}",
+    ),
+    "MULTI_NAMESPACE_MISMATCH": (
+        9686712, "Namespace in encryption schemas: does not match namespace given in command: '{namespace}'"
+    ),
     "ID_REQUIRED": (51130, "_id must be explicitly provided when configured as encrypted"),
     "PIPELINE_UPDATE": (
         6329902,
@@ -173,8 +180,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "PARTIAL_FILTER": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     "INDEX_ON_ENCRYPTED": (6346502, "Index key '{path}' cannot refer to an encrypted field"),
     "DISTINCT_PREFIX": (31027, "Distinct key is not allowed to be a prefix of an encrypted field"),
-    "DISTINCT_ENCRYPTED": (6441000, "Distinct key '{path}' is encrypted; distinct is not supported on encrypted "
-                                    "fields with Queryable Encryption"),
+    # QE ciphertexts are not deterministic, so mongocryptd treats every QE field like a randomized one here.
+    "DISTINCT_ENCRYPTED": (
+        31026, "Distinct key is not allowed to be marked for encryption with the randomized encryption algorithm"
+    ),
     "MALFORMED": (9, "{detail}"),
 }
 

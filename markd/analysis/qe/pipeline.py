@@ -124,7 +124,7 @@ def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     foreign_schema = ctx.information.schemas.get(namespace) if namespace else None
     if foreign_schema is None:
         if any(s.encrypts_anything for s in ctx.information.schemas.values()):
-            raise error("OTHER_COLLECTION")
+            raise error("MISSING_SCHEMA", namespace=namespace)
         foreign_schema = EncryptedFields(namespace or "", ())
     if spec.get("let") and (ctx.schema.encrypts_anything or foreign_schema.encrypts_anything):
         raise error("LOOKUP_LET")

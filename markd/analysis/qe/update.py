@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bson import Timestamp
+
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
@@ -21,8 +23,18 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def check_generated_fields(document: Mapping[str, Any], ctx: Context) -> None:
+    """Top-level Timestamp(0, 0) is replaced by the server: it cannot be encrypted client-side."""
+    for key, value in document.items():
+        if isinstance(value, Timestamp) and value.time == 0 and value.inc == 0 and isinstance(
+                ctx.schema.lookup(key), Encrypted):
+            raise error("TIMESTAMP_ZERO", path=key)
+
+
 def mark_document(document: Mapping[str, Any], ctx: Context, prefix: str = "") -> dict[str, Any]:
     """A document being written, with every encrypted value replaced by its insert placeholder."""
+    if not prefix:
+        check_generated_fields(document, ctx)
     marked: dict[str, Any] = {}
     for key, value in document.items():
         path = _join(prefix, key)
