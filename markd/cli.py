@@ -47,6 +47,8 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
 @click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
 @click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
 @click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")
+@click.option("--tlsAllowConnectionsWithoutCertificates", "tls_allow_connections_without_certificates",
+              is_flag=True, default=None, help="With --tlsCAFile, still accept clients that present no certificate.")
 @click.option("--version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: int, **options: Any) -> None:

@@ -24,6 +24,10 @@ SERVER_VERSION = "8.2.0"
 MAX_WRITE_BATCH_SIZE = 100_000
 
 HANDSHAKE_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
+ADMIN_COMMANDS = frozenset({"buildInfo", "buildinfo", "getCmdLineOpts", "ping", "endSessions", "shutdown"})
+# How logs and metrics name a command markd does not know: its name is any string a client chose,
+# which could carry data and would give Prometheus a label per typo.
+UNKNOWN_COMMAND = "(unknown)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,12 @@ class Dispatcher:
     parsed_options: dict[str, Any]
     on_shutdown: Callable[[], None] = lambda: None
     extra_commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
+
+    def reported_name(self, name: str) -> str:
+        """`name` if markd knows the command, else UNKNOWN_COMMAND."""
+        known = (name in HANDSHAKE_COMMANDS or name in analysis.MARKING_COMMANDS or name in ADMIN_COMMANDS
+                 or name in self.extra_commands)
+        return name if known else UNKNOWN_COMMAND
 
     def handle(self, command: dict[str, Any], connection: ConnectionInfo) -> dict[str, Any]:
         if not command:

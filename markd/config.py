@@ -35,7 +35,8 @@ class Settings:
     tls_mode: str = "disabled"  # disabled | requireTLS
     tls_certificate_key_file: str | None = None
     tls_ca_file: str | None = None
-    tls_allow_connections_without_certificates: bool = True
+    # As mongod: with a CA file, clients must present a certificate unless this is set.
+    tls_allow_connections_without_certificates: bool = False
     unknown_options: tuple[str, ...] = field(default=())
 
     @property

@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import time
+import traceback
 from typing import Any
 
 import bson
@@ -25,7 +26,7 @@ from bson.errors import InvalidBSON
 import markd
 from markd import bsonvalues
 from markd.analysis import MARKING_COMMANDS
-from markd.commands import ConnectionInfo, Dispatcher
+from markd.commands import UNKNOWN_COMMAND, ConnectionInfo, Dispatcher
 from markd.config import Settings
 from markd.errors import CommandError
 from markd.logs import log
@@ -133,9 +134,9 @@ class MarkdProtocol(asyncio.Protocol):
             except ProtocolError as exc:
                 self._drop(str(exc))
                 return
-            except Exception:  # a bug must cost this connection, never the daemon
-                log.exception("internal error while reading a message",
-                              extra={"attr": {"conn": self.info.connection_id}})
+            except Exception as exc:  # a bug must cost this connection, never the daemon
+                log.error("internal error while reading a message",
+                          extra={"attr": {"conn": self.info.connection_id, **_where(exc)}})
                 self._drop("internal error")
                 return
             if reply:
@@ -180,6 +181,13 @@ class MarkdProtocol(asyncio.Protocol):
         self._frame_timer = None
         if self.reader.pending:
             self._drop(f"incomplete message for {self.server.settings.frame_timeout_secs:g}s")
+
+
+def _where(exc: BaseException) -> dict[str, str]:
+    """An exception's type and stack, without its message: messages may quote a document's values."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {"error": type(exc).__name__,
+            "stack": " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in reversed(frames))}
 
 
 def _describe_peer(peer: Any) -> tuple[str, bool]:
@@ -232,8 +240,8 @@ class MarkdServer:
             if message.error is not None:
                 raise message.error
             command = bsonvalues.decode(message.command)
-            name = _command_name(command)
-            namespace = _namespace(command)
+            name = self.dispatcher.reported_name(_command_name(command))
+            namespace = _namespace(command) if name != UNKNOWN_COMMAND else str(command.get("$db", ""))
             if "$db" not in command:
                 raise CommandError(40571, "OP_MSG requests require a $db argument")
             reply = self.dispatcher.handle(command, connection)
@@ -245,7 +253,7 @@ class MarkdServer:
             outcome = "InvalidBSON"
             body = bson.encode(CommandError(22, str(exc)).to_reply())
         except Exception as exc:  # a bug must cost one command, never the daemon
-            log.exception("internal error while handling a command", extra={"attr": {"command": name}})
+            log.error("internal error while handling a command", extra={"attr": {"command": name, **_where(exc)}})
             outcome = "InternalError"
             body = bson.encode(CommandError(1, f"markd internal error: {type(exc).__name__}").to_reply())
         elapsed = time.perf_counter() - started
@@ -266,14 +274,14 @@ class MarkdServer:
         # Drivers wrap a legacy command with read preference as {$query: {...}}.
         if "$query" in query and isinstance(query["$query"], dict):
             query = query["$query"]
-        name = _command_name(query)
+        name = self.dispatcher.reported_name(_command_name(query))
         if message.collection.endswith(".$cmd") and name in _HANDSHAKE_NAMES:
             reply = self.dispatcher.handle(query, connection)
             self.metrics.command_done(name, "ok")
         else:
             reply = CommandError(
                 352,
-                f"Unsupported OP_QUERY command: {name}. The client driver may require an upgrade. "
+                f"Unsupported OP_QUERY command: {_command_name(query)}. The client driver may require an upgrade. "
                 "For more details see https://dochub.mongodb.org/core/legacy-opcode-removal",
                 "UnsupportedOpQueryCommand",
             ).to_reply()
@@ -472,7 +480,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
         raise ValueError(f"unsupported tlsMode {settings.tls_mode!r}: use disabled or requireTLS")
     if not settings.tls_certificate_key_file:
         raise ValueError("--tlsMode requireTLS needs --tlsCertificateKeyFile")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # A bare server context: create_default_context would also trust the system CAs for client certificates.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_certificate_key_file)
     if settings.tls_ca_file:
