@@ -233,6 +233,20 @@ def test_several_namespaces(client):
     assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
 
 
+def test_csfle_schemas_beside_qe_must_encrypt_nothing(client):
+    command = {"aggregate": "coll", "cursor": {}, "encryptionInformation": info(),
+               "pipeline": [{"$lookup": {"from": "c2", "localField": "x", "foreignField": "y", "as": "m"}},
+                            {"$match": {"ssn": "x"}}]}
+    plain = {"db.c2": {"jsonSchema": {"required": ["foo"]}, "isRemoteSchema": True}}
+    reply = raw_command(client, "db", {**command, "csfleEncryptionSchemas": plain})
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
+    assert set(reply["result"]) == {"aggregate", "cursor", "encryptionInformation", "pipeline"}
+    encrypting = {"db.c2": {"jsonSchema": {"properties": {"e2": {"encrypt": {"bsonType": "string"}}}},
+                            "isRemoteSchema": True}}
+    reply = raw_command(client, "db", {**command, "csfleEncryptionSchemas": encrypting})
+    assert reply["code"] == 9686710
+
+
 def test_find_and_modify_keeps_an_unmarked_query(client):
     reply = send(client, {"findAndModify": "coll", "query": {"_id": 1}, "update": {"$set": {"ssn": "x"}}})
     assert reply["result"]["query"] == {"_id": 1}

@@ -13,7 +13,7 @@ from markd.analysis import MarkResult
 from markd.analysis.qe.commands import COMMANDS, SCHEMA_COMMANDS
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.fields import EncryptedFields, cache_stats, parse_encryption_information
+from markd.analysis.qe.fields import EncryptedFields, EncryptionInformation, cache_stats, parse_encryption_information
 
 __all__ = ["cache_stats", "mark"]
 
@@ -59,6 +59,27 @@ def _bulk_write_namespace(command: dict[str, Any]) -> tuple[str, Any]:
     return str(entry.get("ns", "")), entry.get("encryptionInformation", command.get("encryptionInformation"))
 
 
+def _mentions_encryption(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return any(k in ("encrypt", "encryptMetadata") or _mentions_encryption(v) for k, v in schema.items())
+    if isinstance(schema, list):
+        return any(_mentions_encryption(v) for v in schema)
+    return False
+
+
+def _with_plain_csfle_namespaces(command: dict[str, Any], information: EncryptionInformation) -> EncryptionInformation:
+    """Collections libmongocrypt describes by a CSFLE schema beside QE ones ($lookup, 8.2+): allowed only
+    when those schemas encrypt nothing, and then they are collections without encrypted fields."""
+    schemas = command.get("csfleEncryptionSchemas")
+    if schemas is None:
+        return information
+    if not isinstance(schemas, dict) or any(_mentions_encryption(v) for v in schemas.values()):
+        raise error("MIXED_SCHEMAS")
+    combined = {ns: EncryptedFields(ns, ()) for ns in schemas}
+    combined.update(information.schemas)
+    return EncryptionInformation(combined)
+
+
 def _mark_command(command: dict[str, Any]) -> MarkResult:
     name = _command_name(command)
     if "jsonSchema" in command:
@@ -74,6 +95,9 @@ def _mark_command(command: dict[str, Any]) -> MarkResult:
         schema, database = information.for_namespace(namespace), namespace.split(".", 1)[0]
     else:
         information = parse_encryption_information(command.get("encryptionInformation"))
+        if "csfleEncryptionSchemas" in command:
+            information = _with_plain_csfle_namespaces(command, information)
+            command = {k: v for k, v in command.items() if k != "csfleEncryptionSchemas"}
         schema, database = _schema(command, name, information)
     anything_encrypted = any(s.encrypts_anything for s in information.schemas.values())
     ctx = Context(schema, information, database, command.get("collation"))

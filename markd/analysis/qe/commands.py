@@ -30,9 +30,8 @@ def _replace(command: dict[str, Any], **values: Any) -> dict[str, Any]:
 
 def _find(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
     marked = dict(command)
-    marked["filter"] = mark_filter(command.get("filter", {}), ctx) if "filter" in command else None
-    if "filter" not in command:
-        marked.pop("filter")
+    if "filter" in command:
+        marked["filter"] = mark_filter(command["filter"], ctx)
     if "projection" in command:
         marked["projection"] = mark_find_projection(command["projection"], ctx)
     return marked

@@ -21,6 +21,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "SCHEMA_NOT_OBJECT": (6327504, "Each namespace schema must be an object"),
     "MISSING_SCHEMA": (9710000, "Missing encryption schema for namespace: {namespace}"),
+    "MIXED_SCHEMAS": (
+        9686710,
+        "Cannot specify both encryptionInformation and csfleEncryptionSchemas unless csfleEncryptionSchemas only "
+        "contains non-encryption JSON schema validators",
+    ),
     "BAD_TYPE_FIELD": (6327505, "encryptionInformation.type must be 1"),
     # encryptedFields definitions
     "BAD_FIELD": (9, "{detail}"),
