@@ -81,7 +81,8 @@ class MarkdProcess:
         return self
 
     def client(self, **kwargs: object) -> MongoClient[dict[str, object]]:
-        return MongoClient(self.uri, serverSelectionTimeoutMS=5000, **kwargs)
+        options: dict[str, object] = {"serverSelectionTimeoutMS": 5000, **kwargs}
+        return MongoClient(self.uri, **options)
 
     def pidfile_content(self) -> dict[str, object]:
         return json.loads(self.pidfile.read_text())

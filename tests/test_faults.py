@@ -1,0 +1,194 @@
+"""Faults (issue 9): clients that vanish mid-frame or mid-reply, SIGTERM under load, a full log disk,
+an unopenable log file, and an unwritable pid file directory."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
+
+from tests.support.process import MarkdProcess, RawConnection, markd_metrics, op_msg_frame
+
+PING = op_msg_frame({"ping": 1, "$db": "admin"})
+HELLO = op_msg_frame({"hello": 1, "$db": "admin"})
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[MarkdProcess]:
+    with MarkdProcess(args=["--frameTimeoutSecs=5"]) as process:
+        yield process
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset, as a crashed client does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _wait_connections(client, at_most: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    current = markd_metrics(client)["connections"]["current"]
+    while current > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+        current = markd_metrics(client)["connections"]["current"]
+    return current
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_gone_mid_frame(daemon, how):
+    with daemon.client() as client:
+        baseline = markd_metrics(client)["connections"]["current"]
+        for cut in (3, 16, len(HELLO) - 1):
+            sock = socket.create_connection(("127.0.0.1", daemon.port))
+            sock.sendall(HELLO[:cut])
+            time.sleep(0.05)
+            if how == "reset":
+                _reset(sock)
+            else:
+                sock.close()
+        assert _wait_connections(client, baseline) <= baseline
+        assert client.admin.command("ping")["ok"] == 1
+    assert daemon.process.poll() is None
+
+
+def test_client_gone_mid_reply(daemon):
+    """Thousands of pipelined requests, then a reset before reading a byte: markd's writes fail mid-reply."""
+    with daemon.client() as client:
+        baseline = markd_metrics(client)["connections"]["current"]
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", daemon.port))
+            sock.sendall(HELLO * 20_000)  # about 4 MB of replies: far more than the socket buffers hold
+            time.sleep(0.2)
+            _reset(sock)
+        assert _wait_connections(client, baseline) <= baseline
+        assert client.admin.command("ping")["ok"] == 1
+    assert daemon.process.poll() is None
+
+
+def test_a_client_that_never_reads_does_not_stall_others(daemon):
+    hog = socket.create_connection(("127.0.0.1", daemon.port))
+    try:
+        hog.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 3
+        payload = HELLO * 1000
+        while time.monotonic() < deadline and sent < 40 * len(payload):
+            try:
+                sent += hog.send(payload)
+            except BlockingIOError:
+                time.sleep(0.01)  # markd stopped reading (back-pressure): the hog is throttled
+        with RawConnection(daemon.port) as other:
+            started = time.monotonic()
+            for i in range(50):
+                assert other.command({"ping": 1, "$db": "admin"}, request_id=i + 1)["ok"] == 1
+            assert time.monotonic() - started < 2.0
+    finally:
+        _reset(hog)
+    assert daemon.process.poll() is None
+
+
+def test_sigterm_answers_requests_already_sent_then_exits_zero():
+    with MarkdProcess() as daemon:
+        connections = [RawConnection(daemon.port, timeout=10) for _ in range(20)]
+        for connection in connections:
+            connection.command({"ping": 1, "$db": "admin"})  # accepted and handshaken before the signal
+        for connection in connections:
+            connection.send(b"".join(op_msg_frame({"ping": 1, "$db": "admin"}, request_id=i) for i in range(1, 101)))
+        daemon.process.send_signal(signal.SIGTERM)
+        for connection in connections:
+            assert [connection.read_reply().response_to for _ in range(100)] == list(range(1, 101))
+            assert connection.is_closed_by_peer(timeout=10)
+            connection.close()
+        assert daemon.exit_code() == 0
+        assert not daemon.pidfile.exists() and not daemon.socket_path.exists()
+
+
+def test_sigterm_waits_for_a_frame_being_received():
+    with MarkdProcess() as daemon, RawConnection(daemon.port, timeout=10) as connection:
+        connection.send(PING[:10])
+        time.sleep(0.1)
+        daemon.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        connection.send(PING[10:])
+        assert connection.read_reply().document["ok"] == 1
+        assert daemon.exit_code() == 0
+
+
+def test_sigterm_under_pymongo_load_exits_zero_and_no_reply_is_garbled():
+    with MarkdProcess() as daemon:
+        failures: list[BaseException] = []
+        answered = [0]
+        stop = threading.Event()
+
+        def work() -> None:
+            with daemon.client(serverSelectionTimeoutMS=1000, retryReads=False) as client:
+                while not stop.is_set():
+                    try:
+                        reply = client.db.command({"count": "c", "query": {}, "jsonSchema": {},
+                                                   "isRemoteSchema": False}, check=False)
+                        assert "ok" in reply
+                        answered[0] += 1
+                    except (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError):
+                        return  # the daemon went away between requests: expected once it stops
+                    except BaseException as exc:
+                        failures.append(exc)
+                        return
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        before = answered[0]
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.exit_code() == 0
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        assert before > 50, "there was no load to speak of"
+        assert failures == []
+
+
+def test_log_disk_full_does_not_stop_the_daemon():
+    # Every write to /dev/full fails with ENOSPC, as on a full disk.
+    with MarkdProcess(args=["--logpath", "/dev/full", "-v"]) as daemon:
+        with daemon.client() as client:
+            for _ in range(200):
+                assert client.admin.command("ping")["ok"] == 1
+        assert daemon.process.poll() is None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.exit_code() == 0
+
+
+def test_unopenable_log_file_says_so_on_stderr():
+    daemon = MarkdProcess(args=["--logpath", "/dev/null/markd.log"], wait=True).start()
+    try:
+        with daemon.client() as client:
+            client.admin.command("ping")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.exit_code() == 0
+        stderr = daemon.process.stderr.read().decode()
+        assert "cannot open the log file; logging to stderr instead" in stderr
+        assert "markd started" in stderr
+    finally:
+        daemon.cleanup()
+
+
+def test_pid_file_directory_unwritable_is_a_clear_startup_error():
+    """Not startable without its lock: markd exits 1 (not 0) and says why on stderr and in the log."""
+    daemon = MarkdProcess(args=["--pidfilepath", "/dev/null/sub/mongocryptd.pid"], wait=False).start()
+    try:
+        assert daemon.exit_code() == 1
+        stderr = daemon.process.stderr.read().decode()
+        assert "cannot open the pid file /dev/null/sub/mongocryptd.pid: Not a directory" in stderr
+        assert "--pidfilepath" in stderr
+        assert "cannot open the pid file" in daemon.log_text()
+        assert "Traceback" not in stderr
+        assert not daemon.socket_path.exists()
+    finally:
+        daemon.cleanup()
