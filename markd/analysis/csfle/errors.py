@@ -32,18 +32,28 @@ ERRORS: dict[str, tuple[int, str]] = {
     # schema
     "unknown_keyword": (9, "Unknown $jsonSchema keyword: {keyword}"),
     "encrypt_with_bsontype": (
-        9,  # unconfirmed wording beyond the spec's substring
+        9,
         "$jsonSchema keyword 'encrypt' cannot be used in conjunction with 'bsonType', "
-        "'encrypt' implies 'bsonType: BinData'",
+        "'encrypt' implies type 'bsonType::BinData'",
     ),
     "encrypt_with_type": (
-        9,  # unconfirmed wording
+        9,
         "$jsonSchema keyword 'encrypt' cannot be used in conjunction with 'type', "
-        "'encrypt' implies 'bsonType: BinData'",
+        "'encrypt' implies type 'bsonType::BinData'",
     ),
     "type_and_bsontype": (9, "Cannot specify both $jsonSchema keywords 'type' and 'bsonType'"),
-    "keyword_type": (9, "$jsonSchema keyword '{keyword}' must be {expected}"),  # unconfirmed wording
-    "unknown_bson_type": (9, "Unknown type name alias: {name}"),  # unconfirmed wording
+    "keyword_type": (14, "$jsonSchema keyword '{keyword}' must be {expected}"),  # unconfirmed wording
+    "keyword_object": (14, "$jsonSchema keyword '{keyword}' must be an object "),
+    "keyword_string": (14, "$jsonSchema keyword '{keyword}' must be of type string"),
+    "keyword_unimplemented": (9, "$jsonSchema keyword '{keyword}' is not currently supported"),
+    "nested_not_object": (14, "Nested schema for $jsonSchema property '{name}' must be an object"),  # unconfirmed
+    "encrypt_and_metadata": (9, "Cannot specify both $jsonSchema keywords 'encrypt' and 'encryptMetadata'"),
+    "metadata_empty": (9, "$jsonSchema keyword 'encryptMetadata' cannot be an empty object "),
+    "type_set_type": (14, "$jsonSchema keyword '{keyword}' must be either a string or an array of strings"),
+    "type_set_elements": (14, "$jsonSchema keyword '{keyword}' array elements must be strings"),
+    "type_integer": (9, "$jsonSchema type 'integer' is not currently supported."),
+    "type_duplicate": (9, "$jsonSchema keyword '{keyword}' has duplicate value: {name}"),
+    "unknown_bson_type": (2, "Unknown type name alias: {name}"),
     "encrypt_not_allowed": (51077, "Invalid schema containing the 'encrypt' keyword."),
     "encrypt_siblings": (
         51078,
@@ -70,6 +80,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "encrypt_field": (40415, "BSON field 'encrypt.{field}' is an unknown field."),
     "metadata_field": (40415, "BSON field 'encryptMetadata.{field}' is an unknown field."),
     "bad_algorithm": (2, "Enumeration value '{value}' for field '{field}.algorithm' is not a valid value."),
+    "idl_wrong_type": (14, "BSON field '{field}' is the wrong type '{actual}', expected type '{expected}'"),
     "bad_key_id": (51088, "keyId must be an array of UUIDs or a JSON pointer string"),  # unconfirmed wording
     "bad_pointer": (51065, "Invalid JSON pointer: '{pointer}'"),  # unconfirmed code and wording
     # values

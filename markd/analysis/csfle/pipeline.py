@@ -347,9 +347,25 @@ def _replace_root(name: str, spec: Any, current: SchemaNode, context: PipelineCo
     return [{"$replaceRoot": {"newRoot": expression}}], out
 
 
+def _string_options(stage: str, spec: Mapping[str, Any], names: tuple[str, ...], required: tuple[str, ...] = ()
+                    ) -> None:
+    """mongod's own parse of a stage's string arguments, before any encryption rule."""
+    for option in names:
+        if option in spec and not isinstance(spec[option], str):
+            from markd.errors import CommandError
+
+            raise CommandError(9, f"{stage} argument '{option}' must be a string")
+    for option in required:
+        if option not in spec:
+            from markd.errors import CommandError
+
+            raise CommandError(9, f"{stage} requires '{option}' to be specified")
+
+
 def _lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
         fail("bad_field_type", field="$lookup", actual="other", expected="object")
+    _string_options("$lookup", spec, ("from", "as", "localField", "foreignField"), ("as",))
     source = spec.get("from", context.collection)
     foreign = context.foreign(source) if source != context.collection else context.schemas.get(
         f"{context.database}.{context.collection}", None)
@@ -383,6 +399,8 @@ def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineCo
                   ) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
         fail("bad_field_type", field="$graphLookup", actual="other", expected="object")
+    _string_options("$graphLookup", spec, ("from", "as", "connectFromField", "connectToField"),
+                    ("from", "as", "connectFromField", "connectToField", "startWith"))
     source = spec.get("from")
     foreign = context.foreign(source) if source != context.collection else None
     if foreign is None:
@@ -412,6 +430,7 @@ def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineCo
 def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
         fail("bad_field_type", field="$geoNear", actual="other", expected="object")
+    _string_options("$geoNear", spec, ("key", "distanceField", "includeLocs"))
     serialized = dict(spec)
     key = spec.get("key")
     if isinstance(key, str) and lookup(current, key) != lookup(EMPTY, key):
@@ -478,6 +497,7 @@ def _search(name: str, spec: Any, current: SchemaNode, context: PipelineContext)
 
 def _union_with(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
     options = dict(spec) if is_document(spec) else {"coll": spec}
+    _string_options("$unionWith", options, ("coll",))
     source = options.get("coll", context.collection)
     foreign = context.foreign(source) if context.multi_schema else None
     if foreign is None:

@@ -59,8 +59,9 @@ LOCAL_KEYWORDS = frozenset({
     "additionalItems", "additionalProperties", "allOf", "anyOf", "bsonType", "description", "encrypt",
     "encryptMetadata", "items", "not", "oneOf", "patternProperties", "properties", "title", "type",
 })
+# JSON Schema `type` names (mongod refuses "integer").
 JSON_TYPES = {"object": "object", "array": "array", "string": "string", "boolean": "bool", "null": "null",
-              "number": "number", "integer": "int"}  # JSON Schema `type` names (no "integer" in mongod: kept simple)
+              "number": "number"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +158,17 @@ def _lookup(current: SchemaNode, parts: tuple[str, ...], full: str) -> Metadata:
     children = current.children_for(parts[0])
     if not children:
         return NOT_ENCRYPTED
-    answers = {_lookup(child, parts[1:], full) for child in children}
-    if len(answers) > 1:
+    answers = [_lookup(child, parts[1:], full) for child in children]
+    # Children must agree on the encryption itself; being a prefix in one and not in another is fine.
+    encrypted = {answer for answer in answers if isinstance(answer, Encrypted)}
+    if len(encrypted) > 1 or (encrypted and len(encrypted) != len(answers)):
         fail("conflicting_metadata", path=full)
-    return answers.pop()
+    if encrypted:
+        return encrypted.pop()
+    for marker in (UNKNOWN, PREFIX):
+        if marker in answers:
+            return marker
+    return NOT_ENCRYPTED
 
 
 def subtree(root: SchemaNode, path: str) -> SchemaNode:
@@ -174,8 +182,11 @@ def subtree(root: SchemaNode, path: str) -> SchemaNode:
         children = current.children_for(part)
         if not children:
             return EMPTY
-        if len(children) > 1 and len({_lookup(c, (), path) for c in children}) > 1:
-            fail("conflicting_metadata", path=paths.join(paths.split(path)[: index + 1]))
+        if len(children) > 1:
+            _lookup(current, (part,), paths.join(paths.split(path)[: index + 1]))  # refuses conflicts
+            if not all(child == children[0] for child in children):
+                # Several subschemas govern this field: only what they agree on is known.
+                return UNKNOWN_NODE if any(c.may_hold_encryption for c in children) else EMPTY
         current = children[0]
     return current
 
@@ -254,64 +265,82 @@ def _subschemas(schema: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def _check_json_schema(schema: Any) -> None:
     """mongod's own $jsonSchema parse, which runs (over the whole schema) before the encryption rules."""
-    if not isinstance(schema, Mapping):
-        fail("keyword_type", keyword="properties", expected="an object")
     for keyword in schema:
         if keyword in UNIMPLEMENTED_KEYWORDS:
-            from markd.errors import CommandError
-
-            raise CommandError(9, f"$jsonSchema keyword '{keyword}' is not currently supported")
+            fail("keyword_unimplemented", keyword=keyword)
         if keyword not in JSON_SCHEMA_KEYWORDS:
             fail("unknown_keyword", keyword=keyword)
+    for keyword in ("description", "title"):
+        if keyword in schema and not isinstance(schema[keyword], str):
+            fail("keyword_string", keyword=keyword)
     if "type" in schema and "bsonType" in schema:
         fail("type_and_bsontype")
     if "encrypt" in schema:
-        if "bsonType" in schema:
-            fail("encrypt_with_bsontype")
         if "type" in schema:
             fail("encrypt_with_type")
-    for keyword in ("properties", "patternProperties"):
-        if keyword in schema and not isinstance(schema[keyword], Mapping):
-            fail("keyword_type", keyword=keyword, expected="an object")
-    for keyword in ("allOf", "anyOf", "oneOf"):
-        if keyword in schema and not (isinstance(schema[keyword], list) and schema[keyword]):
-            fail("keyword_type", keyword=keyword, expected="a nonempty array")
-    for keyword in ("not",):
-        if keyword in schema and not isinstance(schema[keyword], Mapping):
-            fail("keyword_type", keyword=keyword, expected="an object")
-    for keyword in ("additionalProperties", "additionalItems"):
-        if keyword in schema and not isinstance(schema[keyword], (Mapping, bool)):
-            fail("keyword_type", keyword=keyword, expected="either an object or a boolean")
-    if "items" in schema and not isinstance(schema["items"], (Mapping, list)):
-        fail("keyword_type", keyword="items", expected="either an object or an array")
+        if "bsonType" in schema:
+            fail("encrypt_with_bsontype")
     for keyword in ("bsonType", "type"):
         if keyword in schema:
             _type_names(schema[keyword], keyword)
-    for keyword in ("encrypt", "encryptMetadata"):
-        if keyword in schema and not isinstance(schema[keyword], Mapping):
-            fail("keyword_type", keyword=keyword, expected="an object")
+    for keyword in ("items",):
+        if keyword in schema and not isinstance(schema[keyword], (Mapping, list)):
+            fail("keyword_type", keyword=keyword, expected="either an object or an array")
+    for keyword in ("additionalItems", "additionalProperties"):
+        if keyword in schema and not isinstance(schema[keyword], (Mapping, bool)):
+            fail("keyword_type", keyword=keyword, expected="either an object or a boolean")
+    if "encrypt" in schema and "encryptMetadata" in schema:
+        fail("encrypt_and_metadata")
+    if "encryptMetadata" in schema:
+        if not isinstance(schema["encryptMetadata"], Mapping):
+            fail("keyword_object", keyword="encryptMetadata")
+        if not schema["encryptMetadata"]:
+            fail("metadata_empty")
+        _metadata_fields(schema["encryptMetadata"], "encryptMetadata")
+    if "encrypt" in schema:
+        if not isinstance(schema["encrypt"], Mapping):
+            fail("keyword_object", keyword="encrypt")
+        _metadata_fields(schema["encrypt"], "encrypt")
+    for keyword in ("properties", "patternProperties"):
+        if keyword in schema:
+            if not isinstance(schema[keyword], Mapping):
+                fail("keyword_type", keyword=keyword, expected="an object")
+            for name, sub in schema[keyword].items():
+                if not isinstance(sub, Mapping):
+                    fail("nested_not_object", keyword=keyword, name=name)
     if "patternProperties" in schema:
         for pattern in schema["patternProperties"]:
             _compile(pattern)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if keyword in schema:
+            value = schema[keyword]
+            if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
+                fail("keyword_type", keyword=keyword, expected="a nonempty array of objects")
+    if "not" in schema and not isinstance(schema["not"], Mapping):
+        fail("keyword_type", keyword="not", expected="an object")
+    if isinstance(schema.get("items"), list) and not all(isinstance(v, Mapping) for v in schema["items"]):
+        fail("keyword_type", keyword="items", expected="an array of objects")
     for _, sub in _subschemas(schema):
         _check_json_schema(sub)
 
 
 def _type_names(value: Any, keyword: str) -> frozenset[str]:
     """The type aliases named by a `bsonType`/`type` value (a string or an array of strings)."""
+    if not isinstance(value, (str, list)):
+        fail("type_set_type", keyword=keyword)
     names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
-        fail("keyword_type", keyword=keyword, expected="a string or an array of strings")
+    if not all(isinstance(name, str) for name in names):
+        fail("type_set_elements", keyword=keyword)
+    if "integer" in names:
+        fail("type_integer")
+    if len(set(names)) != len(names):
+        fail("type_duplicate", keyword=keyword, name=next(n for n in names if names.count(n) > 1))
+    aliases = JSON_TYPES if keyword == "type" else {name: name for name in TYPE_ALIASES}
     result: set[str] = set()
     for name in names:
-        if keyword == "type":
-            if name not in JSON_TYPES:
-                fail("unknown_bson_type", name=name)
-            result.add(JSON_TYPES[name])
-        else:
-            if name not in TYPE_ALIASES:
-                fail("unknown_bson_type", name=name)
-            result.add(name)
+        if name not in aliases:
+            fail("unknown_bson_type", name=name)
+        result.add(aliases[name])
     return frozenset(result)
 
 
@@ -349,8 +378,14 @@ def _metadata_fields(spec: Mapping[str, Any], owner: str) -> dict[str, Any]:
         if name not in allowed:
             fail("encrypt_field" if owner == "encrypt" else "metadata_field", field=name)
         fields[name] = value
-    if "algorithm" in fields and fields["algorithm"] not in ALGORITHMS:
-        fail("bad_algorithm", value=fields["algorithm"], field=owner)
+    if "algorithm" in fields:
+        if not isinstance(fields["algorithm"], str):
+            from markd import bsonvalues as values
+
+            fail("idl_wrong_type", field=f"{owner}.algorithm", actual=values.bson_type(fields["algorithm"]),
+                 expected="string")
+        if fields["algorithm"] not in ALGORITHMS:
+            fail("bad_algorithm", value=fields["algorithm"], field=owner)
     if "keyId" in fields:
         key_id = fields["keyId"]
         if isinstance(key_id, str):
@@ -387,42 +422,43 @@ def _encrypted(spec: Mapping[str, Any], inherited: Mapping[str, Any]) -> Encrypt
 
 
 def _build(schema: Mapping[str, Any], remote: bool, *, allow_encrypt: bool, inherited: Mapping[str, Any],
-           top_level: bool = False) -> SchemaNode:
-    """The encryption tree of one (already JSON-Schema-checked) subschema."""
+           top_level: bool = False, allow_random: bool = True) -> SchemaNode:
+    """The encryption tree of one (already JSON-Schema-checked) subschema, checked in mongocryptd's order."""
     _check_keywords(schema, remote)
-    if "encryptMetadata" in schema:
-        if not allow_encrypt:
-            fail("metadata_not_allowed")
-        inherited = {**inherited, **_metadata_fields(schema["encryptMetadata"], "encryptMetadata")}
+    # Nothing inside arrays or logical combinators may be encrypted: their subschemas are only checked.
+    for keyword, sub in _subschemas(schema):
+        if keyword in ("items", "additionalItems", "allOf", "anyOf", "oneOf", "not"):
+            _build(sub, remote, allow_encrypt=False, inherited=inherited)
     if "encrypt" in schema:
         if not allow_encrypt:
             fail("encrypt_not_allowed")
         if len(schema) > 1:
             fail("encrypt_siblings")
-        return node(_encrypted(schema["encrypt"], inherited))
+        encrypted = _encrypted(schema["encrypt"], inherited)
+        if encrypted.algorithm == RANDOM and not allow_random:
+            fail("id_algorithm", algorithm=RANDOM_NAME)
+        return node(encrypted)
+    if "encryptMetadata" in schema:
+        if not allow_encrypt:
+            fail("metadata_not_allowed")
+        inherited = {**inherited, **_metadata_fields(schema["encryptMetadata"], "encryptMetadata")}
 
     fields_may_encrypt = allow_encrypt and _restricts_to_object(schema)
     properties: dict[str, SchemaNode] = {}
     for name, sub in schema.get("properties", {}).items():
-        # A dotted property name would make the encrypted path ambiguous with a nested one.
+        # A dotted property name would make the encrypted path ambiguous with a nested one; and
+        # the top-level _id is compared by the server itself: it may only be deterministic.
         properties[name] = _build(sub, remote, allow_encrypt=fields_may_encrypt and "." not in name,
-                                  inherited=inherited)
-    patterns = tuple(
-        (_compile(pattern), _build(sub, remote, allow_encrypt=fields_may_encrypt, inherited=inherited))
-        for pattern, sub in schema.get("patternProperties", {}).items()
-    )
+                                  inherited=inherited, allow_random=not (top_level and name == "_id"))
     additional = schema.get("additionalProperties")
     additional_node = (
-        _build(additional, remote, allow_encrypt=fields_may_encrypt, inherited=inherited)
+        _build(additional, remote, allow_encrypt=fields_may_encrypt, inherited=inherited,
+               allow_random=not (top_level and "_id" not in properties))
         if isinstance(additional, Mapping) else None
     )
-    # Nothing inside arrays or logical combinators may be encrypted: their subschemas are only checked.
-    for keyword, sub in _subschemas(schema):
-        if keyword in ("items", "additionalItems", "allOf", "anyOf", "oneOf", "not", "dependencies"):
-            _build(sub, remote, allow_encrypt=False, inherited=inherited)
-    built = node(None, properties, patterns, additional_node)
-    if top_level:
-        for child in built.children_for("_id"):
-            if child.encrypted is not None and child.encrypted.algorithm == RANDOM:
-                fail("id_algorithm", algorithm=RANDOM_NAME)
-    return built
+    patterns = []
+    for pattern, sub in schema.get("patternProperties", {}).items():
+        compiled = _compile(pattern)
+        patterns.append((compiled, _build(sub, remote, allow_encrypt=fields_may_encrypt, inherited=inherited,
+                                          allow_random=not (top_level and compiled.search("_id")))))
+    return node(None, properties, tuple(patterns), additional_node)
