@@ -126,6 +126,17 @@ MARKED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
      {"pipeline": [{"$project": {"_id": True, "s": "$ssn"}}, {"$match": {"s": {"$eq": P(1, "a")}}}]}),
     ("find-expr-in", {"find": "coll", "filter": {"$expr": {"$in": ["$ssn", ["a", "b"]]}}},
      {"filter": {"$expr": {"$in": ["$ssn", [{"$const": P(1, "a")}, {"$const": P(1, "b")}]]}}}),
+    ("find-projection-compares", {"find": "coll", "filter": {"ssn": "a"}, "projection": {"m": {"$eq": ["$ssn", "b"]},
+                                                                                        "x": 1}},
+     {"projection": {"m": {"$eq": ["$ssn", {"$const": P(1, "b")}]}, "x": 1}}),
+    ("aggregate-addFields-cond-then-match", {"aggregate": "coll", "pipeline": [
+        {"$set": {"s": {"$cond": [{"$eq": ["$plain", "x"]}, "$ssn", "$ssn"]}}}, {"$match": {"s": "a"}}], "cursor": {}},
+     {"pipeline": [{"$set": {"s": {"$cond": [{"$eq": ["$plain", {"$const": "x"}]}, "$ssn", "$ssn"]}}},
+                   {"$match": {"s": {"$eq": P(1, "a")}}}]}),
+    ("aggregate-group-first-then-match", {"aggregate": "coll", "pipeline": [
+        {"$group": {"_id": "$ssn", "f": {"$first": "$age"}}}, {"$match": {"_id": "k", "f": 4}}], "cursor": {}},
+     {"pipeline": [{"$group": {"_id": "$ssn", "f": {"$first": "$age"}}},
+                   {"$match": {"$and": [{"_id": {"$eq": P(1, "k")}}, {"f": {"$eq": P(1, 4)}}]}}]}),
     ("explain-find", {"explain": {"find": "coll", "filter": {"ssn": "a"}}},
      {"explain": {"find": "coll", "filter": {"ssn": {"$eq": P(1, "a")}}}, "verbosity": "allPlansExecution"}),
     ("explain-keeps-verbosity", {"explain": {"count": "coll", "query": {"ssn": "a"}}, "verbosity": "queryPlanner"},
@@ -271,6 +282,19 @@ REFUSED: list[tuple[str, dict[str, Any], dict[str, Any] | None, bool, int, str]]
      None, False, 6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     ("view", {"create": "v", "viewOn": "coll", "pipeline": []}, None, False, 7501300,
      "Creating a view is not supported with automatic encryption"),
+    ("explain-insert", {"explain": {"insert": "coll", "documents": [{"ssn": "a"}]}}, None, False, 20, "explain"),
+    ("projection-evaluates-encrypted", {"find": "coll", "projection": {"m": {"$gt": ["$ssn", "a"]}}}, None, False,
+     31110, "Encrypted field 'ssn' is not allowed to be evaluated by $gt"),
+    ("match-after-lookup-unknown", {"aggregate": "coll", "pipeline": [
+        {"$lookup": {"from": "coll", "localField": "plain", "foreignField": "plain", "as": "j"}},
+        {"$match": {"j.ssn": "a"}}], "cursor": {}}, None, False, 31133, "not known until runtime"),
+    ("cond-mixing-encryptions", {"aggregate": "coll", "pipeline": [
+        {"$set": {"s": {"$cond": [True, "$ssn", "$plain"]}}}, {"$match": {"s": "a"}}], "cursor": {}}, None, False,
+     31133, "not known until runtime"),
+    ("unionWith-single-schema", {"aggregate": "coll", "pipeline": [{"$unionWith": "other"}], "cursor": {}}, None,
+     False, 31011, "Aggregation stage $unionWith is not allowed or supported with automatic encryption."),
+    ("facet-single-schema", {"aggregate": "coll", "pipeline": [{"$facet": {"a": []}}], "cursor": {}}, None,
+     False, 31011, "Aggregation stage $facet is not allowed"),
     # schemas
     ("local-validation-keyword", {"find": "coll", "filter": {}}, {"bsonType": "object", "required": ["a"]}, False,
      31068, "JSON schema keyword 'required' is only allowed with a remote schema"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from markd.analysis import MarkResult
 from markd.analysis.csfle.errors import fail
+from markd.analysis.csfle.expressions import ExpressionAnalysis
 from markd.analysis.csfle.match import mark_filter
 from markd.analysis.csfle.pipeline import PipelineContext, _encryption_shape, mark_stages
 from markd.analysis.csfle.placeholders import MarkContext, is_placeholder
@@ -118,8 +119,33 @@ def contains_placeholder(value: Any) -> bool:
 Handler = Callable[[dict[str, Any], Schemas, str], dict[str, Any]]
 
 
+PROJECTION_OPERATORS = frozenset({"$slice", "$elemMatch", "$meta"})
+
+
+def _projection(projection: Any, schema: EncryptionSchema, collation: Any) -> Any:
+    """A find projection's computed fields are aggregation expressions: analysed as such.
+
+    Returns the marked projection when a constant in it was compared to an encrypted field, else
+    None (the projection is forwarded as sent).
+    """
+    if not is_document(projection):
+        return None
+    analysis = ExpressionAnalysis(schema.root, MarkContext(schema, True, None, _collation_simple(collation)))
+    marked: dict[str, Any] = {}
+    for path, value in projection.items():
+        if isinstance(value, (bool, int, float)) or (
+            is_document(value) and value and next(iter(value)) in PROJECTION_OPERATORS
+        ):
+            marked[path] = value
+        else:
+            marked[path], _ = analysis.forwarded(value)
+    return marked if contains_placeholder(marked) else None
+
+
 def _find(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
-    return _replace(command, filter=_filter(command.get("filter"), schemas.own, command.get("collation")))
+    collation = command.get("collation")
+    return _replace(command, filter=_filter(command.get("filter"), schemas.own, collation),
+                    projection=_projection(command.get("projection"), schemas.own, collation))
 
 
 def _count(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
@@ -289,6 +315,8 @@ COMMANDS: dict[str, Handler] = {
     "createIndexes": _create_indexes,
     "bulkWrite": _bulk_write,
 }
+EXPLAINABLE = frozenset({"find", "aggregate", "count", "distinct", "update", "delete", "findAndModify",
+                         "findandmodify"})
 # Commands that never forward a marked result: libmongocrypt only needs the verdict.
 VERDICT_ONLY = frozenset({"create", "collMod", "createIndexes"})
 
@@ -337,6 +365,11 @@ def mark(command: Mapping[str, Any]) -> MarkResult:
     database = str(inner.get("$db", command.get("$db", "")))
     parameters = {**{k: v for k, v in inner.items() if k in SCHEMA_FIELDS},
                   **{k: v for k, v in command.items() if k in SCHEMA_FIELDS}}
+    if not inner or next(iter(inner)) not in EXPLAINABLE:
+        explained = next(iter(inner), "")
+        if explained in COMMANDS:
+            fail("explain_unsupported", name=explained)
+        fail("explain_unknown", name=explained)
     inner_result, marked, requires = _analyse(inner, parameters, database)
     outer = _strip(command)
     outer["explain"] = inner_result

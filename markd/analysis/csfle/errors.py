@@ -28,6 +28,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "missing_ns_schema": (9710000, "Missing encryption schema for namespace: {ns}"),
     "collation_not_object": (31084, "collation command parameter must be of type Object"),
     "no_such_command": (59, "no such command: '{name}'"),
+    "explain_unknown": (59, "Explain failed due to unknown command: {name}"),  # unconfirmed wording
+    "explain_unsupported": (20, "Command does not support explain: {name}"),  # unconfirmed code and wording
     "bad_field_type": (14, "BSON field '{field}' is the wrong type '{actual}', expected type '{expected}'"),
     # schema
     "unknown_keyword": (9, "Unknown $jsonSchema keyword: {keyword}"),
