@@ -452,31 +452,29 @@ def predicate(draw: st.DrawFn, flavour: Flavour, path: str) -> Built:
     else:
         operand = maybe_of_type(leaf_type).filter(lambda v: not isinstance(v, (dict, list)) or leaf_type is not None)
 
-    def expect(value: Any) -> Expect | None:
+    def expect(value: Any, at: Path) -> dict[Path, Expect]:
         if kind == "enc":
-            return flavour.expect(rule, value, 2, None)
-        if kind == "obj" and isinstance(value, dict) and list(document_positions(flavour, value, (), path, 2, None)):
-            return Expect(value, flavour.name, 2, must_error=True)  # an object holding encrypted fields
-        return None
+            return {at: flavour.expect(rule, value, 2, None)}
+        if kind == "obj" and isinstance(value, dict):
+            # Compared to an object holding encrypted fields: those fields must be marked inside it.
+            return dict(document_positions(flavour, value, at, path, 2, None))
+        return {}
 
     # Predicates on a QE range field are rewritten into edge placeholders ($gte/$lte pairs, $or of them).
     built = Built(None, strict=not (kind == "enc" and flavour.name == "qe" and rule.query == "range"))
     if op == "implicit":
         value = draw(operand.filter(lambda v: not (isinstance(v, dict) and any(k.startswith("$") for k in v))))
         built.value = value
-        if (e := expect(value)) is not None:
-            built.sensitive[()] = e
+        built.sensitive.update(expect(value, ()))
     elif op in ("$eq", "$ne", "$gt", "$lte"):
         value = draw(operand)
         built.value = {op: value}
-        if (e := expect(value)) is not None:
-            built.sensitive[(op,)] = e
+        built.sensitive.update(expect(value, (op,)))
     elif op in ("$in", "$nin"):
         items = draw(st.lists(operand, max_size=3))
         built.value = {op: items}
         for index, item in enumerate(items):
-            if (e := expect(item)) is not None:
-                built.sensitive[(op, index)] = e
+            built.sensitive.update(expect(item, (op, index)))
     elif op == "$exists":
         built.value = {"$exists": draw(st.booleans())}
     elif op == "$regex":
@@ -487,8 +485,7 @@ def predicate(draw: st.DrawFn, flavour: Flavour, path: str) -> Built:
     else:  # $not
         value = draw(operand)
         built.value = {"$not": {"$eq": value}}
-        if (e := expect(value)) is not None:
-            built.sensitive[("$not", "$eq")] = e
+        built.sensitive.update(expect(value, ("$not", "$eq")))
     return built
 
 
