@@ -74,6 +74,7 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
     settings = settings.with_overrides(unknown_options=tuple(ctx.args))
     # The pid file lock comes first: a process that loses the race must not truncate the winner's log.
     pidfile = PidFile(settings.pidfile) if settings.pidfile else None
+    unopenable_pidfile = ""
     if pidfile is not None:
         try:
             pidfile.acquire()
@@ -83,10 +84,17 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
                           extra={"attr": {"reason": f"pid file {pidfile.path} is locked by another process"}})
             sys.exit(0)
         except OSError as exc:
-            _configure_logs(settings, append=True)
-            _fatal(settings, f"cannot open the pid file {pidfile.path}: {exc.strerror or exc} "
-                             "(choose a writable place with --pidfilepath)")
+            unopenable_pidfile = f"cannot open the pid file {pidfile.path}: {exc.strerror or exc}"
+            if options.get("pidfile") is not None or "pidfile" in base:
+                _configure_logs(settings, append=True)
+                _fatal(settings, f"{unopenable_pidfile} (choose a writable place with --pidfilepath)")
+            # The default ./mongocryptd.pid in a read-only working directory (a driver spawning markd from a
+            # locked-down app): run without one; the port still lets only one daemon listen.
+            pidfile = None
+            settings = settings.with_overrides(pidfile="")
     _configure_logs(settings, append=settings.logappend)
+    if unopenable_pidfile:
+        logs.log.warning("running without a pid file", extra={"attr": {"reason": unopenable_pidfile}})
     for flag in settings.unknown_options:
         logs.log.warning("ignoring unrecognized option", extra={"attr": {"option": flag}})
     for key in unknown_config:

@@ -57,7 +57,11 @@ class Dispatcher:
             raise CommandError(59, "no such command: ''", "CommandNotFound")
         name = next(iter(command))
         if name in HANDSHAKE_COMMANDS:
-            return hello_reply(name, connection.connection_id)
+            reply = hello_reply(name, connection.connection_id)
+            if command.get("helloOk") is True:
+                # As mongod: tells a driver that opened with legacy isMaster that it may use hello from now on.
+                reply["helloOk"] = True
+            return reply
         if name in analysis.MARKING_COMMANDS:
             return analysis.mark_command(command)
         if name in ("buildInfo", "buildinfo"):

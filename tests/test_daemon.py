@@ -141,6 +141,7 @@ def test_legacy_op_query_handshake_gets_op_reply(daemon):
     assert document["maxBsonObjectSize"] == 16 * 1024 * 1024
     assert document["maxMessageSizeBytes"] == 48_000_000
     assert "compression" not in document
+    assert document["helloOk"] is True  # asked for with helloOk: the driver may switch to hello
 
 
 def test_legacy_op_query_wrapped_in_dollar_query(daemon):

@@ -192,3 +192,24 @@ def test_pid_file_directory_unwritable_is_a_clear_startup_error():
         assert not daemon.socket_path.exists()
     finally:
         daemon.cleanup()
+
+
+def test_default_pid_file_in_a_read_only_working_directory_is_skipped_with_a_warning(tmp_path):
+    """A driver spawns markd with the app's working directory; if ./mongocryptd.pid cannot be created there
+    markd still serves (warning), since only an explicit --pidfilepath is the operator's promise of a lock."""
+    import subprocess
+
+    from tests.support.process import MONGOCRYPTD, free_port, wait_for_port
+
+    port = free_port()
+    log = tmp_path / "markd.log"
+    process = subprocess.Popen([MONGOCRYPTD, f"--port={port}", "--nounixsocket", "--logpath", str(log)],
+                               cwd="/proc", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        with RawConnection(port) as connection:
+            assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+        assert "running without a pid file" in log.read_text()
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
