@@ -299,6 +299,9 @@ class MarkdServer:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # Before anything listens: a signal that arrives once a client can connect must mean a clean stop.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_shutdown, signal.Signals(signum).name)
         if self.pidfile is not None:
             try:
                 self.pidfile.acquire()
@@ -379,9 +382,6 @@ class MarkdServer:
     async def serve(self) -> str:
         """Run until a signal, the shutdown command or the idle timeout; returns why it stopped."""
         assert self._stop is not None
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_shutdown, signal.Signals(signum).name)
         idle_task = asyncio.create_task(self._watch_idle()) if self.settings.idle_shutdown_secs > 0 else None
         log.info("markd started", extra={"attr": {
             "version": markd.__version__, "pid": os.getpid(), "port": self.bound_port,
