@@ -266,6 +266,26 @@ def test_get_patient_by_ssn(stack: Stack, patients: list[Any]) -> None:
     assert not Patient.objects.filter(patient_record__ssn="000-00-0000").exists()
 
 
+def test_update_and_delete_a_patient(stack: Stack, patients: list[Any]) -> None:
+    from medical.models import Billing, Patient
+
+    jane = Patient.objects.get(patient_record__ssn="987-65-4321")
+    jane.name = "Jane Q. Roe"
+    jane.patient_record.billing = Billing(cc_type="Visa", cc_number="4000056655665556")
+    jane.save()
+    update = stack.last("update", "medical_patient")
+    (statement,) = update["updates"]
+    new_record = statement["u"]["$set"]["patient_record"]
+    assert encrypted(new_record["ssn"], INSERT_UPDATE_PAYLOAD) and encrypted(new_record["billing"], UNINDEXED_VALUE)
+    assert_no_plaintext(update, "987-65-4321", "4000056655665556")
+    again = Patient.objects.get(patient_record__ssn="987-65-4321")
+    assert (again.name, again.patient_record.billing.cc_number) == ("Jane Q. Roe", "4000056655665556")
+    again.delete()
+    assert stack.commands("delete", "medical_patient")
+    assert not Patient.objects.filter(patient_record__ssn="987-65-4321").exists()
+    assert [p.name for p in Patient.objects.all()] == ["John Doe"]
+
+
 # --- equality-queryable field types -----------------------------------------------------------
 
 EQUALITY_VALUES = [
@@ -373,6 +393,12 @@ def test_other_supported_operations(stack: Stack) -> None:
         "abc", "xyz"]
     obj = CharSample.objects.get(value="abc")
     assert CharSample.objects.contains(obj)
+    first, created = CharSample.objects.get_or_create(value="once")
+    assert created and CharSample.objects.get_or_create(value="once") == (first, False)
+    obj, created = CharSample.objects.update_or_create(value="upd", defaults={"plain": "v1"})
+    assert created
+    obj, created = CharSample.objects.update_or_create(value="upd", defaults={"plain": "v2"})
+    assert not created and CharSample.objects.get(value="upd").plain == "v2"
     team = CareTeam.objects.create(ward="ICU", members=[Clinician(name="Harrison"), Clinician(name="James")])
     assert [m.name for m in CareTeam.objects.get(pk=team.pk).members] == ["Harrison", "James"]
     assert encrypted(stack.last("insert", "medical_careteam")["documents"][0]["members"], UNINDEXED_VALUE)

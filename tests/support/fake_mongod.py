@@ -317,7 +317,8 @@ class FakeMongod:
 # auto-encryption:  `create` records the collection (its `encryptedFields` with mongod's default
 # state-collection names) so that listCollections returns it;  `drop`, `createIndexes`,
 # `listIndexes`, `count` work on that catalog;  `find` and `aggregate` evaluate filters and a few
-# pipeline stages over the stored documents.
+# pipeline stages over the stored documents;  `update` (`$set`, `$unset`, replacement, upsert) and
+# `delete` change the documents their filter surely matches.
 #
 # Queryable Encryption filters are evaluated on the tokens, as mongod does it, without decrypting:
 # the FLE2InsertUpdatePayloadV2 (blob subtype 11) the driver inserts and the FLE2FindEqualityPayloadV2
@@ -386,6 +387,26 @@ def _with_path(document: dict[str, Any], path: str, value: Any) -> dict[str, Any
     copy = dict(document)
     copy[head] = _with_path(dict(document.get(head) or {}), rest, value) if rest else value
     return copy
+
+
+def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    head, _, rest = path.partition(".")
+    if rest:
+        inner = document.get(head)
+        if not isinstance(inner, dict):
+            inner = document[head] = {}
+        _set_path(inner, rest, value)
+    else:
+        document[head] = value
+
+
+def _unset_path(document: dict[str, Any], path: str) -> None:
+    head, _, rest = path.partition(".")
+    if rest:
+        if isinstance(document.get(head), dict):
+            _unset_path(document[head], rest)
+    else:
+        document.pop(head, None)
 
 
 def _ordered(value: Any) -> tuple[str, Any] | None:
@@ -668,8 +689,75 @@ def emulate_database(mongod: FakeMongod) -> FakeMongod:
         documents = stored(database, str(body["count"]))
         return {"n": sum(evaluate_filter(d, body.get("query")) is not False for d in documents), "ok": 1.0}
 
+    def rewrite(database: str, name: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        namespace = f"{database}.{name}"
+        with mongod._lock:
+            documents = [bson.decode(d.raw, _EMULATION_CODEC) for d in mongod.store.get(namespace, [])]
+            mongod.store[namespace] = [RawBSONDocument(bson.encode(d)) for d in change(documents)]
+
+    def update(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Updates by `$set` / `$unset` or a replacement, on documents whose filter evaluates to true."""
+        totals = {"n": 0, "nModified": 0}
+        upserted: list[dict[str, Any]] = []
+
+        def apply(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            for index, statement in enumerate(body.get("updates", [])):
+                change = statement.get("u")
+                if not isinstance(change, Mapping) or (change and any(
+                        key.startswith("$") and key not in ("$set", "$unset") for key in change)):
+                    raise LookupError(f"the stand-in cannot apply the update {change!r}")
+                matched = [d for d in documents if evaluate_filter(d, statement.get("q")) is True]
+                if not statement.get("multi"):
+                    matched = matched[:1]
+                if not matched and statement.get("upsert"):
+                    new = {k: v for k, v in (statement.get("q") or {}).items() if not k.startswith("$")}
+                    new.setdefault("_id", bson.ObjectId())
+                    documents.append(new)
+                    matched = [new]
+                    upserted.append({"index": index, "_id": new["_id"]})
+                else:
+                    totals["n"] += len(matched)
+                for document in matched:
+                    if change and not next(iter(change)).startswith("$"):
+                        kept = document.get("_id")
+                        document.clear()
+                        document.update(change)
+                        document.setdefault("_id", kept)
+                    for path, value in dict(change.get("$set") or {}).items():
+                        _set_path(document, path, value)
+                    for path in dict(change.get("$unset") or {}):
+                        _unset_path(document, path)
+                    totals["nModified"] += 1
+            return documents
+
+        try:
+            rewrite(database, str(body["update"]), apply)
+        except LookupError as error:
+            return {"ok": 0.0, "code": 9, "codeName": "FailedToParse", "errmsg": str(error)}
+        reply: dict[str, Any] = {"n": totals["n"] + len(upserted), "nModified": totals["nModified"] - len(upserted),
+                                 "ok": 1.0}
+        if upserted:
+            reply["upserted"] = upserted
+        return reply
+
+    def delete(database: str, body: dict[str, Any]) -> dict[str, Any]:
+        removed = [0]
+
+        def apply(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            for statement in body.get("deletes", []):
+                matched = [d for d in documents if evaluate_filter(d, statement.get("q")) is True]
+                if statement.get("limit") == 1:
+                    matched = matched[:1]
+                removed[0] += len(matched)
+                documents = [d for d in documents if not any(d is m for m in matched)]
+            return documents
+
+        rewrite(database, str(body["delete"]), apply)
+        return {"n": removed[0], "ok": 1.0}
+
     mongod.handlers.update({"create": create, "drop": drop, "createIndexes": create_indexes,
-                            "listIndexes": list_indexes, "find": find, "aggregate": aggregate, "count": count})
+                            "listIndexes": list_indexes, "find": find, "aggregate": aggregate, "count": count,
+                            "update": update, "delete": delete})
     return mongod
 
 
