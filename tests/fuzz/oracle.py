@@ -765,6 +765,10 @@ class _Walker:
             for index, (value, other) in enumerate(zip(original, marked, strict=True)):
                 self.compare(value, other, (*at, index))
             return
+        if at and at[-1] in ("$limit", "$skip") and isinstance(original, int) and isinstance(marked, int):
+            if int(original) != int(marked):  # mongod writes these back as int64
+                self.findings.append(f"value changed at {at}: {original!r} -> {marked!r}")
+            return
         if not same(original, marked):
             self.findings.append(f"value changed at {at}: {original!r} -> {marked!r}")
 
