@@ -166,7 +166,8 @@ def test_marking(client, driver, command, expected):
     assert reply["schemaRequiresEncryption"] is True
     result = reply["result"]
     assert "jsonSchema" not in result and "isRemoteSchema" not in result and "$db" not in result
-    assert next(iter(result)) == next(iter(command))
+    # findandmodify comes back under mongod's camel-case name, as mongocryptd's serializer writes it.
+    assert next(iter(result)) == {"findandmodify": "findAndModify"}.get(next(iter(command)), next(iter(command)))
     unmarked = unmark(result)
     assert subset(unmarked, expected), unmarked
     for placeholder in placeholders(result):
@@ -371,10 +372,14 @@ def test_flags_when_nothing_is_marked(client, driver):
 
 
 def test_flags_without_encryption(client, driver):
+    """Nothing encrypted: still analysed (and its refusals apply), both flags false."""
     command = {"find": "coll", "filter": {"a": "x"}, "lsid": {"id": Binary(b"\x01" * 16, 4)}}
-    reply = send(client, driver, command, {"bsonType": "object", "properties": {"a": {"bsonType": "string"}}})
+    plain_schema = {"bsonType": "object", "properties": {"a": {"bsonType": "string"}}}
+    reply = send(client, driver, command, plain_schema)
     assert (reply["hasEncryptionPlaceholders"], reply["schemaRequiresEncryption"]) == (False, False)
-    assert reply["result"] == command
+    assert reply["result"] == {**command, "filter": {"a": {"$eq": "x"}}}
+    refused = send(client, driver, {"find": "coll", "filter": {"$where": "1"}}, plain_schema)
+    assert refused["code"] == 51094
 
 
 def test_create_with_same_schema_validator_passes_unmarked(client, driver):

@@ -69,8 +69,15 @@ def mark_command(command: dict[str, Any]) -> dict[str, Any]:
 
         marked = csfle.mark(command)
     else:
-        # Without encryption rules there is nothing to prove a value safe against: refuse.
-        # mongocryptd's own refusal (code and wording) for a command without encryption rules.
+        # Without encryption rules there is nothing to prove a value safe against: refuse, as
+        # mongocryptd does (aggregate, which may name several namespaces, with its own wording).
+        name = next(iter(command), "")
+        if name == "explain" and isinstance(command.get("explain"), dict):
+            name = next(iter(command["explain"]), "")
+        if name == "aggregate":
+            raise CommandError(
+                9686705, "Must specify either jsonSchema, csfleEncryptionSchemas or encryptionInformation"
+            )
         raise CommandError(51073, "jsonSchema or encryptionInformation is required")
     result = dict(marked.result)
     result.pop("$db", None)

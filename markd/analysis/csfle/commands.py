@@ -39,44 +39,67 @@ class Schemas:
         return any(schema.encrypts_anything for schema in (self.own, *self.by_namespace.values()))
 
 
-def _remote_flag(value: Any, missing_error: str) -> bool:
-    if value is None:
-        fail(missing_error)
-    if not isinstance(value, bool):
-        fail("remote_not_bool")
-    return value
-
-
-def _one_schema(schema: Any, remote: Any, missing_error: str = "remote_required") -> EncryptionSchema:
-    if not is_document(schema):
-        fail("schema_not_object")
-    return parse(schema, _remote_flag(remote, missing_error))
-
-
 def read_schemas(parameters: Mapping[str, Any], name: str, namespace: str) -> Schemas:
-    """The schema parameters of a command (for explain: the outer command's)."""
-    if "csfleEncryptionSchemas" in parameters:
-        if "jsonSchema" in parameters:
-            fail("schema_and_multi")
-        if "isRemoteSchema" in parameters:
+    """The schema parameters of a command (for explain: the outer command's), checked in mongocryptd's order.
+
+    aggregate may name several namespaces (`csfleEncryptionSchemas`); every other command exactly one.
+    """
+    multi_allowed = name == "aggregate"
+    json_schema: Any = None
+    remote: bool | None = None
+    several: Any = None
+    for field, value in parameters.items():
+        if field == "jsonSchema":
+            if not is_document(value):
+                fail("schema_not_object")
+            json_schema = value
+        elif field == "isRemoteSchema":
+            if not isinstance(value, bool):
+                fail("remote_not_bool")
+            remote = value
+        elif field == "csfleEncryptionSchemas":
+            if not multi_allowed:
+                fail("multi_only_aggregate")
+            if not is_document(value):
+                fail("multi_not_object")
+            several = value
+    if multi_allowed:
+        if json_schema is None and several is None:
+            fail("multi_schema_required")
+        if json_schema is not None:
+            if remote is None:
+                fail("multi_remote_required")
+            if several is not None:
+                fail("schema_and_multi")
+        elif remote is not None:
             fail("remote_and_multi")
-        if name != "aggregate":
-            fail("multi_only_aggregate")
-        schemas = parameters["csfleEncryptionSchemas"]
-        if not is_document(schemas):
-            fail("multi_not_object")
-        parsed: dict[str, EncryptionSchema] = {}
-        for ns, entry in schemas.items():
-            if not is_document(entry):
-                fail("ns_schema_not_object")
-            parsed[ns] = _one_schema(entry.get("jsonSchema"), entry.get("isRemoteSchema"), "multi_remote_required")
-        if namespace not in parsed:
-            fail("ns_mismatch", ns=namespace)
-        return Schemas(parsed[namespace], parsed, True)
-    if "jsonSchema" not in parameters:
-        fail("schema_required")
-    own = _one_schema(parameters["jsonSchema"], parameters.get("isRemoteSchema"))
-    return Schemas(own, {namespace: own}, False)
+    else:
+        if json_schema is None:
+            fail("schema_required")
+        if remote is None:
+            fail("remote_required")
+    if json_schema is not None:
+        assert remote is not None
+        own = parse(json_schema, remote)
+        return Schemas(own, {namespace: own}, False)
+    parsed: dict[str, EncryptionSchema] = {}
+    for ns, entry in several.items():
+        if not is_document(entry):
+            fail("ns_schema_not_object")
+        for required in ("jsonSchema", "isRemoteSchema"):
+            if required not in entry:
+                fail("idl_missing", field=f"EncryptionSchemaCSFLE.{required}")
+        for field in entry:
+            if field not in ("jsonSchema", "isRemoteSchema"):
+                fail("idl_unknown", field=f"EncryptionSchemaCSFLE.{field}")
+        if not is_document(entry["jsonSchema"]):
+            fail("idl_wrong_type", field="EncryptionSchemaCSFLE.jsonSchema", actual="other", expected="object")
+        if not isinstance(entry["isRemoteSchema"], bool):
+            fail("idl_wrong_type", field="EncryptionSchemaCSFLE.isRemoteSchema", actual="other", expected="bool")
+        parsed[ns] = parse(entry["jsonSchema"], entry["isRemoteSchema"])
+    if namespace not in parsed:
+        fail("ns_mismatch", ns=namespace)
+    return Schemas(parsed[namespace], parsed, True)
 
 
 def _collation_simple(collation: Any) -> bool:
@@ -162,7 +185,7 @@ def _distinct(command: dict[str, Any], schemas: Schemas, database: str) -> dict[
             fail("distinct_pointer")
         if not metadata.deterministic:
             fail("distinct_random")
-        if not _collation_simple(command.get("collation")) and metadata.bson_types & {"string", "symbol"}:
+        if not _collation_simple(command.get("collation")) and "string" in metadata.bson_types:
             fail("distinct_collation")
     elif metadata is PREFIX:
         fail("distinct_prefix")
@@ -242,7 +265,8 @@ def _validator(validator: Any, schema: EncryptionSchema) -> None:
         fail("bad_field_type", field="validator", actual="other", expected="object")
     if list(validator) == ["$jsonSchema"] and is_document(validator["$jsonSchema"]):
         # The collection's own schema as validator: fine when it says the same about encryption.
-        if _encryption_shape(parse(validator["$jsonSchema"], True).root) != _encryption_shape(schema.root):
+        # mongocryptd parses it as a local schema: validation keywords in it are refused.
+        if _encryption_shape(parse(validator["$jsonSchema"], False).root) != _encryption_shape(schema.root):
             fail("validator_schema")
         return
     marked = mark_filter(validator, MarkContext(schema, comparison=True))
@@ -343,12 +367,16 @@ def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database
         fail("no_such_command", name=name)
     schemas = read_schemas(parameters, name, _namespace(command, name, database))
     stripped = _strip(command)
-    if not schemas.encrypts_anything:
-        return stripped, False, False
+    # mongocryptd analyses even when nothing is encrypted (its refusals still apply); the flag then
+    # tells libmongocrypt to forward the original command.
+    requires = schemas.encrypts_anything
     result = handler(stripped, schemas, database)
     if name in VERDICT_ONLY:
-        return stripped, False, True
-    return result, contains_placeholder(result), True
+        return stripped, False, requires
+    if name == "findandmodify":
+        # mongod's request serializer writes the command under its camel-case name.
+        result = {("findAndModify" if key == "findandmodify" else key): value for key, value in result.items()}
+    return result, requires and contains_placeholder(result), requires
 
 
 def mark(command: Mapping[str, Any]) -> MarkResult:

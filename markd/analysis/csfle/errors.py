@@ -19,8 +19,15 @@ ERRORS: dict[str, tuple[int, str]] = {
     "schema_required": (51073, "jsonSchema or encryptionInformation is required"),
     "remote_required": (31104, "isRemoteSchema is a required command field"),
     "multi_remote_required": (9686706, "isRemoteSchema is a required command field"),
+    "multi_schema_required": (
+        9686705, "Must specify either jsonSchema, csfleEncryptionSchemas or encryptionInformation"
+    ),
+    "idl_missing": (40414, "BSON field '{field}' is missing but a required field"),
+    "idl_unknown": (40415, "BSON field '{field}' is an unknown field."),
     "schema_and_multi": (9686707, "Cannot specify both jsonSchema and csfleEncryptionSchemas"),
-    "remote_and_multi": (9686709, "Cannot specify both isRemoteSchema and csfleEncryptionSchemas"),
+    "remote_and_multi": (
+        9686709, "Cannot specify both isRemoteSchema and encryptionInformation/csfleEncryptionSchemas"
+    ),
     "multi_only_aggregate": (9686713, "csfleEncryptionSchemas is only supported for aggregate command."),
     "multi_not_object": (9686702, "csfleEncryptionSchemas must be an object"),
     "ns_schema_not_object": (6327504, "Each namespace schema must be an object"),

@@ -128,6 +128,10 @@ def mark_update(update: Any, schema: EncryptionSchema, *, upsert: bool, command:
         return mark_update_pipeline(update, schema, context)
     if not is_document(update):
         fail("update_not_object")
+    if upsert:
+        # mongocryptd asks the update document itself (even a modifier one) for an _id: an upsert
+        # whose _id mongod would generate cannot have it encrypted in advance.
+        check_insert_document(update, schema)
     if is_modifier_update(update):
         marked: dict[str, Any] = {}
         for op, fields in update.items():
@@ -140,17 +144,7 @@ def mark_update(update: Any, schema: EncryptionSchema, *, upsert: bool, command:
                 raise CommandError(9, f"Modifiers operate on fields but we found type {_type(fields)} instead. "
                                       f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {_type(fields)}}}")
             marked[op] = rule(op, fields, context)
-        if upsert and id_encrypted:
-            set_fields = {**marked.get("$set", {}), **marked.get("$setOnInsert", {})}
-            if "_id" not in set_fields:
-                fail("id_required")
-        if upsert:
-            _check_timestamps({**update.get("$set", {}), **update.get("$setOnInsert", {})}, schema)
         return marked
-    if upsert and id_encrypted and "_id" not in update:
-        fail("id_required")
-    if upsert:
-        _check_timestamps(update, schema)
     return mark_document(update, "", context)
 
 
