@@ -495,8 +495,7 @@ REFUSED = [
      "field 'value' is encrypted.",
      "$expr {$lte: ['$value', '$value']}: markd says 'Expression '$lte' on encrypted field ...', mongocryptd 6334105"),
     ("join-with-let", "Doctor", _join_with_let,
-     "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted collection.",
-     "csfleEncryptionSchemas with empty schemas: markd accepts a $lookup with `let`, mongocryptd refuses it (51208)"),
+     "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted collection.", None),
     ("encrypted-prefix", "Patient", lambda m: m.objects.get(patient_record__billing__cc_type="Visa"),
      "Invalid operation on path 'patient_record.billing.cc_type' which contains an encrypted path prefix.", None),
 ]
