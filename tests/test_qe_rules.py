@@ -299,6 +299,10 @@ def test_update_statements_get_mongocryptd_defaults(client):
     ({"ssn": {"$exists": False}}, {"ssn": {"$exists": False}}),
     ({"a": {"$exists": True}}, {"a": {"$exists": True}}),
     ({"a": 5}, {"a": {"$eq": 5}}),
+    ({"x": {"$eq": Regex("a", "i")}}, {"x": {"$eq": Regex("a", "i")}}),
+    ({"x": Regex("a", "i")}, {"x": {"$regex": Regex("a", "i")}}),
+    ({"age": {"$in": []}}, {"age": {"$in": []}}),
+    ({"ssn": {"$in": []}}, {"ssn": {"$in": []}}),
 ])
 def test_filter_normalisation(client, filter_, expected):
     reply = send(client, find(filter_))

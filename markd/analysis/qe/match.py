@@ -138,11 +138,15 @@ def _path_predicates(path: str, value: Any, ctx: Context) -> list[Node]:
     info = ctx.schema.lookup(path)
     if isinstance(info, Below):
         raise error("BELOW_ENCRYPTED", path=path)
-    pairs = _operators(value) if _is_operator_object(value) else [("$eq", value)]
+    if _is_operator_object(value):
+        pairs = _operators(value)
+    elif isinstance(value, Regex) or _is_pattern(value):
+        # `{f: /re/}` is a regex match; only an explicit `{f: {$eq: /re/}}` compares with a regex value.
+        pairs = [("$regex", {"$regex": value})]
+    else:
+        pairs = [("$eq", value)]
     nodes: list[Node] = []
     for operator, operand in pairs:
-        if operator == "$eq" and (isinstance(operand, Regex) or _is_pattern(operand)):
-            operator, operand = "$regex", {"$regex": operand}
         if isinstance(info, Plain):
             nodes.append(_plain(path, operator, operand))
         elif isinstance(info, Prefix):
@@ -276,6 +280,9 @@ def _in_values(field: EncryptedField, operand: Any) -> list[Any]:
 
 def _op_in(field: EncryptedField, operand: Any, ctx: Context) -> Node:
     values = _in_values(field, operand)
+    if not values:
+        # Nothing to encrypt, and `{$or: []}` would not parse: an empty $in matches nothing as it is.
+        return {field.path: {"$in": []}}
     if field.algorithm == RANGE:
         # Each element is its own point interval [v, v], OR-ed together.
         return {"$or": [_range_predicates(field, [RangeComparison(field, "$eq", v)], ctx)[0] for v in values]}
