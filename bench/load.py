@@ -233,19 +233,23 @@ async def idle_connections_rss(port: int, count: int, hello: bytes, server_pid: 
     return before, during
 
 
-async def one_reply(port: int, request: bytes, setup_frame: bytes | None = None) -> bytes:
+async def one_reply(port: int, request: bytes, setup_frame: bytes | None = None, timeout: float = 60.0) -> bytes:
     """Send one frame, return the whole reply frame."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        if setup_frame is not None:
-            writer.write(setup_frame)
-        writer.write(request)
-        await writer.drain()
-        header = await reader.readexactly(16)
-        length = _HEADER.unpack_from(header)[0]
-        return header + await reader.readexactly(length - 16)
-    finally:
-        writer.close()
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        try:
+            if setup_frame is not None:
+                writer.write(setup_frame)
+            writer.write(request)
+            await writer.drain()
+            header = await reader.readexactly(16)
+            length = _HEADER.unpack_from(header)[0]
+            return header + await reader.readexactly(length - 16)
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout)
 
 
 def merge(results: list[LoadResult]) -> LoadResult:
