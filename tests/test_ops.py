@@ -396,3 +396,17 @@ def test_internal_error_is_logged_without_the_exception_message():
     text = "\n".join(records)
     assert "error=ValueError" in text and "test_ops.py" in text
     assert "PLAIN-internal-e7" not in text
+
+
+def test_schema_cache_hits_are_counted(metered):
+    schema = ssn_schema(bson.Binary(os.urandom(16), 4))
+    command = {"find": "c", "filter": {"ssn": "x"}, "jsonSchema": schema, "isRemoteSchema": False}
+    with metered.client() as client:
+        client.db.command(command, check=False)  # parsed (or found) once
+        before = markd_metrics(client)["schemaCache"]
+        for _ in range(3):
+            assert client.db.command(command, check=False)["ok"] == 1
+        after = markd_metrics(client)["schemaCache"]
+        _, _, text = _http_get(_metrics_port(metered), "/metrics")
+    assert after["hits"] - before["hits"] >= 3
+    assert f"markd_schema_cache_hits_total {after['hits']}" in text
