@@ -247,6 +247,14 @@ REFUSED: list[tuple[str, dict[str, Any], dict[str, Any] | None, bool, int, str]]
      51161, "$rename is not allowed on an object containing encrypted fields"),
     ("set-scalar-on-prefix", {"update": "coll", "updates": [{"q": {}, "u": {"$set": {"doc": 1}}}]}, None, False,
      51159, "Cannot $set to a path doc that is an encrypted prefix to a non-object type"),
+    ("set-nested-scalar-on-prefix", {"update": "coll", "updates": [{"q": {}, "u": {"$set": {"doc": {"deep": 1}}}}]},
+     None, False, 51159, "Cannot $set to a path doc.deep that is an encrypted prefix to a non-object type"),
+    ("push-document-above-encrypted", {"update": "coll", "updates": [{"q": {}, "u": {"$push": {"doc": {"inner": 1}}}}]},
+     None, False, 51150, "$push not allowed on encrypted values"),
+    ("upsert-modifier-with-encrypted-id", {"update": "coll", "updates": [{"q": {}, "u": {"$set": {"x": 1}},
+                                                                        "upsert": True}]},
+     {"bsonType": "object", "properties": {"_id": encrypt(K, DET, "int")}}, False, 51130,
+     "_id must be explicitly provided when configured as encrypted"),
     ("pipeline-update-writes-encrypted", {"update": "coll", "updates": [{"q": {}, "u": [{"$set": {"ssn": "x"}}]}]},
      None, False, 31146, "Pipelines in updates are not allowed to modify encrypted fields"),
     ("distinct-random", {"distinct": "coll", "key": "rnd"}, None, False, 31026,
@@ -344,6 +352,21 @@ def test_refused(client, driver, command, schema, remote, code, message):
     assert reply["code"] == code, reply
     assert message in reply["errmsg"], reply
     assert reply["codeName"]
+
+
+def test_modifier_updates_come_back_in_mongods_order(client, driver):
+    """Operators alphabetically, then paths component by component (array indexes numerically)."""
+    update = {"$unset": {"z": ""}, "$set": {"ssn": "b", "a.10": 1, "a.9": 2, "age": 2}}
+    reply = send(client, driver, {"update": "coll", "updates": [{"q": {}, "u": update}]})
+    marked = reply["result"]["updates"][0]["u"]
+    assert list(marked) == ["$set", "$unset"]
+    assert list(marked["$set"]) == ["a.9", "a.10", "age", "ssn"]
+    assert unmark(marked["$set"]["ssn"]) == P(1, "b")
+
+
+def test_inc_above_an_encrypted_path_is_left_to_mongod(client, driver):
+    reply = send(client, driver, {"update": "coll", "updates": [{"q": {"ssn": "a"}, "u": {"$inc": {"doc": 1}}}]})
+    assert reply["ok"] == 1.0 and reply["result"]["updates"][0]["u"] == {"$inc": {"doc": 1}}
 
 
 def test_error_messages_carry_no_query_values(client, driver):

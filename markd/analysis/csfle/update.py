@@ -37,27 +37,23 @@ def _set(op: str, fields: Mapping[str, Any], context: MarkContext) -> dict[str, 
         metadata = context.schema.metadata_for(path)
         if isinstance(metadata, Encrypted):
             marked[path] = mark_value(metadata, value, path, context)
-        elif metadata is PREFIX:
-            if not is_document(value):
-                fail("set_prefix", path=path)
-            marked[path] = _set_object(value, path, context)
         elif metadata is UNKNOWN:
             fail("unknown_path", path=path)
         else:
-            marked[path] = value
+            _check_set_shape(value, path, context)
+            marked[path] = mark_document(value, path, context) if is_document(value) else value
     return marked
 
 
-def _set_object(value: Mapping[str, Any], prefix: str, context: MarkContext) -> dict[str, Any]:
-    """An object $set at a prefix of encrypted paths: its fields must keep the schema's shape."""
-    result: dict[str, Any] = {}
+def _check_set_shape(value: Any, path: str, context: MarkContext) -> None:
+    """A $set must not replace an object holding encrypted fields by anything but an object."""
+    metadata = context.schema.metadata_for(path)
+    if isinstance(metadata, Encrypted) or metadata is not PREFIX:
+        return
+    if not is_document(value):
+        fail("set_prefix", path=path)
     for name, item in value.items():
-        path = paths.join(prefix, name)
-        metadata = context.schema.metadata_for(path)
-        if metadata is PREFIX and not is_document(item) and not isinstance(item, list):
-            fail("set_prefix", path=path)
-        result[name] = mark_document({name: item}, prefix, context)[name]
-    return result
+        _check_set_shape(item, paths.join(path, name), context)
 
 
 def _unset(op: str, fields: Mapping[str, Any], context: MarkContext) -> dict[str, Any]:
@@ -78,15 +74,20 @@ def _rename(op: str, fields: Mapping[str, Any], context: MarkContext) -> dict[st
     return dict(fields)
 
 
-def _refused_on_encrypted(label: str) -> Callable[[str, Mapping[str, Any], MarkContext], dict[str, Any]]:
-    """Modifiers that compute from the stored value: impossible on ciphertext."""
+def _refused_on_encrypted(label: str, *, may_write_documents: bool = False
+                          ) -> Callable[[str, Mapping[str, Any], MarkContext], dict[str, Any]]:
+    """Modifiers that compute from the stored value: impossible on ciphertext.
+
+    Those that can write a whole document ($push, $addToSet, $max, $min on a missing field) are
+    refused above an encrypted path too: the document would land unencrypted under it.
+    """
 
     def rule(op: str, fields: Mapping[str, Any], context: MarkContext) -> dict[str, Any]:
         for path in fields:
             if _check_positional(path, context.schema):
                 continue
             metadata = context.schema.metadata_for(path)
-            if isinstance(metadata, Encrypted) or metadata in (PREFIX, UNKNOWN):
+            if isinstance(metadata, Encrypted) or metadata is UNKNOWN or (may_write_documents and metadata is PREFIX):
                 fail("update_op", op=label)
         return dict(fields)
 
@@ -100,15 +101,15 @@ MODIFIERS: dict[str, Callable[[str, Mapping[str, Any], MarkContext], dict[str, A
     "$rename": _rename,
     "$inc": _refused_on_encrypted("$inc and $mul"),
     "$mul": _refused_on_encrypted("$inc and $mul"),
-    "$max": _refused_on_encrypted("$max and $min"),
-    "$min": _refused_on_encrypted("$max and $min"),
-    "$addToSet": _refused_on_encrypted("$addToSet"),
+    "$max": _refused_on_encrypted("$max and $min", may_write_documents=True),
+    "$min": _refused_on_encrypted("$max and $min", may_write_documents=True),
+    "$addToSet": _refused_on_encrypted("$addToSet", may_write_documents=True),
     "$bit": _refused_on_encrypted("$bit"),
     "$currentDate": _refused_on_encrypted("$currentDate"),
     "$pop": _refused_on_encrypted("$pop"),
     "$pullAll": _refused_on_encrypted("$pullAll"),
     "$pull": _refused_on_encrypted("$pull"),
-    "$push": _refused_on_encrypted("$push"),
+    "$push": _refused_on_encrypted("$push", may_write_documents=True),
 }
 
 
@@ -144,8 +145,19 @@ def mark_update(update: Any, schema: EncryptionSchema, *, upsert: bool, command:
                 raise CommandError(9, f"Modifiers operate on fields but we found type {_type(fields)} instead. "
                                       f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {_type(fields)}}}")
             marked[op] = rule(op, fields, context)
-        return marked
+        return serialize_modifiers(marked)
     return mark_document(update, "", context)
+
+
+def _path_order(path: str) -> tuple[tuple[int, int, str], ...]:
+    """mongod's update-tree order: component by component, array indexes numerically."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in paths.split(path))
+
+
+def serialize_modifiers(modifiers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A modifier update as mongod's UpdateDriver writes it back: operators, then paths, in order."""
+    return {op: {path: modifiers[op][path] for path in sorted(modifiers[op], key=_path_order)}
+            for op in sorted(modifiers)}
 
 
 def _type(value: Any) -> str:
