@@ -671,7 +671,11 @@ def placeholder_payload(value: Any) -> tuple[int, dict[str, Any]] | None:
 
 
 def _contains(haystack: Any, needle: Any) -> bool:
+    """`needle` is somewhere in `haystack`; an integer bound may have been widened to the field's type."""
     if same(haystack, needle):
+        return True
+    if (isinstance(haystack, int) and isinstance(needle, int) and not isinstance(haystack, bool)
+            and not isinstance(needle, bool) and int(haystack) == int(needle)):
         return True
     if isinstance(haystack, dict):
         return any(_contains(v, needle) for v in haystack.values())
