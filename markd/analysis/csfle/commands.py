@@ -16,7 +16,12 @@ from markd.analysis import MarkResult
 from markd.analysis.csfle.errors import fail
 from markd.analysis.csfle.expressions import ExpressionAnalysis
 from markd.analysis.csfle.match import mark_filter
-from markd.analysis.csfle.pipeline import PipelineContext, _encryption_shape, mark_stages
+from markd.analysis.csfle.pipeline import (
+    PipelineContext,
+    _encryption_shape,
+    check_involved_collections,
+    mark_stages,
+)
 from markd.analysis.csfle.placeholders import MarkContext, is_placeholder
 from markd.analysis.csfle.schema import PREFIX, Encrypted, EncryptionSchema, parse
 from markd.analysis.csfle.update import check_insert_document, mark_update
@@ -194,7 +199,8 @@ def _distinct(command: dict[str, Any], schemas: Schemas, database: str) -> dict[
 
 def _aggregate(command: dict[str, Any], schemas: Schemas, database: str) -> dict[str, Any]:
     context = PipelineContext(database, str(command.get("aggregate")), schemas.by_namespace,
-                              _collation_simple(command.get("collation")), schemas.multi)
+                              _collation_simple(command.get("collation")), schemas.multi, schemas.own)
+    check_involved_collections(command.get("pipeline"), context)
     pipeline, _ = mark_stages(command.get("pipeline"), schemas.own.root, context)
     return _replace(command, pipeline=pipeline)
 

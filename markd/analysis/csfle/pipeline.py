@@ -45,17 +45,50 @@ class PipelineContext:
     schemas: Mapping[str, EncryptionSchema] = field(default_factory=dict)  # "db.coll" -> schema
     collation_simple: bool = True
     multi_schema: bool = False
+    own: EncryptionSchema | None = None  # the aggregated collection's schema
 
-    def foreign(self, collection: Any) -> EncryptionSchema | None:
-        """The schema of another collection this pipeline reads (None: not allowed)."""
-        if not isinstance(collection, str):
-            return None
-        namespace = f"{self.database}.{collection}"
-        if namespace in self.schemas:
-            return self.schemas[namespace]
-        if self.multi_schema:
+
+def involved_collections(pipeline: Any) -> set[str]:
+    """Every other collection a pipeline names ($lookup, $graphLookup, $unionWith, $out, $merge, nested)."""
+    found: set[str] = set()
+    if not isinstance(pipeline, list):
+        return found
+    for stage in pipeline:
+        if not is_document(stage) or len(stage) != 1:
+            continue
+        name, spec = next(iter(stage.items()))
+        target: Any = None
+        if name in ("$lookup", "$graphLookup") and is_document(spec):
+            target = spec.get("from")
+            found |= involved_collections(spec.get("pipeline"))
+        elif name == "$unionWith":
+            target = spec.get("coll") if is_document(spec) else spec
+            if is_document(spec):
+                found |= involved_collections(spec.get("pipeline"))
+        elif name == "$out":
+            target = spec.get("coll") if is_document(spec) else spec
+        elif name == "$merge":
+            target = spec.get("into") if is_document(spec) else spec
+            target = target.get("coll") if is_document(target) else target
+        elif name == "$facet" and is_document(spec):
+            for sub in spec.values():
+                found |= involved_collections(sub)
+        if isinstance(target, str):
+            found.add(target)
+    return found
+
+
+def check_involved_collections(pipeline: Any, context: PipelineContext) -> None:
+    """One schema, one collection; several schemas: one for every collection the pipeline reads."""
+    others = involved_collections(pipeline) - {context.collection}
+    if not context.multi_schema:
+        if others:
+            fail("other_collection")
+        return
+    for collection in sorted(others):
+        namespace = f"{context.database}.{collection}"
+        if namespace not in context.schemas:
             fail("missing_ns_schema", ns=namespace)
-        return None
 
 
 Stage = list[dict[str, Any]]
@@ -362,37 +395,45 @@ def _string_options(stage: str, spec: Mapping[str, Any], names: tuple[str, ...],
             raise CommandError(9, f"{stage} requires '{option}' to be specified")
 
 
+def _foreign_schema(source: Any, current: SchemaNode, context: PipelineContext) -> SchemaNode:
+    """The schema of the documents a $lookup/$graphLookup joins (involved namespaces were checked up front)."""
+    if not isinstance(source, str) or source == context.collection:
+        return current if context.own is None else context.own.root
+    schema = context.schemas.get(f"{context.database}.{source}")
+    return schema.root if schema is not None else UNKNOWN_NODE
+
+
 def _lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
         fail("bad_field_type", field="$lookup", actual="other", expected="object")
     _string_options("$lookup", spec, ("from", "as", "localField", "foreignField"), ("as",))
-    source = spec.get("from", context.collection)
-    foreign = context.foreign(source) if source != context.collection else context.schemas.get(
-        f"{context.database}.{context.collection}", None)
-    if foreign is None:
-        if source != context.collection:
-            fail("other_collection")
-        foreign = EncryptionSchema(current)
     if spec.get("let"):
         fail("lookup_let")
+    foreign = _foreign_schema(spec.get("from", context.collection), current, context)
     serialized = dict(spec)
+    joined = EMPTY
+    if "pipeline" in spec:
+        source = spec.get("from", context.collection)
+        serialized["pipeline"], inner_out = mark_stages(spec["pipeline"], foreign,
+                                                        replace(context, collection=source))
+        joined = UNKNOWN_NODE if inner_out.may_hold_encryption else EMPTY
+    elif "localField" not in spec:
+        joined = UNKNOWN_NODE if foreign.may_hold_encryption else EMPTY
     if "localField" in spec or "foreignField" in spec:
         local_path, foreign_path = spec.get("localField", ""), spec.get("foreignField", "")
-        local, remote = lookup(current, local_path), foreign.metadata_for(foreign_path)
-        if local is PREFIX or local is UNKNOWN:
+        local, remote = lookup(current, local_path), lookup(foreign, foreign_path)
+        if local in (PREFIX, UNKNOWN):
             fail("lookup_local_child", field=local_path)
-        if remote is PREFIX or remote is UNKNOWN:
+        if remote in (PREFIX, UNKNOWN):
             fail("lookup_foreign_child", field=foreign_path)
         if local != remote:
             fail("lookup_mismatch", local=local_path, foreign=foreign_path)
         if isinstance(local, Encrypted) and not local.deterministic:
             fail("lookup_random", local=local_path, foreign=foreign_path)
-    foreign_out = foreign.root
-    if "pipeline" in spec:
-        inner_context = replace(context, collection=source)
-        serialized["pipeline"], foreign_out = mark_stages(spec["pipeline"], foreign.root, inner_context)
-    joined = UNKNOWN_NODE if foreign_out.may_hold_encryption else EMPTY
-    return [{"$lookup": serialized}], with_path(current, spec.get("as", ""), joined)
+        if "pipeline" not in spec:
+            # mongocryptd cannot tell what the joined documents hold: any later use is refused.
+            joined = UNKNOWN_NODE
+    return [{"$lookup": serialized}], with_path(current, spec["as"], joined)
 
 
 def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext
@@ -401,30 +442,25 @@ def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineCo
         fail("bad_field_type", field="$graphLookup", actual="other", expected="object")
     _string_options("$graphLookup", spec, ("from", "as", "connectFromField", "connectToField"),
                     ("from", "as", "connectFromField", "connectToField", "startWith"))
-    source = spec.get("from")
-    foreign = context.foreign(source) if source != context.collection else None
-    if foreign is None:
-        if source != context.collection:
-            fail("other_collection")
-        foreign = EncryptionSchema(current)
-    start_expression, start = _analysis(current, context).forwarded(spec.get("startWith"))
-    source_field, target_field = spec.get("connectFromField", ""), spec.get("connectToField", "")
-    source_metadata, target_metadata = foreign.metadata_for(source_field), foreign.metadata_for(target_field)
+    source_field, target_field = spec["connectFromField"], spec["connectToField"]
+    source_metadata, target_metadata = lookup(current, source_field), lookup(current, target_field)
     if source_metadata in (PREFIX, UNKNOWN):
         fail("graph_from_child", field=source_field)
     if target_metadata in (PREFIX, UNKNOWN):
         fail("graph_to_child", field=target_field)
-    if source_metadata != target_metadata or (start.kind == FIELD and start.metadata != target_metadata):
+    if source_metadata != target_metadata:
         fail("graph_mismatch", source=source_field, target=target_field)
     if isinstance(target_metadata, Encrypted) and not target_metadata.deterministic:
         fail("graph_random", source=source_field, target=target_field)
     serialized = dict(spec)
-    serialized["startWith"] = start_expression
+    serialized["startWith"], _ = _analysis(current, context).forwarded(spec["startWith"])
     if "restrictSearchWithMatch" in spec:
-        restrict = MarkContext(foreign, comparison=True, collation_simple=context.collation_simple)
-        serialized["restrictSearchWithMatch"] = mark_filter(spec["restrictSearchWithMatch"], restrict)
-    joined = UNKNOWN_NODE if foreign.root.may_hold_encryption else EMPTY
-    return [{"$graphLookup": serialized}], with_path(current, spec.get("as", ""), joined)
+        if not is_document(spec["restrictSearchWithMatch"]):
+            fail("bad_field_type", field="restrictSearchWithMatch", actual="other", expected="object")
+        serialized["restrictSearchWithMatch"] = mark_filter(spec["restrictSearchWithMatch"],
+                                                            _mark_context(current, context))
+    joined = UNKNOWN_NODE if current.may_hold_encryption else EMPTY
+    return [{"$graphLookup": serialized}], with_path(current, spec["as"], joined)
 
 
 def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
@@ -495,35 +531,6 @@ def _search(name: str, spec: Any, current: SchemaNode, context: PipelineContext)
     return [{name: spec}], current
 
 
-def _union_with(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
-    options = dict(spec) if is_document(spec) else {"coll": spec}
-    _string_options("$unionWith", options, ("coll",))
-    source = options.get("coll", context.collection)
-    foreign = context.foreign(source) if context.multi_schema else None
-    if foreign is None:
-        fail("stage_unsupported", stage=name)
-    foreign_out = foreign.root
-    if "pipeline" in options:
-        options["pipeline"], foreign_out = mark_stages(options["pipeline"], foreign.root,
-                                                       replace(context, collection=source))
-    merged = current if foreign_out == current else (
-        UNKNOWN_NODE if foreign_out.may_hold_encryption or current.may_hold_encryption else EMPTY)
-    return [{"$unionWith": options}], merged
-
-
-def _facet(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
-    if not context.multi_schema:
-        fail("stage_unsupported", stage=name)
-    if not is_document(spec):
-        fail("bad_field_type", field="$facet", actual="other", expected="object")
-    serialized: dict[str, Any] = {}
-    out = EMPTY
-    for facet_name, stages in spec.items():
-        serialized[facet_name], facet_out = mark_stages(stages, current, context)
-        out = with_path(out, facet_name, UNKNOWN_NODE if facet_out.may_hold_encryption else EMPTY)
-    return [{"$facet": serialized}], out
-
-
 STAGES: dict[str, StageRule] = {
     "$match": _match,
     "$project": _project,
@@ -551,8 +558,6 @@ STAGES: dict[str, StageRule] = {
     "$searchMeta": _fresh_documents,
     "$vectorSearch": _search,
     "$listSearchIndexes": _fresh_documents,
-    "$unionWith": _union_with,
-    "$facet": _facet,
 }
 
 
