@@ -228,6 +228,8 @@ def _parse_query(raw: Any, path: str, bson_type: str | None) -> QueryConfig:
     if not isinstance(raw, Mapping):
         raise error("BAD_FIELD", detail=f"'queries' of encrypted field '{path}' must be an object or an array")
     query_type = raw.get("queryType")
+    if type(query_type) is not str:
+        raise error("BAD_FIELD", detail=f"'queryType' of encrypted field '{path}' must be a string")
     if query_type in PREVIEW_QUERY_TYPES:
         raise error("PREVIEW_TYPE", name=query_type, replacement=PREVIEW_QUERY_TYPES[query_type])
     if query_type not in ALGORITHM_OF_QUERY_TYPE:
@@ -344,7 +346,7 @@ def _parse_field(raw: Any) -> EncryptedField:
     if not isinstance(raw, Mapping):
         raise error("BAD_FIELD", detail="each entry of encryptedFields.fields must be an object")
     path = raw.get("path")
-    if not isinstance(path, str):
+    if type(path) is not str:
         raise error("BAD_FIELD", detail="BSON field 'fields.path' is missing but a required field")
     if not path:
         raise error("EMPTY_PATH")
@@ -357,7 +359,7 @@ def _parse_field(raw: Any) -> EncryptedField:
         # keyAltName strings were translated by libmongocrypt before the command reached markd.
         raise error("BAD_FIELD", detail=f"keyId of encrypted field '{path}' must be a UUID")
     bson_type = raw.get("bsonType")
-    if bson_type is not None and not isinstance(bson_type, str):
+    if bson_type is not None and type(bson_type) is not str:
         raise error("BAD_FIELD", detail=f"bsonType of encrypted field '{path}' must be a string")
     unknown = set(raw) - {"path", "keyId", "bsonType", "queries"}
     if unknown:
