@@ -69,8 +69,8 @@ class Pinger:
         deadline = time.monotonic() + 5
         while self.answers <= answers_before + 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not self.errors, self.errors
-        assert self.answers > answers_before + 2
+        assert not self.errors, f"the well-behaved client got errors: {self.errors}"
+        assert self.answers > answers_before + 2, f"the well-behaved client stalled at {self.answers} answers"
 
     def stop(self) -> None:
         self._stop.set()
@@ -332,10 +332,10 @@ def test_thousand_connections_opened_and_dropped(daemon, markd_client, pinger):
         sockets.append(sock)
     for sock in sockets:
         sock.close()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while markd_metrics(markd_client)["connections"]["current"] > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-    metrics = markd_metrics(markd_client)
-    assert metrics["connections"]["current"] <= baseline
-    assert metrics["connections"]["totalCreated"] >= 1000
+    connections = markd_metrics(markd_client)["connections"]
+    assert connections["current"] <= baseline, f"connections left open: {connections}, baseline {baseline}"
+    assert connections["totalCreated"] >= 1000, connections
     pinger.assert_served_since(answers)
