@@ -56,10 +56,8 @@ def test_decode_of_mutated_bytes_never_crashes(data, draw):
     assert len(again) <= len(mutated)  # duplicate keys collapse; nothing is ever invented
 
 
-# Finding: pymongo's Regex keeps options as re flags, so options that are not sorted, repeated or unknown
-# come back normalized; a deterministic ciphertext of such a value would change with them.
-@pytest.mark.xfail(strict=True, reason="bug: markd.bsonvalues.decode/encode normalize regex options (order, repeats, "
-                                       "unknown letters); the bytes the client sent are not kept")
+# Finding F2 (fixed in 091e257): pymongo's Regex keeps options as re flags, so options that were not sorted,
+# repeated or unknown came back normalized; a deterministic ciphertext of such a value would change with them.
 @pytest.mark.parametrize("options", [b"xi", b"ii", b"q"])
 def test_regex_options_keep_their_bytes(options):
     element = b"\x0bk\x00a\x00" + options + b"\x00"
@@ -68,10 +66,8 @@ def test_regex_options_keep_their_bytes(options):
     assert bsonvalues.encode(bsonvalues.decode(data)) == data
 
 
-# Finding: a code-with-scope value is decoded by pymongo as a whole, so an undefined, symbol or DBPointer
-# inside its scope comes back as null, str or DBRef (found by test_decode_then_encode_gives_the_same_bytes).
-@pytest.mark.xfail(strict=True, reason="bug: markd.bsonvalues._decode_document hands code-with-scope (0x0F) to "
-                                       "pymongo whole; undefined/symbol/DBPointer inside the scope change type")
+# Finding F3 (fixed in 091e257): a code-with-scope value was decoded by pymongo as a whole, so an undefined,
+# symbol or DBPointer inside its scope came back as null, str or DBRef.
 @pytest.mark.parametrize("scope_element", [b"\x06u\x00", b"\x0es\x00\x02\x00\x00\x00a\x00",
                                            b"\x0cp\x00\x02\x00\x00\x00a\x00" + b"x" * 12])
 def test_code_with_scope_keeps_deprecated_types(scope_element):
@@ -84,8 +80,8 @@ def test_code_with_scope_keeps_deprecated_types(scope_element):
     assert bsonvalues.encode(bsonvalues.decode(data)) == data
 
 
-@pytest.mark.xfail(strict=True, reason="bug F1: markd.bsonvalues.decode raises UnicodeDecodeError (not InvalidBSON) "
-                                       "for an array key that is not UTF-8, which pymongo's decoder accepts")
+# Finding F1 (fixed in 091e257): markd.bsonvalues.decode raised UnicodeDecodeError for an array key that is not
+# UTF-8, which pymongo's decoder accepts.
 def test_decode_of_array_with_non_utf8_key_raises_invalid_bson_or_decodes():
     element = b"\x04a\x00\x0c\x00\x00\x00\x10\xda\x00\x01\x00\x00\x00\x00"
     data = (len(element) + 5).to_bytes(4, "little") + element + b"\x00"

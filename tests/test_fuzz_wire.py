@@ -110,9 +110,9 @@ def test_core_on_length_consistent_mutations(frame):
         pass
 
 
-# Finding F1 (found by tests/test_load.py's mutated frames): pymongo's C decoder does not read the keys of
-# array elements, so a body whose array has a key that is not UTF-8 passes the codec's validation; markd's
-# exact decoder (bsonvalues._decode_document) then raises UnicodeDecodeError and the server answers
+# Finding F1 (found by tests/test_load.py's mutated frames; fixed in 091e257): pymongo's C decoder does not read
+# the keys of array elements, so a body whose array has a key that is not UTF-8 passed the codec's validation;
+# markd's exact decoder (bsonvalues._decode_document) then raised UnicodeDecodeError and the server answered
 # InternalError (code 1) instead of InvalidBSON (22).
 _ARRAY_WITH_BAD_KEY = (b"\x17\x00\x00\x00\x04a\x00\x0c\x00\x00\x00\x10\xda\x00\x01\x00\x00\x00\x00"
                        b"\x02$db\x00\x03\x00\x00\x00db\x00\x00")
@@ -122,8 +122,6 @@ def _fixed_length(body: bytes) -> bytes:
     return len(body).to_bytes(4, "little") + body[4:]
 
 
-@pytest.mark.xfail(strict=True, reason="bug F1: markd/bsonvalues.py _decode_document raises UnicodeDecodeError on a "
-                                       "non-UTF-8 array key that pymongo accepted; the server replies InternalError")
 def test_array_key_that_is_not_utf8_is_invalid_bson_not_internal_error():
     body = _fixed_length(_ARRAY_WITH_BAD_KEY)
     frame = struct.pack("<iiii", 16 + 5 + len(body), 5, 0, 2013) + b"\x00\x00\x00\x00\x00" + body

@@ -60,9 +60,8 @@ def known_crash(frame: bytes) -> str | None:
         return None
     try:
         bsonvalues.decode(message.command)
-    except UnicodeDecodeError:
-        # F1: pymongo's decoder skips array keys, markd's exact decoder reads them as UTF-8.
-        return "F1"
-    except Exception:
-        return None
+    except Exception as exc:
+        from tests.fuzz.known import known_id
+
+        return known_id(exc)
     return None

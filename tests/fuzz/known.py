@@ -12,7 +12,6 @@ from types import TracebackType
 
 # id -> (exception type, file under markd/, function)
 KNOWN_CRASHES: dict[str, tuple[str, str, str]] = {
-    "F1": ("UnicodeDecodeError", "markd/bsonvalues.py", "_decode_document"),
     "F8": ("TypeError", "markd/analysis/qe/fields.py", "_parse_query"),
     "F9": ("TypeError", "markd/analysis/qe/fields.py", "_parse_field"),
 }
