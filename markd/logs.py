@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import logging.handlers
 import sys
 from typing import Any
 
@@ -51,8 +52,9 @@ def configure(logpath: str | None, append: bool, log_format: str, verbosity: int
     unopenable: OSError | None = None
     handler: logging.Handler
     try:
-        handler = (logging.FileHandler(logpath, mode="a" if append else "w", encoding="utf-8") if logpath
-                   else logging.StreamHandler(sys.stdout))
+        # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
+        handler = (logging.handlers.WatchedFileHandler(logpath, mode="a" if append else "w", encoding="utf-8")
+                   if logpath else logging.StreamHandler(sys.stdout))
     except OSError as exc:
         unopenable = exc
         handler = logging.StreamHandler(sys.stderr)

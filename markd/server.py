@@ -309,7 +309,7 @@ class MarkdServer:
                 raise AlreadyRunning(f"pid file {exc} is locked by another process") from exc
         try:
             ssl_context = _ssl_context(settings)
-            for address in settings.listen_addresses:
+            for address in _resolve(settings.listen_addresses, settings.ipv6):
                 family = socket.AF_INET6 if ":" in address else socket.AF_INET
                 try:
                     server = await loop.create_server(
@@ -459,6 +459,22 @@ class MetricsHttpProtocol(asyncio.Protocol):
             b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         self.transport.close()
+
+
+def _resolve(addresses: tuple[str, ...], ipv6: bool) -> list[str]:
+    """Each IP once: hostnames resolved (IPv4 only unless --ipv6, as mongod), duplicates dropped, so
+    "127.0.0.1,localhost" binds one socket instead of failing on its own port."""
+    resolved: list[str] = []
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address.split("%")[0])
+            candidates = [address]
+        except ValueError:
+            family = socket.AF_UNSPEC if ipv6 else socket.AF_INET
+            infos = socket.getaddrinfo(address, None, family=family, type=socket.SOCK_STREAM)
+            candidates = [str(info[4][0]) for info in infos]
+        resolved += [candidate for candidate in candidates if candidate not in resolved]
+    return resolved
 
 
 def _socket_is_live(path: str) -> bool:

@@ -133,3 +133,34 @@ def test_nounixsocket():
     with MarkdProcess(args=["--nounixsocket"]) as daemon:
         assert not daemon.socket_path.exists()
         assert daemon.pidfile_content()["domainSocket"] == ""
+
+
+def _ipv6_loopback_available() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_ipv6_adds_the_ipv6_loopback():
+    import socket
+
+    import pytest
+
+    if not _ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback here")
+    with MarkdProcess(args=["--ipv6"]) as daemon:
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, daemon.port), timeout=5):
+                pass
+        assert "addresses=127.0.0.1,::1" in daemon.wait_for_log("markd started")
+        assert "non-loopback" not in daemon.log_text()
+
+
+def test_bind_ip_list():
+    with MarkdProcess(args=["--bind_ip", "127.0.0.1,localhost"]) as daemon:
+        assert "addresses=127.0.0.1,localhost" in daemon.wait_for_log("markd started")

@@ -213,3 +213,20 @@ def test_default_pid_file_in_a_read_only_working_directory_is_skipped_with_a_war
     finally:
         process.terminate()
         assert process.wait(10) == 0
+
+
+def test_log_file_moved_away_is_reopened(tmp_path):
+    """logrotate moves the file: markd's next line goes to a new file at --logpath, none is lost to the old inode."""
+    log = tmp_path / "markd.log"
+    with MarkdProcess(args=["--logpath", str(log), "-v"]) as daemon, daemon.client() as client:
+        client.admin.command("ping")
+        log.rename(tmp_path / "markd.log.1")
+        client.admin.command("buildInfo")
+        deadline = time.monotonic() + 5
+        while not (log.exists() and "command=buildInfo" in log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "command=buildInfo" in log.read_text()
+        assert "command=ping" in (tmp_path / "markd.log.1").read_text()
+        log.unlink()  # deleted outright: recreated too
+        client.admin.command("getCmdLineOpts")
+        assert "command=getCmdLineOpts" in log.read_text()
