@@ -153,20 +153,16 @@ def _qe_insert(field: dict[str, Any]) -> dict[str, Any]:
                                                                              **field}]}}}}
 
 
-# Finding F8 (found by run_long --analysis): a `queryType` that is not hashable.
-@pytest.mark.xfail(strict=True, reason="bug F8: markd/analysis/qe/fields.py _parse_query tests `query_type in "
-                                       "PREVIEW_QUERY_TYPES` on an unhashable value: TypeError -> InternalError")
+# Finding F8 (found by run_long --analysis; fixed in a093c83): a `queryType` that is not hashable made
+# markd/analysis/qe/fields.py _parse_query raise TypeError -> InternalError.
 @pytest.mark.parametrize("query_type", [{}, [], ["equality"]])
 def test_qe_unhashable_query_type_is_refused(query_type):
     with pytest.raises(CommandError):
         mark_command(_qe_insert({"bsonType": "string", "queries": {"queryType": query_type}}))
 
 
-# Finding F9 (found by run_long --analysis): a `bsonType` given as BSON JavaScript code. pymongo's Code is a str
-# subclass, so it passes the isinstance(str) check, but it is not hashable.
-@pytest.mark.xfail(strict=True, reason="bug F9: markd/analysis/qe/fields.py _parse_field tests `bson_type not in "
-                                       "UNINDEXED_TYPES` on a Code (str subclass, unhashable): TypeError -> "
-                                       "InternalError")
+# Finding F9 (found by run_long --analysis; fixed in a093c83): a `bsonType` given as BSON JavaScript code.
+# pymongo's Code is a str subclass, so it passed the isinstance(str) check, but it is not hashable.
 def test_qe_code_bson_type_is_refused():
     from bson.code import Code
 

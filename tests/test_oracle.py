@@ -56,8 +56,8 @@ _QE = qe_info([QEField("ssn", KEYS[0], "string", "equality", 8),
 _CSFLE = csfle_json(Obj(props={"ssn": Enc(1, KEYS[0], "string")}))
 
 
-@pytest.mark.xfail(strict=True, reason="bug F4: markd/analysis/qe/match.py _path_predicates turns an explicit "
-                                       "{$eq: <regex>} (equality with a regex value) into {$regex: ...} (a match)")
+# Finding F4 (fixed in a093c83's series): markd/analysis/qe/match.py _path_predicates turned an explicit
+# {$eq: <regex>} (equality with a regex value) into {$regex: ...} (a pattern match).
 def test_qe_explicit_eq_with_a_regex_stays_equality():
     reply = mark({"find": "coll", "filter": {"x": {"$eq": Regex("a", "i")}}, "encryptionInformation": _QE,
                   "$db": "db"})
@@ -65,8 +65,8 @@ def test_qe_explicit_eq_with_a_regex_stays_equality():
     assert reply["result"]["filter"] == {"x": {"$eq": Regex("a", "i")}}
 
 
-@pytest.mark.xfail(strict=True, reason="bug F5: markd/analysis/qe/match.py _op_in writes {$or: []} for $in: [] on a "
-                                       "range field; mongod refuses an empty $or (BadValue)")
+# Finding F5 (fixed in a093c83's series): markd/analysis/qe/match.py _op_in wrote {$or: []} for $in: [] on a
+# range field; mongod refuses an empty $or (BadValue).
 def test_qe_empty_in_on_a_range_field_is_not_an_empty_or():
     reply = mark({"find": "coll", "filter": {"age": {"$in": []}}, "encryptionInformation": _QE, "$db": "db"})
     assert reply["ok"] == 1

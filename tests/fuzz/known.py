@@ -12,8 +12,6 @@ from types import TracebackType
 
 # id -> (exception type, file under markd/, function)
 KNOWN_CRASHES: dict[str, tuple[str, str, str]] = {
-    "F8": ("TypeError", "markd/analysis/qe/fields.py", "_parse_query"),
-    "F9": ("TypeError", "markd/analysis/qe/fields.py", "_parse_field"),
 }
 
 

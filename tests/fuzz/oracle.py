@@ -999,12 +999,7 @@ def known_trigger(case: Case) -> str | None:
     """The id of a known, still-open finding this case would re-find (docs/robustness.md), or None."""
     for root in case.filters:
         expression = _get(case.command, root)
-        for where, value in _all_values(expression, root):
-            if isinstance(value, Regex):
-                if case.flavour == "csfle" and int(value.flags):
-                    return "F6"  # regex options dropped
-                if case.flavour == "qe" and "$eq" in where:
-                    return "F4"  # {$eq: regex} turned into a regex match
-            if case.flavour == "qe" and value == [] and where and where[-1] in ("$in", "$nin"):
-                return "F5"  # $in: [] on a range field -> {$or: []}
+        for _where, value in _all_values(expression, root):
+            if isinstance(value, Regex) and case.flavour == "csfle" and int(value.flags):
+                return "F6"  # regex options dropped
     return None
