@@ -14,7 +14,7 @@ from typing import Any
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, Below, Encrypted, EncryptedField, Prefix, numeric
+from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, Below, Encrypted, EncryptedField, Plain, Prefix, numeric
 
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 TEXT_ARGUMENTS = {
@@ -140,9 +140,7 @@ def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
 
 def _range_comparison(name: str, left: Any, field: EncryptedField, value: Any, ctx: Context) -> Any:
     """`{$gt: ["$f", c]}` -> `{$and: [{$gt: ["$f", P]}, {$lte: ["$f", P]}]}` with one two-sided placeholder P."""
-    from markd.analysis.qe.match import range_value
-
-    value = range_value(field, value)
+    value = placeholders.range_value(field, value)
     config = field.range
     if not numeric(config.min) <= numeric(value) <= numeric(config.max):
         raise error("EXPR_OUT_OF_BOUNDS")
@@ -216,6 +214,4 @@ def references_encrypted(expression: Any, ctx: Context) -> bool:
 
 
 def _is_plain(path: str, ctx: Context) -> bool:
-    from markd.analysis.qe.fields import Plain
-
     return isinstance(ctx.schema.lookup(path), Plain)

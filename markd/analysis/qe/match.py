@@ -13,16 +13,18 @@ server's IndexBoundsBuilder does this) and become either a one-sided placeholder
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Decimal128, Int64, Regex
+from bson import Decimal128, Regex
 
 from markd import bsonvalues
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
+from markd.analysis.qe.expressions import mark_expression
 from markd.analysis.qe.fields import (
     EQUALITY,
     RANGE,
@@ -30,7 +32,6 @@ from markd.analysis.qe.fields import (
     EncryptedField,
     Plain,
     Prefix,
-    is_nan,
     numeric,
 )
 from markd.errors import CommandError
@@ -102,8 +103,6 @@ def _top_level_operator(key: str, value: Any, ctx: Context) -> list[Node]:
     if key in ("$or", "$nor"):
         return [{key: [_wrap(_and_level(sub, ctx)) for sub in _subfilters(key, value)]}]
     if key == "$expr":
-        from markd.analysis.qe.expressions import mark_expression
-
         return [{"$expr": mark_expression(value, ctx)}]
     if key == "$comment":
         return []
@@ -157,8 +156,6 @@ def _path_predicates(path: str, value: Any, ctx: Context) -> list[Node]:
 
 
 def _is_pattern(value: Any) -> bool:
-    import re
-
     return isinstance(value, re.Pattern)
 
 
@@ -359,25 +356,6 @@ def _finish_and(nodes: list[Node], ctx: Context) -> list[dict[str, Any]]:
     return finished
 
 
-def range_value(field: EncryptedField, value: Any) -> Any:
-    """`value` checked and coerced to the range index's type (int <-> long only, as the server allows)."""
-    value_type = bsonvalues.bson_type(value)
-    field_type = field.bson_type
-    if value_type not in ("int", "long", "double", "decimal", "date"):
-        raise error("RANGE_VALUE_TYPE", type=value_type)
-    if (value_type == "date") != (field_type == "date"):
-        raise error("DATE_MISMATCH")
-    if value_type != field_type and {value_type, field_type} & {"double", "decimal"}:
-        raise error("NO_COERCION")
-    if is_nan(value):
-        raise error("BOUND_NAN")
-    if field_type == "long" and value_type == "int":
-        return Int64(value)
-    if field_type == "int" and value_type == "long" and -(2**31) <= value < 2**31:
-        return int(value)
-    return value
-
-
 def _within(field: EncryptedField, value: Any) -> bool:
     config = field.range
     return numeric(config.min) <= numeric(value) <= numeric(config.max)
@@ -409,7 +387,7 @@ def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison],
     lower: Bound | None = None
     upper: Bound | None = None
     for comparison in comparisons:
-        value = range_value(field, comparison.value)
+        value = placeholders.range_value(field, comparison.value)
         if comparison.operator in ("$gt", "$gte", "$eq"):
             lower = _tighter_lower(lower, (value, comparison.operator != "$gt"))
         if comparison.operator in ("$lt", "$lte", "$eq"):

@@ -24,6 +24,7 @@ from markd.analysis.qe.fields import (
     UNINDEXED_TYPES,
     EncryptedField,
     QueryConfig,
+    is_nan,
 )
 
 INSERT, FIND = 1, 2
@@ -73,6 +74,25 @@ def check_writable(field: EncryptedField, value: Any) -> None:
             raise error("WRONG_TYPE", type=value_type, expected=field.bson_type)
     elif value_type not in UNINDEXED_TYPES:
         raise error("CANNOT_ENCRYPT_TYPE", type=value_type)
+
+
+def range_value(field: EncryptedField, value: Any) -> Any:
+    """`value` checked and coerced to the range index's type (int <-> long only, as the server allows)."""
+    value_type = bsonvalues.bson_type(value)
+    field_type = field.bson_type
+    if value_type not in ("int", "long", "double", "decimal", "date"):
+        raise error("RANGE_VALUE_TYPE", type=value_type)
+    if (value_type == "date") != (field_type == "date"):
+        raise error("DATE_MISMATCH")
+    if value_type != field_type and {value_type, field_type} & {"double", "decimal"}:
+        raise error("NO_COERCION")
+    if is_nan(value):
+        raise error("BOUND_NAN")
+    if field_type == "long" and value_type == "int":
+        return Int64(value)
+    if field_type == "int" and value_type == "long" and -(2**31) <= value < 2**31:
+        return int(value)
+    return value
 
 
 def _text_options(config: QueryConfig) -> dict[str, Any]:
