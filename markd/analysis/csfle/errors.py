@@ -225,19 +225,25 @@ ERRORS: dict[str, tuple[int, str]] = {
     "compare_enc_plain": (
         31098,
         "Comparison disallowed between encrypted fields and unencrypted fields; '{path}' is encrypted but is "
-        "compared to {other}",
+        "compared to{other}",
+    ),
+    "compare_plain_enc": (
+        31099,
+        "Comparison disallowed between unencrypted fields and encrypted fields; '{path}' is unencrypted but is "
+        "compared to{other}",
     ),
     "compare_algorithms": (
         31100,
         "Comparison disallowed between fields with different encryption algorithms; encryption algorithm for "
-        "field '{path}' does not match the algorithm of {other}",
+        "field '{path}' does not match the algorithm of{other}",
     ),
     "compare_random": (
         31158,
         "Comparison disallowed between fields where one is randomly encrypted; field '{path}' is randomly encrypted.",
     ),
     "compare_evaluated": (31117, "Result of evaluating {op} forbidden from being compared to encrypted fields but is "
-                                 "compared to {other}"),
+                                 "compared to{other}"),
+    "expression_arity": (16020, "Expression {op} takes exactly 2 arguments. {count} were passed in."),
     "variable": (31121, "Access to variable {name} disallowed"),
     "prefix_reference": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
     "unknown_expression": (168, "Unrecognized expression '{op}'"),

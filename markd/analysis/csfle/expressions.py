@@ -173,67 +173,132 @@ class ExpressionAnalysis:
             result = first if same else Value(FORWARDED, UNKNOWN, "", UNKNOWN_NODE)
         return {op: serialized}, result
 
+    # -- compared subtrees ($eq, $ne, $in with an array literal) ------------------------------------
+
     def _comparison(self, op: str, arguments: list[Any]) -> tuple[Any, Value]:
         if len(arguments) != 2:
-            fail("unknown_expression", op=op)  # mongod: "Expression $eq takes exactly 2 arguments"
-        analysed = [self._analyse(item) for item in arguments]
-        serialized = [out for out, _ in analysed]
-        values = [value for _, value in analysed]
-        for index, value in enumerate(values):
-            other = values[1 - index]
-            if value.kind == ROOT and value.metadata is PREFIX:
-                fail("variable", name="ROOT")
-            if value.metadata is PREFIX:
-                fail("prefix_reference", path=value.path)
-            if value.metadata is UNKNOWN:
-                fail("unknown_path", path=value.path or op)
-            if not isinstance(value.metadata, Encrypted):
-                continue
-            if not value.metadata.deterministic:
-                fail("compare_random", path=value.path)
-            if other.kind == LITERAL:
-                constant = arguments[1 - index]
-                constant = constant.get("$literal", constant.get("$const")) if is_document(constant) else constant
-                if constant is None:
-                    fail("null_equality", path=value.path)
-                compare = MarkContext(self.context.schema, True, None, self.context.collation_simple)
-                serialized[1 - index] = {"$const": mark_value(value.metadata, constant, value.path, compare)}
-            elif isinstance(other.metadata, Encrypted):
-                if other.metadata != value.metadata:
-                    fail("compare_algorithms", path=value.path, other=f"'{other.path}'")
-            elif other.kind == FIELD:
-                fail("compare_enc_plain", path=value.path, other=f"'{other.path}'")
-            else:
-                fail("compare_evaluated", op=op, other=f"'{value.path}'")
-        return {op: serialized}, Value(EVALUATED)
+            fail("expression_arity", op=op, count=len(arguments))
+        return {op: self._compared(arguments)}, Value(EVALUATED)
 
     def _in(self, arguments: list[Any]) -> tuple[Any, Value]:
         if len(arguments) != 2:
-            fail("unknown_expression", op="$in")
-        needle_out, needle = self._analyse(arguments[0])
-        haystack = arguments[1]
-        if isinstance(needle.metadata, Encrypted):
-            if not needle.metadata.deterministic:
-                fail("compare_random", path=needle.path)
-            if not isinstance(haystack, list):
-                fail("compare_enc_plain", path=needle.path, other="an array expression")
-            marked: list[Any] = []
-            compare = MarkContext(self.context.schema, True, None, self.context.collation_simple)
-            for item in haystack:
-                out, value = self._analyse(item)
-                if value.kind != LITERAL:
-                    if isinstance(value.metadata, Encrypted) and value.metadata == needle.metadata:
-                        marked.append(out)
-                        continue
-                    fail("compare_enc_plain", path=needle.path, other=f"'{value.path}'")
-                constant = out["$const"]
-                if constant is None:
-                    fail("null_in", path=needle.path)
-                marked.append({"$const": mark_value(needle.metadata, constant, needle.path, compare)})
-            return {"$in": [needle_out, marked]}, Value(EVALUATED)
-        if needle.metadata in (PREFIX, UNKNOWN):
-            self._refuse_evaluation(needle, "$in")
-        return {"$in": [needle_out, self.evaluated(haystack, "$in")]}, Value(EVALUATED)
+            fail("expression_arity", op="$in", count=len(arguments))
+        needle, haystack = arguments
+        if isinstance(haystack, list):
+            # The array literal's elements are each compared with the needle.
+            serialized = self._compared([needle, *haystack])
+            return {"$in": [serialized[0], serialized[1:]]}, Value(EVALUATED)
+        return {"$in": [self.evaluated(needle, IN_WITHOUT_ARRAY), self.evaluated(haystack, IN_WITHOUT_ARRAY)]
+                }, Value(EVALUATED)
+
+    def _compared(self, operands: list[Any]) -> list[Any]:
+        """Operands compared with each other: all unencrypted, or all one deterministic encryption.
+
+        Constants among them (also those a $cond or $ifNull would pass on) are marked when the
+        others turn out encrypted, whichever order they come in.
+        """
+        state = _Compared()
+        serialized = [self._compared_operand(operand, state) for operand in operands]
+        compare = MarkContext(self.context.schema, True, None, self.context.collation_simple)
+
+        def resolve(value: Any) -> Any:
+            if isinstance(value, _Constant):
+                if isinstance(state.encryption, Encrypted):
+                    return {"$const": mark_value(state.encryption, value.value, state.fields[0], compare)}
+                return {"$const": value.value}
+            if isinstance(value, list):
+                return [resolve(item) for item in value]
+            if isinstance(value, dict):
+                return {key: resolve(item) for key, item in value.items()}
+            return value
+
+        return [resolve(out) for out in serialized]
+
+    def _compared_operand(self, operand: Any, state: _Compared) -> Any:
+        if isinstance(operand, str) and operand.startswith("$"):
+            out, value = self._field(operand)
+            if value.kind == ROOT:
+                fail("variable", name=operand[2:].partition(".")[0])
+            if value.kind == FIELD:
+                state.reconcile(value.path, value.metadata)
+            return out
+        if isinstance(operand, list):
+            state.ensure_not_encrypted("formation of an array literal")
+            return [self.evaluated(item, "formation of an array literal") for item in operand]
+        if is_document(operand) and operand and next(iter(operand)).startswith("$"):
+            op, argument = next(iter(operand.items()))
+            if op in ("$literal", "$const"):
+                return _Constant(argument)
+            if op == "$cond":
+                if is_document(argument):
+                    argument = [argument.get("if"), argument.get("then"), argument.get("else")]
+                if not isinstance(argument, list) or len(argument) != 3:
+                    fail("expression_arity", op=op, count=len(argument) if isinstance(argument, list) else 1)
+                condition = self.evaluated(argument[0], "$cond")
+                branches = [self._compared_operand(branch, state) for branch in argument[1:]]
+                return {"$cond": [condition, *branches]}
+            if op == "$ifNull":
+                return {"$ifNull": [self._compared_operand(item, state) for item in self._arguments(argument)]}
+            reason = {"$eq": "an equality comparison", "$ne": "an equality comparison",
+                      "$in": "an $in expression"}.get(op, op)
+            state.ensure_not_encrypted(reason)
+            out, _ = self._operator(op, argument)
+            return out
+        if is_document(operand):
+            state.ensure_not_encrypted("formation of an object")
+            out, _ = self._analyse(operand)
+            return out
+        return _Constant(operand)
+
+
+class _Constant:
+    """A constant in a compared subtree, marked or not once the whole subtree is known."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+IN_WITHOUT_ARRAY = "an $in comparison without an array literal"
+_PLAIN = "plain"
+
+
+class _Compared:
+    """The state of one compared subtree: what its field references turned out to be."""
+
+    def __init__(self) -> None:
+        self.encryption: Encrypted | str | None = None  # None until a field is seen; _PLAIN when unencrypted
+        self.fields: list[str] = []
+        self.evaluations: list[str] = []
+
+    def _others(self) -> str:
+        return "".join(f" '{field}'" for field in self.fields) + "".join(
+            f" result of {evaluation}" for evaluation in self.evaluations)
+
+    def reconcile(self, path: str, metadata: Metadata) -> None:
+        if metadata is PREFIX:
+            fail("prefix_reference", path=path)
+        if metadata is UNKNOWN:
+            fail("unknown_path", path=path)
+        if isinstance(metadata, Encrypted) and not metadata.deterministic:
+            fail("compare_random", path=path)
+        if self.encryption is None:
+            self.encryption = metadata if isinstance(metadata, Encrypted) else _PLAIN
+        elif self.encryption == _PLAIN:
+            if isinstance(metadata, Encrypted):
+                fail("compare_enc_plain", path=path, other=self._others())
+        elif not isinstance(metadata, Encrypted):
+            fail("compare_plain_enc", path=path, other=self._others())
+        elif metadata != self.encryption:
+            fail("compare_algorithms", path=path, other=self._others())
+        self.fields.append(path)
+
+    def ensure_not_encrypted(self, reason: str) -> None:
+        if isinstance(self.encryption, Encrypted):
+            fail("compare_evaluated", op=reason, other=self._others())
+        self.encryption = _PLAIN
+        self.evaluations.append(reason)
 
 
 def mark_match_expr(expression: Any, context: MarkContext) -> Any:
