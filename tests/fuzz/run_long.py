@@ -126,13 +126,12 @@ def run_oracle(examples: int) -> list[Tally]:
     from tests.fuzz.inproc import mark
     from tests.fuzz.oracle import command_case, judge, known_trigger
 
-    tallies = []
-    for flavour in ("csfle", "qe"):
+    def part(flavour: str) -> Tally:
         tally = Tally(f"oracle-{flavour}")
 
         @_settings(examples)
         @given(command_case(flavour))
-        def one(case: Any, tally: Tally = tally) -> None:
+        def one(case: Any) -> None:
             tally.tried += 1
             reply = mark(case.command)
             outcome = "marked" if reply.get("ok") else f"refused {reply.get('code')}"
@@ -150,8 +149,9 @@ def run_oracle(examples: int) -> list[Tally]:
         started = time.monotonic()
         one()
         tally.seconds = time.monotonic() - started
-        tallies.append(tally)
-    return tallies
+        return tally
+
+    return [part("csfle"), part("qe")]
 
 
 def run_load(seconds: float, connections: int) -> dict[str, Any]:
@@ -190,23 +190,27 @@ def main(argv: list[str] | None = None) -> int:
         args.load = args.load or 60.0
     results: list[dict[str, Any]] = []
     new = 0
+
+    def done(result: dict[str, Any]) -> None:
+        """Print and save each part as it finishes (a long run is still worth something if stopped)."""
+        results.append(result)
+        print(json.dumps(result, indent=2, default=str), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+
     if args.wire:
-        results.append(run_wire(args.wire).report())
+        done(run_wire(args.wire).report())
     if args.analysis:
-        results.append(run_analysis(args.analysis).report())
+        done(run_analysis(args.analysis).report())
     if args.oracle:
-        results += [t.report() for t in run_oracle(args.oracle)]
-    for result in results:
-        new += len(result["new_findings"])
+        for tally in run_oracle(args.oracle):
+            done(tally.report())
+    new += sum(len(result["new_findings"]) for result in results)
     if args.load:
         load = run_load(args.load, args.connections)
-        results.append(load)
+        done(load)
         new += bool(load["wrong_replies"] or load["unknown_crash_frames"] or not load["alive"]
                     or load["fd"][2] > load["fd"][0])
-    text = json.dumps(results, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
     return 1 if new else 0
 
 
