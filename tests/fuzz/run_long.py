@@ -2,7 +2,7 @@
 
     /work/venv/bin/python -m tests.fuzz.run_long --all              # everything, default sizes
     /work/venv/bin/python -m tests.fuzz.run_long --oracle 20000     # one part, a bigger budget
-    /work/venv/bin/python -m tests.fuzz.run_long --load 60 --connections 1000
+    /work/venv/bin/python -m tests.fuzz.run_long --long          # the 60 s soak, 1,000 connections
 
 Unlike the CI tests, nothing stops at the first finding: every input is tried, findings are grouped
 by signature (crash: exception type + innermost markd frame; oracle: the finding's first words) and
@@ -180,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analysis", type=int, nargs="?", const=10000, help="garbage/mutated commands [10000]")
     parser.add_argument("--oracle", type=int, nargs="?", const=10000, help="oracle cases per flavour [10000]")
     parser.add_argument("--load", type=float, nargs="?", const=60.0, help="soak seconds [60]")
+    parser.add_argument("--long", action="store_true", help="the 60 s soak with 1,000 connections (= --load 60)")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.long:
+        args.load = args.load or 60.0
     if args.all:
         args.wire = args.wire or 20000
         args.analysis = args.analysis or 10000
