@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from typing import Any
 
@@ -46,11 +47,26 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def _keep_previous_log(logpath: str) -> bool:
+    """As mongod without --logappend: a previous log (say, a crash's) is renamed `<path>.<UTC time>`, not
+    truncated. True when the path is now free to append to."""
+    try:
+        if not os.path.isfile(logpath) or os.path.getsize(logpath) == 0:
+            return False
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+        os.rename(logpath, f"{logpath}.{stamp}")
+    except OSError:
+        return False
+    return True
+
+
 def configure(logpath: str | None, append: bool, log_format: str, verbosity: int, quiet: bool) -> None:
     """Send the markd logger to `logpath` (or stdout). A log file that cannot be opened falls back to
     stderr with a warning: losing the log must never cost the daemon."""
     unopenable: OSError | None = None
     handler: logging.Handler
+    if logpath and not append:
+        append = _keep_previous_log(logpath)
     try:
         # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
         handler = (logging.handlers.WatchedFileHandler(logpath, mode="a" if append else "w", encoding="utf-8")

@@ -230,3 +230,16 @@ def test_log_file_moved_away_is_reopened(tmp_path):
         log.unlink()  # deleted outright: recreated too
         client.admin.command("getCmdLineOpts")
         assert "command=getCmdLineOpts" in log.read_text()
+
+
+def test_previous_log_is_kept_not_truncated(tmp_path):
+    """Without --logappend a restart (say, systemd's after a crash) renames the old log instead of erasing it."""
+    log = tmp_path / "markd.log"
+    log.write_text("the previous run's last words\n")
+    with MarkdProcess(args=["--logpath", str(log)]) as daemon:
+        with daemon.client() as client:
+            client.admin.command("ping")
+    assert "markd started" in log.read_text()
+    kept = [path for path in tmp_path.iterdir() if path.name.startswith("markd.log.")]
+    assert len(kept) == 1 and kept[0].read_text() == "the previous run's last words\n"
+    assert "last words" not in log.read_text()
