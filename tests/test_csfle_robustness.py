@@ -32,6 +32,18 @@ VALUE = st.recursive(SCALAR, lambda inner: st.one_of(
     st.lists(inner, max_size=3),
     st.dictionaries(st.one_of(FIELDS, OPS, TOP), inner, max_size=3),
 ), max_leaves=8)
+EXPRESSION = st.recursive(
+    st.one_of(SCALAR, st.sampled_from(["$ssn", "$age", "$rnd", "$doc", "$doc.inner", "$plain", "$$ROOT",
+                                       "$$CURRENT.ssn", "$$this", "$x"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["$eq", "$ne", "$in", "$cond", "$ifNull", "$add", "$literal", "$gt",
+                                         "$concat", "$switch", "$let", "$map", "$and", "$not", "$first"]),
+                        st.one_of(inner, st.lists(inner, max_size=3)), min_size=1, max_size=1),
+        st.dictionaries(st.sampled_from(["if", "then", "else", "a"]), inner, max_size=3),
+    ),
+    max_leaves=10,
+)
 FILTER = st.dictionaries(st.one_of(FIELDS, TOP), st.one_of(VALUE, st.dictionaries(OPS, VALUE, max_size=2)),
                          max_size=3)
 MODIFIERS = st.sampled_from(["$set", "$unset", "$inc", "$rename", "$push", "$setOnInsert", "$currentDate", "$x"])
@@ -64,6 +76,9 @@ COMMANDS = st.one_of(
     st.builds(lambda q, u: {"findAndModify": "coll", "query": q, "update": u}, FILTER, UPDATE),
     st.builds(lambda p: {"aggregate": "coll", "pipeline": p, "cursor": {}}, PIPELINE),
     st.builds(lambda f: {"explain": {"find": "coll", "filter": f}}, FILTER),
+    st.builds(lambda e: {"find": "coll", "filter": {"$expr": e}}, EXPRESSION),
+    st.builds(lambda e, g: {"aggregate": "coll", "pipeline": [{"$project": {"p": e}}, {"$group": {"_id": g}}],
+                            "cursor": {}}, EXPRESSION, EXPRESSION),
     st.builds(lambda v: {"create": "coll", "validator": v}, FILTER),
     st.builds(lambda v: {"createIndexes": "coll", "indexes": [{"key": {"a": 1}, "name": "a",
                                                                "partialFilterExpression": v}]}, FILTER),
