@@ -86,7 +86,8 @@ REFUSED = [
     (find({"age": {"$gte": datetime.datetime(2020, 1, 1)}}), 6720002),
     (find({"when": {"$gte": 5}}), 6720002),
     (find({"d": {"$gte": float("nan")}}), 6991000),
-    (find({"$expr": {"$eq": ["$ssn", "$other"]}}), 6331102),
+    (find({"$expr": {"$eq": ["$ssn", "$other"]}}), 6334105),
+    (find({"$expr": {"$eq": [{"$type": "$ssn"}, "string"]}}), 6331102),
     (find({"$expr": {"$gt": ["$ssn", "a"]}}), 6721409),
     (find({"$expr": {"$concat": ["$ssn", "x"]}}), 6331102),
     (find({"$expr": {"$eq": ["$$ROOT", {}]}}), 31131),
@@ -129,6 +130,9 @@ REFUSED = [
     (agg({"$sort": {"ssn": 1}}), 51201),
     (agg({"$sort": {"a": 1}}), 51201),
     (agg({"$group": {"_id": "$ssn"}}), 51222),
+    (agg({"$group": {"_id": {"k": "$age"}, "a": {"$avg": "$age"}}}), 51222),
+    (agg({"$group": {"_id": None, "n": {"$sum": {"$cond": [{"$eq": [{"$type": "$age"}, "int"]}, 1, 0]}}}}), 6331102),
+    (agg({"$addFields": {"ssn": "$ssn"}}), 6316401),
     (agg({"$group": {"_id": None, "s": {"$avg": "$age"}}}), 51221),
     (agg({"$project": {"x": "$ssn"}}), 6331103),
     (agg({"$addFields": {"ssn": "x"}}), 6331103),
@@ -259,6 +263,23 @@ def test_namespace_mismatch(client):
     assert reply["code"] == 6411900
     assert reply["errmsg"] == ("Namespace in encryptionInformation: 'db.coll' does not match namespace given in "
                                "command: 'db.other'")
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (agg({"$group": {"_id": {"value": "$ssn"}}}),
+     "Cannot group on field '_id.value' which is encrypted with the random algorithm or whose encryption properties "
+     "are not known until runtime"),
+    (find({"$expr": {"$lte": ["$age", "$age"]}}),
+     "Comparison disallowed between Queryable Encryption encrypted fields and non-constant expressions; field 'age' "
+     "is encrypted."),
+    (find({"$expr": {"$gt": [{"$add": ["$age", 1]}, 5]}}),
+     "Invalid reference to an encrypted field within aggregate expression: age"),
+    (find({"when": {"$ne": None}}), "If the value type is a date, the type of the index must also be date"),
+    (agg({"$group": {"_id": None, "a": {"$avg": "$age"}}}), "Accumulator '$avg' cannot aggregate encrypted fields."),
+])
+def test_messages_match_mongocryptd(client, command, message):
+    reply = send(client, command)
+    assert reply["ok"] == 0.0 and message in reply["errmsg"], reply
 
 
 def test_error_messages_carry_no_values(client):

@@ -173,10 +173,13 @@ ERRORS: dict[str, tuple[int, str]] = {
         "Cannot group on field '{path}' which is encrypted with the random algorithm or whose encryption "
         "properties are not known until runtime",
     ),
-    "EXPRESSION": (
-        6331102,
-        "Expression '{op}' on encrypted field '{path}' is not supported with Queryable Encryption",
+    "EXPRESSION": (6331102, "Invalid reference to an encrypted field within aggregate expression: {path}"),
+    "NON_CONSTANT_COMPARISON": (
+        6334105,
+        "Comparison disallowed between Queryable Encryption encrypted fields and non-constant expressions; "
+        "field '{path}' is encrypted.",
     ),
+    "ENCRYPTED_PREFIX_OF_ENCRYPTED": (6316401, "Cannot add an encrypted field as a prefix of another encrypted field"),
     "PROJECTION": (6331103, "Cannot compute field '{path}' over encrypted fields with Queryable Encryption"),
     # commands
     "COMMAND": (115, "Command '{command}' is not supported with Queryable Encryption analysis"),

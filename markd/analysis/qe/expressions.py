@@ -49,7 +49,7 @@ def _check_reference(expression: str, ctx: Context, operator: str) -> None:
         return
     info = ctx.schema.lookup(path)
     if isinstance(info, Encrypted):
-        raise error("EXPRESSION", op=operator, path=path)
+        raise error("EXPRESSION", path=path)
     if isinstance(info, Prefix):
         raise error("PREFIX_REFERENCE", path=path)
     if isinstance(info, Below):
@@ -124,7 +124,7 @@ def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
         left = right
     is_constant, value = _constant(constant_side)
     if not is_constant:
-        raise error("EXPRESSION", op=name, path=field.path)
+        raise error("NON_CONSTANT_COMPARISON", path=field.path)
     if field.algorithm == EQUALITY:
         if name not in ("$eq", "$ne"):
             raise error("EXPR_NEEDS_RANGE")

@@ -14,7 +14,7 @@ from typing import Any
 
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.expressions import field_path, mark_expression, references_encrypted
+from markd.analysis.qe.expressions import field_path, mark_expression
 from markd.analysis.qe.fields import Below, Encrypted, EncryptedFields, Plain, Prefix
 from markd.analysis.qe.match import mark_filter
 
@@ -65,11 +65,15 @@ def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, pref
         if isinstance(value, Mapping) and value and not next(iter(value)).startswith("$"):
             marked[key] = _projection(value, ctx, computed_only, path)
             continue
+        reads = field_path(value)
+        copies_ciphertext = reads is not None and not isinstance(ctx.schema.lookup(reads), Plain)
         if not isinstance(ctx.schema.lookup(path), Plain):
+            if copies_ciphertext:
+                # e.g. {$addFields: {f: "$f"}}: mongocryptd refuses the encrypted field over an encrypted field.
+                raise error("ENCRYPTED_PREFIX_OF_ENCRYPTED")
             # Overwriting an encrypted field (or an object holding one) with a computed value.
             raise error("PROJECTION", path=path)
-        reads = field_path(value)
-        if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+        if copies_ciphertext:
             # A computed field that copies ciphertext would be an encrypted field markd no longer knows.
             raise error("PROJECTION", path=path)
         marked[key] = mark_expression(value, ctx, "$project")
@@ -86,18 +90,40 @@ def _unset(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     return spec, ctx
 
 
+def _group_key_reference(key: Any, ctx: Context) -> str | None:
+    """The name mongocryptd gives an encrypted group key: `_id` for `"$f"`, `_id.k` for `{k: "$f"}`."""
+    path = field_path(key)
+    if path is not None:
+        return "_id" if not isinstance(ctx.schema.lookup(path), Plain) else None
+    if isinstance(key, Mapping) and not (key and next(iter(key)).startswith("$")):
+        for name, value in key.items():
+            inner = _group_key_reference(value, ctx)
+            if inner is not None:
+                return f"_id.{name}" if inner == "_id" else f"_id.{name}{inner[3:]}"
+    return None
+
+
 def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """Group keys and accumulators over encrypted fields are refused (the key first, as mongocryptd does)."""
     if not isinstance(spec, Mapping) or "_id" not in spec:
         raise error("MALFORMED", detail="a group specification must include an _id")
-    for key, value in spec.items():
-        if references_encrypted(value, ctx):
-            if key == "_id":
-                path = field_path(value) if isinstance(value, str) else None
-                raise error("GROUP_KEY", path=f"_id.{path}" if path else "_id")
-            operator = next(iter(value)) if isinstance(value, Mapping) and value else key
+    encrypted_key = _group_key_reference(spec["_id"], ctx)
+    if encrypted_key is not None:
+        raise error("GROUP_KEY", path=encrypted_key)
+    marked: dict[str, Any] = {"_id": mark_expression(spec["_id"], ctx, "$group")}
+    for key, accumulator in spec.items():
+        if key == "_id":
+            continue
+        if not isinstance(accumulator, Mapping) or len(accumulator) != 1:
+            raise error("MALFORMED", detail=f"accumulator '{key}' must be an object with one operator")
+        operator, argument = next(iter(accumulator.items()))
+        reads = field_path(argument)
+        if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
             raise error("ACCUMULATOR", op=operator)
+        # A nested expression names its encrypted reference itself (6331102).
+        marked[key] = {operator: mark_expression(argument, ctx, operator)}
     # Accumulators over plain fields only: nothing encrypted leaves a $group.
-    return mark_expression(dict(spec), ctx, "$group"), _empty(ctx)
+    return {k: marked[k] for k in spec}, _empty(ctx)
 
 
 def _unwind(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:

@@ -80,10 +80,11 @@ def range_value(field: EncryptedField, value: Any) -> Any:
     """`value` checked and coerced to the range index's type (int <-> long only, as the server allows)."""
     value_type = bsonvalues.bson_type(value)
     field_type = field.bson_type
-    if value_type not in ("int", "long", "double", "decimal", "date"):
-        raise error("RANGE_VALUE_TYPE", type=value_type)
+    # mongocryptd checks date against non-date before anything else (so `$ne: null` on a date field is 6720002).
     if (value_type == "date") != (field_type == "date"):
         raise error("DATE_MISMATCH")
+    if value_type not in ("int", "long", "double", "decimal", "date"):
+        raise error("RANGE_VALUE_TYPE", type=value_type)
     if value_type != field_type and {value_type, field_type} & {"double", "decimal"}:
         raise error("NO_COERCION")
     if is_nan(value):
