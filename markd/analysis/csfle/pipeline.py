@@ -118,6 +118,14 @@ def with_path(root: SchemaNode, path: str, child: SchemaNode) -> SchemaNode:
     return node(None, properties, root.patterns, root.additional)
 
 
+def _with_computed(root: SchemaNode, path: str, child: SchemaNode) -> SchemaNode:
+    """A computed field: on a dotted path it may land inside array elements, so encryption there is unknown."""
+    parts = paths.split(path)
+    if len(parts) > 1 and child.may_hold_encryption:
+        return with_path(root, parts[0], UNKNOWN_NODE)
+    return with_path(root, path, child)
+
+
 def _value_node(value: Value) -> SchemaNode:
     """The schema of a computed field holding `value`."""
     if value.kind == DOCUMENT:
@@ -195,7 +203,7 @@ def _project(name: str, spec: Any, current: SchemaNode, context: PipelineContext
         else:
             expression, result = _computed(analysis, value)
             serialized[path] = expression
-            out = with_path(out, path, _value_node(result))
+            out = _with_computed(out, path, _value_node(result))
     return [{"$project": serialized}], out
 
 
@@ -220,7 +228,7 @@ def _add_fields(name: str, spec: Any, current: SchemaNode, context: PipelineCont
     for path, value in spec.items():
         expression, result = _computed(analysis, value)
         serialized[path] = expression
-        out = with_path(out, path, _value_node(result))
+        out = _with_computed(out, path, _value_node(result))
     return [{name: serialized}], out
 
 
