@@ -311,10 +311,17 @@ def _bulk_write(command: dict[str, Any], schemas: Schemas, database: str) -> dic
     if not isinstance(ops, list):
         fail("bad_field_type", field="bulkWrite.ops", actual="other", expected="array")
     schema = schemas.own
+    infos = command.get("nsInfo")
+    if not isinstance(infos, list) or len(infos) != 1:
+        # The one schema sent describes one namespace: an op on another would be checked against
+        # the wrong rules.
+        fail("bulk_single_namespace")
     marked: list[Any] = []
     for op in ops:
         if not is_document(op):
             fail("bad_field_type", field="bulkWrite.ops", actual="other", expected="object")
+        if any(op.get(kind, 0) != 0 for kind in ("insert", "update", "delete")):
+            fail("bulk_single_namespace")
         entry = dict(op)
         if "insert" in op:
             entry["document"] = _insert_documents([op.get("document")], schema)[0]

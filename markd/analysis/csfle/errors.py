@@ -145,6 +145,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "validator_compare": (6491100, "Comparison to encrypted fields not supported in collection validator."),
     "validator_schema": (6491101, "validator with $jsonSchema must be identical to FLE 1 jsonSchema parameter."),
     "partial_filter_compare": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
+    "bulk_single_namespace": (2, "BulkWrite with automatic encryption supports only a single namespace"),  # markd's
     "view": (7501300, "Creating a view is not supported with automatic encryption"),
     # match language
     "null_equality": (51095, "Illegal equality to null predicate for encrypted field: '{path}'"),
