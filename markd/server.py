@@ -270,7 +270,7 @@ class MarkdServer:
         try:
             query = bsonvalues.decode(message.query)
         except InvalidBSON as exc:
-            raise ProtocolError(f"invalid OP_QUERY: {exc}") from exc
+            raise ProtocolError("invalid OP_QUERY: InvalidBSON") from exc
         # Drivers wrap a legacy command with read preference as {$query: {...}}.
         if "$query" in query and isinstance(query["$query"], dict):
             query = query["$query"]

@@ -191,6 +191,19 @@ def test_kind1_sequence_is_merged_before_analysis(daemon):
         assert reply["ok"] == 0 and "Duplicate field documents" in reply["errmsg"]
 
 
+def test_date_outside_pythons_range_is_not_invalid_bson(daemon):
+    from bson.datetime_ms import DatetimeMS
+
+    far = DatetimeMS(2**62)
+    command = {"find": "c", "filter": {"d": far}, "jsonSchema": {}, "isRemoteSchema": False, "$db": "db"}
+    with RawConnection(daemon.port) as connection:
+        reply = connection.command(command)
+    assert reply.get("code") not in PROTOCOL_ERROR_CODES, reply
+    if reply["ok"] == 1:
+        marked = reply["result"]["filter"]["d"]  # mongocryptd writes {d: v} as {d: {$eq: v}}
+        assert far in (marked, marked.get("$eq") if isinstance(marked, dict) else None)
+
+
 def test_more_to_come_gets_no_reply(daemon):
     with RawConnection(daemon.port) as connection:
         connection.send(op_msg_frame({"ping": 1, "$db": "admin"}, request_id=1, flags=2))

@@ -297,3 +297,13 @@ def test_command_error_reply_shape():
     error = CommandError(282, "OP_MSG checksum does not match contents")
     assert error.to_reply()["codeName"] == "Location282"
     assert CommandError(59, "x").to_reply() == {"ok": 0.0, "errmsg": "x", "code": 59, "codeName": "CommandNotFound"}
+
+
+def test_dates_outside_pythons_range_are_valid_bson():
+    from bson.datetime_ms import DatetimeMS
+
+    far = {"d": DatetimeMS(2**62), "e": DatetimeMS(-(2**62))}
+    message = parsed_msg(op_msg_frame({"find": "c", "filter": far, "$db": "db"},
+                                      sequences=[("documents", [far])]))
+    assert message.error is None
+    assert isinstance(parse_message(op_query_frame({"ismaster": 1, **far})), OpQuery)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON
 
 from markd.errors import CommandError
@@ -39,6 +40,10 @@ _HEADER = struct.Struct("<iiii")
 _INT32 = struct.Struct("<i")
 _UINT32 = struct.Struct("<I")
 _OP_REPLY_PREFIX = struct.Struct("<iqii")
+
+# Validation only: dates stay integers, so a date outside Python's datetime range (legal BSON, e.g. a
+# range index's max) is not mistaken for a malformed document.
+_VALIDATE = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_MS)
 
 _COMPRESSOR_NOOP = 0
 _COMPRESSOR_ZLIB = 2
@@ -196,14 +201,14 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
             raise ValueError("OP_MSG does not contain a body")
         command = _merge_sequences(body, sequences)
         # Validates every nested document and string; the analysis decodes it again from these bytes.
-        keys = list(bson.decode(body).keys())
+        keys = list(bson.decode(body, _VALIDATE).keys())
         for name, _ in sequences:
             if "." in name or name in keys:
                 raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
             keys.append(name)
         for _, docs in sequences:
             for doc in docs:
-                bson.decode(doc)
+                bson.decode(doc, _VALIDATE)
     except (ValueError, InvalidBSON, UnicodeDecodeError, struct.error) as exc:
         return OpMsg(request_id, flags, b"", CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
@@ -217,9 +222,10 @@ def _parse_op_query(frame: bytes, request_id: int) -> OpQuery:
         offset += 8  # numberToSkip, numberToReturn
         size = _bson_size(frame, offset, end)
         query = frame[offset : offset + size]
-        bson.decode(query)
+        bson.decode(query, _VALIDATE)
     except (ValueError, InvalidBSON, UnicodeDecodeError, struct.error) as exc:
-        raise ProtocolError(f"invalid OP_QUERY: {exc}") from exc
+        # The type only: this reason is logged, and a decoder's message may quote the document.
+        raise ProtocolError(f"invalid OP_QUERY: {type(exc).__name__}") from exc
     return OpQuery(request_id, flags, collection, query)
 
 

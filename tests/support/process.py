@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bson
+from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import MongoClient
 
 # The console script next to this interpreter (the venv's bin/), as drivers find it on PATH.
@@ -186,6 +187,10 @@ def compressed_frame(frame: bytes, compressor: int) -> bytes:
     return _HEADER.pack(16 + len(body), request_id, response_to, OP_COMPRESSED) + body
 
 
+# Dates outside Python's range come back as DatetimeMS instead of failing the test's decoder.
+_REPLY_OPTIONS = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+
+
 @dataclass
 class Reply:
     request_id: int
@@ -228,7 +233,7 @@ class RawConnection:
             body = payload[20:]
         else:
             raise AssertionError(f"unexpected reply opCode {op_code}")
-        return Reply(request_id, response_to, op_code, bson.decode(body))
+        return Reply(request_id, response_to, op_code, bson.decode(body, _REPLY_OPTIONS))
 
     def command(self, command: dict[str, object], request_id: int = 1) -> dict[str, object]:
         self.send(op_msg_frame(command, request_id=request_id))
