@@ -133,6 +133,17 @@ REFUSED = [
     (agg({"$group": {"_id": {"k": "$age"}, "a": {"$avg": "$age"}}}), 51222),
     (agg({"$group": {"_id": None, "n": {"$sum": {"$cond": [{"$eq": [{"$type": "$age"}, "int"]}, 1, 0]}}}}), 6331102),
     (agg({"$addFields": {"ssn": "$ssn"}}), 6316401),
+    (agg({"$sortByCount": "$ssn"}), 51222),
+    (agg({"$bucketAuto": {"groupBy": "$age", "buckets": 2}}), 51238),
+    (agg({"$bucket": {"groupBy": "$x", "boundaries": [0, 5], "output": {"a": {"$avg": "$age"}}}}), 51221),
+    (agg({"$replaceRoot": {"newRoot": "$a"}}), 31011),
+    (agg({"$replaceWith": {"$mergeObjects": ["$$ROOT", {"x": 1}]}}), 31131),
+    (agg({"$geoNear": {"near": [0, 0], "distanceField": "ssn"}}), 31011),
+    (agg({"$geoNear": {"near": [0, 0], "distanceField": "dist", "query": {"notes": "x"}}}), 63165),
+    (agg({"$graphLookup": {"from": "coll", "startWith": "$ssn", "connectFromField": "x", "connectToField": "y",
+                           "as": "z"}}), 31011),
+    (agg({"$redact": "$$KEEP"}), 31011),
+    (agg({"$facet": {"a": []}}), 31011),
     (agg({"$group": {"_id": None, "s": {"$avg": "$age"}}}), 51221),
     (agg({"$project": {"x": "$ssn"}}), 6331103),
     (agg({"$addFields": {"ssn": "x"}}), 6331103),
@@ -291,6 +302,17 @@ def test_error_messages_carry_no_values(client):
 
 
 # ---------------------------------------------------------------------------------------------- accepted shapes
+
+
+def test_stages_over_plain_fields_are_allowed(client):
+    reply = send(client, agg({"$sortByCount": "$x"}, {"$match": {"ssn": "not encrypted after a group"}}))
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is False
+    reply = send(client, agg({"$bucketAuto": {"groupBy": "$x", "buckets": 2}}))
+    assert reply["ok"] == 1.0
+    reply = send(client, agg({"$replaceRoot": {"newRoot": "$plain"}}, {"$match": {"ssn": "z"}}))
+    assert reply["ok"] == 1.0 and reply["result"]["pipeline"][1] == {"$match": {"ssn": {"$eq": "z"}}}
+    reply = send(client, agg({"$geoNear": {"near": [0, 0], "distanceField": "dist", "query": {"ssn": "x"}}}))
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True
 
 
 def test_nothing_encrypted_passes_through(client):

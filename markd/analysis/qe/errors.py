@@ -167,6 +167,7 @@ ERRORS: dict[str, tuple[int, str]] = {
         51207, "'foreignField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."
     ),
     "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
+    "GROUP_BY": (51238, "'groupBy' expression cannot reference encrypted fields or their prefixes."),
     "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
     "GROUP_KEY": (
         51222,

@@ -172,6 +172,78 @@ def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     return marked, ctx.with_schema(EncryptedFields(ctx.schema.namespace, ctx.schema.fields + rerooted))
 
 
+def _plain_expression(expression: Any, ctx: Context, key: str) -> Any:
+    """An expression whose value becomes a group key: refused if it reads anything encrypted."""
+    reads = field_path(expression)
+    if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+        raise error(key)
+    return mark_expression(expression, ctx, "$group")
+
+
+def _sort_by_count(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    reads = field_path(spec)
+    if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+        raise error("GROUP_KEY", path="_id")
+    return mark_expression(spec, ctx, name), _empty(ctx)
+
+
+def _bucket(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """$bucket/$bucketAuto group like $group: by a plain expression, accumulating plain fields."""
+    if not isinstance(spec, Mapping) or "groupBy" not in spec:
+        raise error("MALFORMED", detail=f"{name} requires 'groupBy'")
+    marked = dict(spec)
+    marked["groupBy"] = _plain_expression(spec["groupBy"], ctx, "GROUP_BY")
+    if "output" in spec:
+        output, _ = _group("$group", {"_id": None, **spec["output"]}, ctx)
+        marked["output"] = {k: v for k, v in output.items() if k != "_id"}
+    return marked, _empty(ctx)
+
+
+def _replace_root(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """A new root computed from plain fields only: nothing encrypted after it."""
+    new_root = spec.get("newRoot") if name == "$replaceRoot" and isinstance(spec, Mapping) else spec
+    reads = field_path(new_root)
+    if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+        raise error("STAGE", stage=name)
+    marked_root = mark_expression(new_root, ctx, name)
+    return ({"newRoot": marked_root} if name == "$replaceRoot" else marked_root), _empty(ctx)
+
+
+def _geo_near(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    if not isinstance(spec, Mapping):
+        raise error("MALFORMED", detail="$geoNear specification must be an object")
+    marked = dict(spec)
+    for option in ("key", "distanceField", "includeLocs"):
+        path = spec.get(option)
+        if isinstance(path, str) and not isinstance(ctx.schema.lookup(path), Plain):
+            raise error("STAGE", stage=name)
+    if "query" in spec:
+        marked["query"] = mark_filter(spec["query"], ctx)
+    return marked, ctx
+
+
+def _graph_lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """Recursive joins compare values server-side: allowed only between plain fields of plain collections."""
+    if not isinstance(spec, Mapping):
+        raise error("MALFORMED", detail="$graphLookup specification must be an object")
+    foreign = spec.get("from")
+    foreign_schema = ctx.information.schemas.get(f"{ctx.database}.{foreign}") if isinstance(foreign, str) else None
+    if foreign_schema is None and any(s.encrypts_anything for s in ctx.information.schemas.values()):
+        raise error("MISSING_SCHEMA", namespace=f"{ctx.database}.{foreign}")
+    if foreign_schema is not None and foreign_schema.encrypts_anything:
+        raise error("STAGE", stage=name)
+    start = spec.get("startWith")
+    reads = field_path(start)
+    if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+        raise error("STAGE", stage=name)
+    output = spec.get("as")
+    if not isinstance(output, str) or not isinstance(ctx.schema.lookup(output), Plain):
+        raise error("PROJECTION", path=output)
+    marked = dict(spec)
+    marked["startWith"] = mark_expression(start, ctx, name)
+    return marked, ctx
+
+
 def _opaque(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     """Stages markd does not analyse: allowed only while nothing encrypted is in play."""
     if ctx.schema.encrypts_anything:
@@ -197,15 +269,15 @@ STAGES: dict[str, StageRule] = {
     "$unwind": _unwind,
     "$lookup": _lookup,
     "$facet": _opaque,
-    "$replaceRoot": _opaque,
-    "$replaceWith": _opaque,
-    "$bucket": _opaque,
-    "$bucketAuto": _opaque,
-    "$sortByCount": _opaque,
-    "$graphLookup": _opaque,
+    "$replaceRoot": _replace_root,
+    "$replaceWith": _replace_root,
+    "$bucket": _bucket,
+    "$bucketAuto": _bucket,
+    "$sortByCount": _sort_by_count,
+    "$graphLookup": _graph_lookup,
     "$unionWith": _opaque,
     "$redact": _opaque,
-    "$geoNear": _opaque,
+    "$geoNear": _geo_near,
     "$out": _opaque,
     "$merge": _opaque,
     "$setWindowFields": _opaque,
