@@ -407,3 +407,16 @@ def test_lookup_sub_pipeline_uses_the_joined_collections_fields(qe):
         {"$lookup": {"from": "other", "pipeline": [{"$match": {"e2": "b"}}], "as": "matched"}}], "cursor": {}})
     assert found == {"pipeline.0.$lookup.pipeline.0.$match.e2.$eq": FIND_EQUALITY}
     assert marked["pipeline.0.$lookup.pipeline.0.$match.e2.$eq"]["ki"] == keys["other.e2"]
+
+
+@pytest.mark.parametrize(("command", "location", "payload"), [
+    ({"count": "coll", "query": {"eq": "a"}}, "query.eq.$eq", FIND_EQUALITY),
+    ({"distinct": "coll", "key": "plain", "query": {"ri": {"$lt": 9}}}, "query.ri.$lt", FIND_RANGE),
+    ({"delete": "coll", "deletes": [{"q": {"eqLong": Int64(3)}, "limit": 1}]}, "deletes.0.q.eqLong.$eq",
+     FIND_EQUALITY),
+    ({"findAndModify": "coll", "query": {"tsub": {"$exists": True}}, "update": {"tsub": "replacement"}},
+     "update.tsub", INSERT_PAYLOAD),
+])
+def test_other_commands(qe, command, location, payload):
+    _, found = run(qe, command)
+    assert found == {location: payload}
