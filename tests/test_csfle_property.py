@@ -160,3 +160,25 @@ def test_equality_find_marks_or_refuses(client, tree, value, name):
         check_marked(value, compared[name]["$eq"], {("i" if k == "_id" else k): v for k, v in spec[1].items()})
     else:
         assert bsonvalues.encode({"v": compared}) == bsonvalues.encode({"v": {name: {"$eq": value}}})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), tree=TREES, well_typed=st.booleans())
+def test_set_marks_exactly_the_encrypted_paths(client, data, tree, well_typed):
+    """$set of a document's fields: the same marking as an insert of it (or a refusal)."""
+    if not schema_allows(tree):
+        return
+    document = data.draw(documents(tree, well_typed))
+    document.pop("_id", None)
+    if not document:
+        return
+    command = {"update": "coll", "updates": [{"q": {}, "u": {"$set": document}}],
+               "jsonSchema": to_json_schema(tree), "isRemoteSchema": True}
+    reply = raw_command(client, "db", command)
+    if reply["ok"] != 1.0:
+        assert not well_typed, (reply, document)
+        assert reply["code"] in REFUSALS | {51159}, reply
+        return
+    marked = reply["result"]["updates"][0]["u"]["$set"]
+    # mongod writes $set paths back in order; compare as the insert would, in that order.
+    check_marked({name: document[name] for name in marked}, marked, tree)
