@@ -12,6 +12,8 @@ import bson
 import pytest
 from bson import Code, Int64, Regex, Timestamp
 from bson.binary import Binary
+from pymongocrypt.options import MongoCryptOptions
+from pymongocrypt.synchronous.auto_encrypter import AutoEncrypter
 
 from markd.analysis.csfle import schema as schema_module
 from tests.support.crypt import CryptDriver
@@ -471,3 +473,28 @@ def test_parsed_schemas_are_cached():
     again = schema_module.parse(schema, False)
     assert schema_module.cache_stats() == (hits + 1, misses)
     assert again.metadata_for("cache_probe").algorithm == 2
+
+
+def test_libmongocrypt_lookup_across_collections(markd):
+    """libmongocrypt sends csfleEncryptionSchemas for a $lookup; markd marks with the right schemas."""
+    crypt = CryptDriver(markd.uri)
+    _requested_keys_only(crypt)
+    try:
+        key = crypt.create_key()
+        schema = schema_for(key)
+        crypt.schema_map = {f"{DB}.coll": schema, f"{DB}.other": {"bsonType": "object", "properties": {
+            "ssn": schema["properties"]["ssn"]}}}
+        # CryptDriver leaves libmongocrypt's multi-collection support off; a $lookup needs it.
+        crypt._auto = AutoEncrypter(crypt.callback, MongoCryptOptions(
+            crypt.kms_providers, schema_map=bson.encode(crypt.schema_map), enable_multiple_collinfo=True))
+        command = {"aggregate": "coll", "pipeline": [
+            {"$match": {"ssn": "a"}},
+            {"$lookup": {"from": "other", "localField": "ssn", "foreignField": "ssn", "as": "j"}}], "cursor": {}}
+        encrypted = crypt.encrypt(DB, command)
+        sent = crypt.exchanges[-1].sent
+        assert "csfleEncryptionSchemas" in sent, sent
+        ciphertext = encrypted["pipeline"][0]["$match"]["ssn"]["$eq"]
+        assert crypt.decrypt_value(ciphertext) == "a"
+        assert encrypted["pipeline"][1] == command["pipeline"][1]
+    finally:
+        crypt.close()
