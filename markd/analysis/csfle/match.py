@@ -16,6 +16,7 @@ from bson import Regex
 from bson.json_util import dumps
 
 from markd.analysis.csfle.errors import fail
+from markd.analysis.csfle.ordering import sorted_set
 from markd.analysis.csfle.placeholders import MarkContext, mark_value
 from markd.analysis.csfle.schema import PREFIX, UNKNOWN, Encrypted, Metadata
 from markd.analysis.csfle.walk import is_document, mark_document, touches_encryption
@@ -86,26 +87,30 @@ def _ne(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, 
 
 
 def _in_values(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[Any]:
+    """The $in list as mongod writes it back: equalities sorted and deduplicated (after marking), then regexes."""
     if not isinstance(leaf.value, list):
         fail("in_not_array" if leaf.op == "$in" else "nin_not_array")
-    values: list[Any] = []
+    equalities: list[Any] = []
+    regexes: list[Any] = []
     for element in leaf.value:
         if isinstance(metadata, Encrypted):
             if _is_regex(element):
                 fail("regex_in", path=leaf.path)
             if element is None:
                 fail("null_in", path=leaf.path)
-            values.append(mark_value(metadata, element, leaf.path, _compare_context(context)))
+            equalities.append(mark_value(metadata, element, leaf.path, _compare_context(context)))
+        elif metadata is UNKNOWN:
+            fail("unknown_path", path=leaf.path)
+        elif _is_regex(element):
+            regexes.append(element)
         elif metadata is PREFIX:
             if isinstance(element, list):
                 fail("in_array_prefix", path=leaf.path, element=render({"": element})[6:-1])
-            values.append(mark_document(element, leaf.path, _compare_context(context))
-                          if is_document(element) else element)
-        elif metadata is UNKNOWN:
-            fail("unknown_path", path=leaf.path)
+            equalities.append(mark_document(element, leaf.path, _compare_context(context))
+                              if is_document(element) else element)
         else:
-            values.append(element)
-    return values
+            equalities.append(element)
+    return [*sorted_set(equalities), *regexes]
 
 
 def _in(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:
