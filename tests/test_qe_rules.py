@@ -407,3 +407,66 @@ def test_bulk_write_refused(command, code):
     with pytest.raises(CommandError) as raised:
         qe.mark(command)
     assert raised.value.code == code
+
+
+# ---------------------------------------------------------------------------------------------- range shapes
+# Where mongocryptd puts range placeholders (paths into the marked filter), as its own query-analysis tests
+# show: merged ranges come after the other predicates of their $and, by path; a $and left holding only a
+# merged range is flattened into it; an explicit $and around one predicate stays.
+
+RANGE_FIELDS = [
+    {"path": "age", "keyId": KEYS["age"], "bsonType": "int",
+     "queries": {"queryType": "range", "contention": Int64(0), "sparsity": Int64(1), "min": 0, "max": 200}},
+    {"path": "salary", "keyId": KEYS["salary"], "bsonType": "int",
+     "queries": {"queryType": "range", "contention": Int64(0), "sparsity": Int64(1), "min": 0, "max": 1000000}},
+    {"path": "ssn", "keyId": KEYS["ssn"], "bsonType": "string",
+     "queries": {"queryType": "equality", "contention": Int64(0)}},
+    {"path": "when", "keyId": KEYS["when"], "bsonType": "date",
+     "queries": {"queryType": "range", "contention": Int64(0), "sparsity": Int64(1),
+                 "min": datetime.datetime(1980, 1, 1), "max": datetime.datetime(2022, 1, 1)}},
+]
+WHEN = datetime.datetime(2002, 12, 4)
+
+
+@pytest.mark.parametrize(("filter_", "paths"), [
+    ({"age": {"$gt": 5}}, [("age", "$gt")]),
+    ({"age": {"$gte": 23, "$lte": 35}}, [("$and", 0, "age", "$gte"), ("$and", 1, "age", "$lte")]),
+    ({"age": {"$gt": 23, "$lt": 35}}, [("$and", 0, "age", "$gt"), ("$and", 1, "age", "$lt")]),
+    ({"$and": [{"age": {"$gte": 23}}, {"age": {"$lte": 35}}]},
+     [("$and", 0, "age", "$gte"), ("$and", 1, "age", "$lte")]),
+    ({"$and": [{"age": {"$gte": 23}}, {"age": {"$lte": 35}}, {"salary": {"$gte": 5}}, {"salary": {"$lte": 7}}]},
+     [("$and", 0, "$and", 0, "age", "$gte"), ("$and", 0, "$and", 1, "age", "$lte"),
+      ("$and", 1, "$and", 0, "salary", "$gte"), ("$and", 1, "$and", 1, "salary", "$lte")]),
+    ({"$and": [{"age": {"$gte": 23, "$lte": 35}}, {"ssn": "1"}]},
+     [("$and", 0, "$and", 0, "age", "$gte"), ("$and", 0, "$and", 1, "age", "$lte"), ("$and", 1, "ssn", "$eq")]),
+    ({"$and": [{"age": {"$gte": 23}}, {"age": {"$lte": 35}}, {"karma": {"$gte": 5}}, {"karma": {"$lte": 7}}]},
+     [("$and", 2, "$and", 0, "age", "$gte"), ("$and", 2, "$and", 1, "age", "$lte")]),
+    ({"salary": {"$eq": 23}}, [("$and", 0, "salary", "$gte"), ("$and", 1, "salary", "$lte")]),
+    ({"$and": [{"salary": {"$gt": 10020}}, {"age": {"$eq": 35}}]},
+     [("$and", 0, "$and", 0, "age", "$gte"), ("$and", 0, "$and", 1, "age", "$lte"), ("$and", 1, "salary", "$gt")]),
+    ({"$and": [{"when": {"$lt": WHEN}}]}, [("$and", 0, "when", "$lt")]),
+    ({"$and": [{"when": {"$gt": WHEN}}]}, [("$and", 0, "when", "$gt")]),
+    ({"age": {"$in": [10, 20]}}, [("$or", 0, "$and", 0, "age", "$gte"), ("$or", 0, "$and", 1, "age", "$lte"),
+                                  ("$or", 1, "$and", 0, "age", "$gte"), ("$or", 1, "$and", 1, "age", "$lte")]),
+    ({"$or": [{"$and": [{"age": {"$gt": 20}}, {"age": {"$lt": 10}}]},
+              {"$and": [{"age": {"$gt": 90}}, {"age": {"$lt": 100}}]}]},
+     [("$or", 1, "$and", 0, "age", "$gt"), ("$or", 1, "$and", 1, "age", "$lt")]),
+    ({"$and": [{"karma": {"$gte": 5}}, {"karma": {"$lte": 7}}]}, []),
+    ({"$and": [{"age": {"$gt": 50}}, {"age": {"$lt": 25}}]}, []),
+])
+def test_range_placeholder_positions(client, filter_, paths):
+    reply = send(client, find(filter_), RANGE_FIELDS)
+    assert reply["ok"] == 1.0, reply
+    assert reply["hasEncryptionPlaceholders"] is bool(paths)
+    for path in paths:
+        node: Any = reply["result"]["filter"]
+        for step in path:
+            node = node[step]
+        assert isinstance(node, Binary) and node.subtype == 6, (path, reply["result"]["filter"])
+
+
+def test_plain_explicit_and_of_one_predicate_stays(client):
+    reply = send(client, find({"$and": [{"x": 1}]}))
+    assert reply["result"]["filter"] == {"$and": [{"x": {"$eq": 1}}]}
+    reply = send(client, find({"x": 1, "age": {"$gt": 50, "$lt": 25}}))
+    assert reply["result"]["filter"] == {"$alwaysFalse": 1}

@@ -99,7 +99,11 @@ def _top_level_operator(key: str, value: Any, ctx: Context) -> list[Node]:
             # A one-predicate sub-document is that predicate: ranges in sibling sub-documents still merge.
             children.extend(nodes if len(nodes) == 1 else [_wrap(_finish_and(nodes, ctx))])
         finished = _finish_and(children, ctx)
-        return [finished[0] if len(finished) == 1 else {"$and": finished}]
+        if finished == [ALWAYS_FALSE] or (len(finished) == 1 and isinstance(finished[0], RangeAnd)):
+            # An $and left holding only a merged range is that range's own $and (mongocryptd flattens it).
+            return [finished[0]]
+        # Otherwise the explicit $and stays, even around a single predicate, as the server serialises it.
+        return [{"$and": finished}]
     if key in ("$or", "$nor"):
         return [{key: [_wrap(_and_level(sub, ctx)) for sub in _subfilters(key, value)]}]
     if key == "$expr":
@@ -342,8 +346,16 @@ def _encrypted(field: EncryptedField, operator: str, operand: Any, ctx: Context)
 # ---------------------------------------------------------------------------------------------- ranges
 
 
+class RangeAnd(dict):  # type: ignore[type-arg]
+    """`{$and: [{f: {$gte: FULL}}, {f: {$lte: STUB}}]}`: a two-sided range, which an enclosing $and flattens."""
+
+
+ALWAYS_FALSE = {"$alwaysFalse": 1}
+
+
 def _finish_and(nodes: list[Node], ctx: Context) -> list[dict[str, Any]]:
-    """Serialise an AND node's children: other predicates in place, each range field's interval last."""
+    """Serialise an AND node's children: other predicates in place, then each range field's interval,
+    by path order (as mongocryptd re-adds them); an empty interval makes the whole AND false."""
     finished: list[dict[str, Any]] = []
     ranges: dict[str, list[RangeComparison]] = {}
     for node in nodes:
@@ -351,8 +363,12 @@ def _finish_and(nodes: list[Node], ctx: Context) -> list[dict[str, Any]]:
             ranges.setdefault(node.field.path, []).append(node)
         else:
             finished.append(node)
-    for comparisons in ranges.values():
-        finished.extend(_range_predicates(comparisons[0].field, comparisons, ctx))
+    for path in sorted(ranges):
+        comparisons = ranges[path]
+        predicates = _range_predicates(comparisons[0].field, comparisons, ctx)
+        if predicates == [ALWAYS_FALSE]:
+            return [dict(ALWAYS_FALSE)]
+        finished.extend(predicates)
     return finished
 
 
@@ -396,7 +412,7 @@ def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison],
     if lower is not None and upper is not None:
         low, high = numeric(lower[0]), numeric(upper[0])
         if low > high or (low == high and not (lower[1] and upper[1])):
-            return [{"$alwaysFalse": 1}]
+            return [dict(ALWAYS_FALSE)]
         if not _within(field, lower[0]):
             raise error("LOWER_OUT_OF_BOUNDS")
         if not _within(field, upper[0]):
@@ -407,10 +423,10 @@ def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison],
         full = placeholders.range_find_placeholder(field, lower[0], lower[1], upper[0], upper[1], payload_id, first,
                                                    second)
         stub = placeholders.range_stub_placeholder(field, payload_id, first, second)
-        return [{"$and": [
+        return [RangeAnd({"$and": [
             {path: {"$gte" if lower[1] else "$gt": ctx.marked(full)}},
             {path: {"$lte" if upper[1] else "$lt": ctx.marked(stub)}},
-        ]}]
+        ]})]
     payload_id = ctx.payload_id()
     if lower is not None:
         if not _within(field, lower[0]):
