@@ -103,9 +103,8 @@ class ExpressionAnalysis:
         if isinstance(expression, str) and expression.startswith("$"):
             return self._field(expression)
         if isinstance(expression, list):
-            # An encrypted value copied into an array stays a ciphertext: nothing to refuse.
-            items = [self._analyse(item) for item in expression]
-            return [serialized for serialized, _ in items], Value(EVALUATED)
+            # mongocryptd evaluates what goes into an array literal: no encrypted value may.
+            return [self.evaluated(item, ARRAY_LITERAL) for item in expression], Value(EVALUATED)
         if is_document(expression):
             if expression and next(iter(expression)).startswith("$"):
                 if len(expression) != 1:
@@ -223,8 +222,8 @@ class ExpressionAnalysis:
                 state.reconcile(value.path, value.metadata)
             return out
         if isinstance(operand, list):
-            state.ensure_not_encrypted("formation of an array literal")
-            return [self.evaluated(item, "formation of an array literal") for item in operand]
+            state.ensure_not_encrypted(ARRAY_LITERAL)
+            return [self.evaluated(item, ARRAY_LITERAL) for item in operand]
         if is_document(operand) and operand and next(iter(operand)).startswith("$"):
             op, argument = next(iter(operand.items()))
             if op in ("$literal", "$const"):
@@ -261,6 +260,7 @@ class _Constant:
 
 
 IN_WITHOUT_ARRAY = "an $in comparison without an array literal"
+ARRAY_LITERAL = "formation of an array literal"
 _PLAIN = "plain"
 
 
