@@ -3,11 +3,14 @@ OP_COMPRESSED and reply encoding."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 
 import bson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from markd.errors import CommandError
 from markd.wire import codec
@@ -307,3 +310,24 @@ def test_dates_outside_pythons_range_are_valid_bson():
                                       sequences=[("documents", [far])]))
     assert message.error is None
     assert isinstance(parse_message(op_query_frame({"ismaster": 1, **far})), OpQuery)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: "\x00" not in k and k != "$db"),
+                                st.one_of(st.integers(-(2**31), 2**31 - 1), st.text(max_size=20)), max_size=4),
+                min_size=1, max_size=5),
+       st.lists(st.integers(1, 64), min_size=1, max_size=20))
+def test_frame_reader_is_indifferent_to_how_the_stream_is_cut(documents, cuts):
+    frames = [op_msg_frame({"ping": 1, **doc, "$db": "a"}, request_id=i) for i, doc in enumerate(documents)]
+    stream = b"".join(frames)
+    reader = FrameReader()
+    out: list[bytes] = []
+    offset = 0
+    for size in itertools.cycle(cuts):
+        if offset >= len(stream):
+            break
+        out += reader.feed(stream[offset : offset + size])
+        offset += size
+    assert out == frames and reader.pending == 0
+    for frame, doc in zip(out, documents, strict=True):
+        assert bson.decode(parsed_msg(frame).command) == {"ping": 1, **doc, "$db": "a"}
