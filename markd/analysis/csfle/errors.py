@@ -154,6 +154,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "eq_array_prefix": (31007, "$eq to array predicate is illegal for prefix of encrypted path: {expr}"),
     "in_array_prefix": (31008, "Illegal $in element for prefix '{path}' of encrypted path: {element}"),
     "unsupported_match": (51094, "Unsupported match expression operator for encryption: {expr}"),
+    "elem_match_not_object": (2, "$elemMatch needs an Object"),
     "elem_match": (6890100, "$elemMatch is unsupported on encrypted fields: {expr}"),
     "invalid_on_encrypted": (51092, "Invalid match expression operator on encrypted field '{path}': {expr}"),
     "range_on_encrypted": (51118, "Invalid match expression operator on encrypted field '{path}': {expr}"),

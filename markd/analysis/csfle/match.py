@@ -18,7 +18,7 @@ from bson.json_util import dumps
 from markd.analysis.csfle.errors import fail
 from markd.analysis.csfle.ordering import sorted_set
 from markd.analysis.csfle.placeholders import MarkContext, mark_value
-from markd.analysis.csfle.schema import PREFIX, UNKNOWN, Encrypted, Metadata
+from markd.analysis.csfle.schema import EMPTY, NOT_ENCRYPTED, PREFIX, UNKNOWN, Encrypted, EncryptionSchema, Metadata
 from markd.analysis.csfle.walk import is_document, mark_document, touches_encryption
 
 
@@ -173,7 +173,22 @@ def _elem_match(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[di
     # an unencrypted path its contents compare nothing encrypted.  At or above one, refuse.
     if isinstance(metadata, Encrypted) or metadata in (PREFIX, UNKNOWN):
         fail("elem_match", expr=render({leaf.path: {"$elemMatch": leaf.value}}))
-    return [{leaf.path: {"$elemMatch": leaf.value}}]
+    if not is_document(leaf.value):
+        fail("elem_match_not_object")
+    return [{leaf.path: {"$elemMatch": _serialize_elem_match(leaf.value)}}]
+
+
+def _serialize_elem_match(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The $elemMatch body as mongod writes it back (nothing in it is encrypted)."""
+    plain = MarkContext(EncryptionSchema(EMPTY), comparison=True)
+    first = next(iter(spec), "")
+    if first.startswith("$") and first not in TOP_LEVEL_OPERATORS and first != "$comment":
+        # The value form: operators applied to each array element itself.
+        body: dict[str, Any] = {}
+        for clause in _field_operators("", spec, NOT_ENCRYPTED, plain):
+            body.update(clause[""] if "" in clause else clause)
+        return body
+    return mark_filter(spec, plain)
 
 
 def _all(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:
