@@ -87,16 +87,16 @@ def _key_field(metadata: Encrypted, context: MarkContext) -> tuple[str, Any]:
     if context.comparison or context.document is None:
         fail("pointer_not_static")
     target: Any = context.document
-    walked: list[str] = []
-    for token in pointer.split("/")[1:]:
-        token = token.replace("~1", "/").replace("~0", "~")
-        if not isinstance(target, Mapping) or token not in target:
+    tokens = [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]
+    for token in tokens:
+        if isinstance(target, Mapping) and token in target:
+            target = target[token]
+        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
+            target = target[int(token)]
+        else:
             fail("pointer_missing", pointer=pointer)
-        target = target[token]
-        walked.append(token)
-        found = context.schema.metadata_for(".".join(walked))
-        if isinstance(found, Encrypted):
-            fail("pointer_encrypted", pointer=pointer)
+    if isinstance(context.schema.metadata_for(".".join(tokens)), Encrypted):
+        fail("pointer_encrypted", pointer=pointer)
     if not isinstance(target, str):
         fail("pointer_not_string", pointer=pointer)
     return "ka", target
