@@ -10,7 +10,7 @@ import click
 
 import markd
 from markd import logs
-from markd.config import ConfigError, Settings, load_config_file
+from markd.config import ConfigError, Settings, load_config_file, parsed_options
 from markd.pidfile import PidFile, PidFileLocked
 
 
@@ -99,7 +99,7 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
         logs.log.warning("ignoring unrecognized option", extra={"attr": {"option": flag}})
     for key in unknown_config:
         logs.log.warning("ignoring unrecognized config file setting", extra={"attr": {"setting": key}})
-    parsed = {key: value for key, value in options.items() if value is not None}
+    parsed = parsed_options({**base, **{k: v for k, v in overrides.items() if v is not None}}, config_file)
     from markd import server
 
     try:

@@ -119,3 +119,23 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"Bad value for {'.'.join(key_path)} in {path}: {raw!r}") from exc
     return values, unknown
+
+
+# Settings field -> its place in the YAML tree, for getCmdLineOpts's "parsed" (mongod's layout).
+_YAML_PATHS: dict[str, tuple[str, ...]] = {name: path for path, (name, _) in _YAML_KEYS.items()}
+
+
+def parsed_options(values: dict[str, Any], config_file: str | None) -> dict[str, Any]:
+    """The options given (config file, then flags), nested as mongod's getCmdLineOpts shows them."""
+    parsed: dict[str, Any] = {"config": config_file} if config_file else {}
+    for name, value in values.items():
+        path = _YAML_PATHS.get(name)
+        if path is None or value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        node = parsed
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return parsed

@@ -33,9 +33,11 @@ def test_equals_and_space_forms_and_unknown_flags_warn():
     with MarkdProcess(args=["--idleShutdownTimeoutSecs", "600", *unknown]) as daemon:
         with daemon.client() as client:
             options = client.admin.command("getCmdLineOpts")
-        assert options["parsed"]["idle_shutdown_secs"] == 600
-        assert options["parsed"]["port"] == daemon.port
-        assert options["parsed"]["pidfile"] == str(daemon.pidfile)
+        parsed = options["parsed"]  # mongod's layout
+        assert parsed["processManagement"] == {"idleShutdownTimeoutSecs": 600, "pidFilePath": str(daemon.pidfile)}
+        assert parsed["net"]["port"] == daemon.port
+        assert parsed["net"]["unixDomainSocket"] == {"pathPrefix": str(daemon.workdir)}
+        assert parsed["systemLog"] == {"path": str(daemon.logfile), "logAppend": True, "verbosity": 1}
         assert options["argv"][1:] == daemon.command_line()[1:]
         log = daemon.wait_for_log("--anotherFlag")
         for flag in ("--setParameter", "--someFutureFlag=3", "--anotherFlag"):
@@ -84,7 +86,9 @@ def test_flags_override_the_config_file():
         with MarkdProcess(args=["-f", str(config)]) as daemon:  # MarkdProcess's --port wins over net.port
             with daemon.client() as client:
                 parsed = client.admin.command("getCmdLineOpts")["parsed"]
-            assert parsed["port"] == daemon.port
+            assert parsed["net"]["port"] == daemon.port
+            assert parsed["processManagement"]["idleShutdownTimeoutSecs"] == 5  # from the file
+            assert parsed["config"] == str(config)
 
 
 def test_bad_config_file_is_a_clear_error():

@@ -78,7 +78,7 @@ def test_pymongo_spawns_markd_from_path_and_marks_through_it(private_dir, monkey
                     options = markd_client.admin.command("getCmdLineOpts")
             # Spawned by pymongo, not by this test: the daemon runs the venv's mongocryptd script.
             assert options["argv"] == ["mongocryptd", *spawn_args]
-            assert options["parsed"]["idle_shutdown_secs"] == 60
+            assert options["parsed"]["processManagement"]["idleShutdownTimeoutSecs"] == 60
             cmdline = Path(f"/proc/{daemon_pid}/cmdline").read_bytes().split(b"\0")
             assert str(BIN_DIR / "mongocryptd").encode() in cmdline
             log = logfile.read_text()
