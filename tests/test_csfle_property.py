@@ -81,7 +81,8 @@ def documents(draw: st.DrawFn, tree: dict[str, Any], well_typed: bool) -> dict[s
         if name != "_id" and not draw(st.booleans()):
             continue
         if spec[0] == "enc":
-            typed = SCALARS[spec[2]] if spec[2] else ANY_VALUE
+            # Without a bsonType, any value but null (never encryptable) fits a random field.
+            typed = SCALARS[spec[2]] if spec[2] else ANY_VALUE.filter(lambda value: value is not None)
             document[name] = draw(typed if well_typed else st.one_of(typed, ANY_VALUE))
         else:
             subtree = {("i" if k == "_id" else k): v for k, v in spec[1].items()}

@@ -77,10 +77,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "keyword_unsupported": (31126, "JSON schema keyword '{keyword}' is not supported for client-side encryption"),
     "keyword_remote_only": (31068, "JSON schema keyword '{keyword}' is only allowed with a remote schema"),
     "conflicting_metadata": (51142, "Found conflicting encryption metadata for path: '{path}'"),
-    "unknown_path": (
-        31133,  # unconfirmed code and wording
-        "Cannot use field '{path}' whose encryption properties are not known until runtime",
-    ),
+    "unknown_path": (31133, "Cannot get metadata for path whose encryption properties are not known until runtime."),
+    "bad_pattern": (51141, "Invalid regular expression in 'patternProperties': {pattern} PCRE error string: {error}"),
     "through_encrypted": (51102, "Invalid operation on path '{path}' which contains an encrypted path prefix."),
     "deterministic_one_type": (31051, "A deterministically encrypted field must have exactly one specified type."),
     "deterministic_pointer": (31169, "A deterministically encrypted field cannot have a keyId represented by a JSON "

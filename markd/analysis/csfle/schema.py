@@ -347,10 +347,8 @@ def _type_names(value: Any, keyword: str) -> frozenset[str]:
 def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
-    except re.error:
-        from markd.errors import CommandError
-
-        raise CommandError(51091, f"Invalid regular expression in patternProperties: {pattern}") from None
+    except re.error as problem:
+        fail("bad_pattern", pattern=pattern, error=str(problem))
 
 
 def _restricts_to_object(schema: Mapping[str, Any]) -> bool:
