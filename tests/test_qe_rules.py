@@ -13,6 +13,7 @@ import pytest
 from bson import Decimal128, Int64, Regex, Timestamp
 from bson.binary import Binary
 
+from markd import bsonvalues
 from tests.support.process import raw_command
 
 KEYS = {name: Binary(uuid.UUID(int=i + 1).bytes, 4) for i, name in enumerate(
@@ -88,7 +89,7 @@ REFUSED = [
     (find({"d": {"$gte": float("nan")}}), 6991000),
     (find({"$expr": {"$eq": ["$ssn", "$other"]}}), 6334105),
     (find({"$expr": {"$eq": [{"$type": "$ssn"}, "string"]}}), 6331102),
-    (find({"$expr": {"$gt": ["$ssn", "a"]}}), 6721409),
+    (find({"$expr": {"$gt": ["$ssn", "a"]}}), 6331102),
     (find({"$expr": {"$concat": ["$ssn", "x"]}}), 6331102),
     (find({"$expr": {"$eq": ["$$ROOT", {}]}}), 31131),
     (find({"$expr": {"$encStrStartsWith": {"input": "$ssn", "prefix": "ab"}}}), 10113904),
@@ -463,6 +464,48 @@ def test_range_placeholder_positions(client, filter_, paths):
         for step in path:
             node = node[step]
         assert isinstance(node, Binary) and node.subtype == 6, (path, reply["result"]["filter"])
+
+
+RANGE_FIELDS_WITH_PREFIX = [*RANGE_FIELDS, {
+    "path": "nested.age", "keyId": KEYS["a.b"], "bsonType": "int",
+    "queries": {"queryType": "range", "contention": Int64(0), "sparsity": Int64(1), "min": 0, "max": 200}}]
+
+
+@pytest.mark.parametrize(("filter_", "code"), [
+    ({"ssn": {"$lte": "a"}}, 6721001),
+    ({"$or": [{"ssn": {"$lte": "a"}}, {"ssn": {"$ne": "b"}}]}, 6721001),
+    ({"$and": [{"ssn": {"$lte": "a"}}, {"ssn": {"$ne": "b"}}]}, 6720400),
+    ({"ssn": {"$in": ["a", 5]}}, 31118),
+    ({"age": {"$in": [Decimal128("22"), "s"]}}, 6742002),
+    ({"age": {"$in": [5, None, 7]}}, 6742000),
+    ({"age": {"$type": "int"}}, 51092),
+    ({"age": {"$lte": 256}}, 6747900),
+    ({"age": {"$gte": 150, "$lte": 260}}, 6747902),
+    ({"age": {"$gte": -1, "$lte": 100}}, 6747901),
+    ({"age": {"$gte": Int64(10), "$lte": Int64(2**31)}}, 31108),
+    ({"when": {"$lte": True}}, 6720002),
+    ({"when": {"$lte": 5}}, 6720002),
+    ({"nested": {"$in": [{"age": 10, "other": 5}]}}, 7036803),
+    ({"$expr": {"$lte": ["$ssn", "a"]}}, 6331102),
+    ({"$expr": {"$add": ["$age", "$hi"]}}, 6331102),
+    ({"$expr": {"$lte": ["$age", 256]}}, 6720810),
+    ({"$expr": {"$and": [{"$gte": ["$age", 150]}, {"$lte": ["$age", 260]}]}}, 6720811),
+    ({"$expr": {"$and": [{"$gte": ["$age", Int64(10)]}, {"$lte": ["$age", Int64(2**31)]}]}}, 31108),
+])
+def test_range_refusals(client, filter_, code):
+    reply = send(client, find(filter_), RANGE_FIELDS_WITH_PREFIX)
+    assert reply["ok"] == 0.0 and reply["code"] == code, reply
+
+
+def test_expr_and_merges_range_comparisons(client):
+    reply = send(client, find({"$expr": {"$and": [{"$gte": ["$age", 22]}, {"$lt": ["$age", 25]},
+                                                  {"$in": ["$ssn", ["a", "b"]]}]}}), RANGE_FIELDS)
+    assert reply["ok"] == 1.0, reply
+    marked = reply["result"]["filter"]["$expr"]["$and"]
+    assert set(marked[0]) == {"$in"} and set(marked[1]) == {"$and"}
+    ranges = [bsonvalues.decode(bytes(c[op][1]["$const"][1:])) for c in marked[1]["$and"] for op in c]
+    assert {(r["v"]["firstOperator"], r["v"]["secondOperator"]) for r in ranges} == {(2, 3)}
+    assert {r["v"]["edgesInfo"]["lowerBound"] for r in ranges} == {22}
 
 
 def test_plain_explicit_and_of_one_predicate_stays(client):

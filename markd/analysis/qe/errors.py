@@ -95,6 +95,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "IN_ARRAY_PREFIX": (31008, "Illegal $in element for prefix '{path}' of encrypted path: array"),
     "BELOW_ENCRYPTED": (51102, "Invalid operation on path '{path}' which contains an encrypted path prefix."),
     "PREFIX_REFERENCE": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
+    "NOT_RANGE_INDEXED_IN_AND": (
+        6720400,
+        "Invalid match expression operator on encrypted field '{path}' without an encrypted range index: {op}",
+    ),
+    "INT_COERCION": (31108, "Value of type long cannot be coerced to the int type of the range index on '{path}'"),
+    "EXPR_CLOSED_OUT_OF_BOUNDS": (6720811, "Constant for encrypted comparison must be in range bounds"),
     "RANGE_OUT_OF_BOUNDS": (6747900, "Range query predicate must be within the bounds of encrypted index."),
     "LOWER_OUT_OF_BOUNDS": (6747901, "Lower bound of range predicate must be within the bounds of encrypted index."),
     "UPPER_OUT_OF_BOUNDS": (6747902, "Upper bound of range predicate must be within the bounds of encrypted index."),

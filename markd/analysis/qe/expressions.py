@@ -14,7 +14,20 @@ from typing import Any
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, Below, Encrypted, EncryptedField, Plain, Prefix, numeric
+from markd.analysis.qe.fields import (
+    EQUALITY,
+    RANGE,
+    TEXT,
+    Below,
+    Bound,
+    Encrypted,
+    EncryptedField,
+    Plain,
+    Prefix,
+    numeric,
+    tighter_lower,
+    tighter_upper,
+)
 
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 TEXT_ARGUMENTS = {
@@ -105,6 +118,8 @@ def _mark_operator(name: str, argument: Any, ctx: Context) -> Any:
         field = _encrypted_operand(argument[0], ctx)
         if field is not None:
             return {"$in": [argument[0], _in_list(field, argument[1], ctx)]}
+    if name == "$and" and isinstance(argument, list):
+        return _and_expression(argument, ctx)
     if name in TEXT_ARGUMENTS:
         return {name: _text(name, argument, ctx)}
     return {name: mark_expression(argument, ctx, name)}
@@ -127,7 +142,8 @@ def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
         raise error("NON_CONSTANT_COMPARISON", path=field.path)
     if field.algorithm == EQUALITY:
         if name not in ("$eq", "$ne"):
-            raise error("EXPR_NEEDS_RANGE")
+            # An ordering comparison cannot use an equality index: the field reference itself is refused.
+            raise error("EXPRESSION", path=field.path)
         if value is None:
             raise error("EQ_NULL", path=field.path)
         return {name: [left, {"$const": ctx.marked(placeholders.equality_find_placeholder(field, value))}]}
@@ -135,7 +151,7 @@ def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
         return _range_comparison(name, left, field, value, ctx)
     if name in ("$eq", "$ne"):
         raise error("NOT_EQUALITY_INDEXED")
-    raise error("EXPR_NEEDS_RANGE")
+    raise error("EXPRESSION", path=field.path)
 
 
 def _range_comparison(name: str, left: Any, field: EncryptedField, value: Any, ctx: Context) -> Any:
@@ -150,17 +166,87 @@ def _range_comparison(name: str, left: Any, field: EncryptedField, value: Any, c
         upper, upper_included = placeholders.POSITIVE_INFINITY, True
     if name in ("$lt", "$lte"):
         lower, lower_included = placeholders.NEGATIVE_INFINITY, True
-    first = placeholders.GTE if lower_included else placeholders.GT
-    second = placeholders.LTE if upper_included else placeholders.LT
-    full = placeholders.range_find_placeholder(field, lower, lower_included, upper, upper_included, ctx.payload_id(),
+    both = _two_sided(left, field, (lower, lower_included), (upper, upper_included), ctx)
+    return {"$not": [both]} if name == "$ne" else both
+
+
+def _two_sided(left: Any, field: EncryptedField, lower: Bound, upper: Bound, ctx: Context) -> dict[str, Any]:
+    """Both comparisons of an interval, each carrying the same full placeholder (as mongocryptd does here)."""
+    first = placeholders.GTE if lower[1] else placeholders.GT
+    second = placeholders.LTE if upper[1] else placeholders.LT
+    full = placeholders.range_find_placeholder(field, lower[0], lower[1], upper[0], upper[1], ctx.payload_id(),
                                                first, second)
     ctx.marked(full)
     ctx.marked(full)
-    both = {"$and": [
-        {"$gte" if lower_included else "$gt": [left, {"$const": full}]},
-        {"$lte" if upper_included else "$lt": [left, {"$const": full}]},
+    return {"$and": [
+        {"$gte" if lower[1] else "$gt": [left, {"$const": full}]},
+        {"$lte" if upper[1] else "$lt": [left, {"$const": full}]},
     ]}
-    return {"$not": [both]} if name == "$ne" else both
+
+
+RANGE_EXPRESSION_OPERATORS = ("$gt", "$gte", "$lt", "$lte", "$eq")
+FLIPPED = {"$gt": "$lt", "$gte": "$lte", "$lt": "$gt", "$lte": "$gte", "$eq": "$eq"}
+
+
+def _range_term(expression: Any, ctx: Context) -> tuple[EncryptedField, str, Any, Any] | None:
+    """(field, operator, constant, field expression) for `{$gt: ["$f", c]}` (either order) on a range field."""
+    if not (isinstance(expression, Mapping) and len(expression) == 1):
+        return None
+    name, argument = next(iter(expression.items()))
+    if name not in RANGE_EXPRESSION_OPERATORS or not (isinstance(argument, list) and len(argument) == 2):
+        return None
+    left, right = argument
+    field = _encrypted_operand(left, ctx)
+    if field is None:
+        field, name, left, right = _encrypted_operand(right, ctx), FLIPPED[name], right, left
+    if field is None or field.algorithm != RANGE:
+        return None
+    is_constant, value = _constant(right)
+    return (field, name, value, left) if is_constant else None
+
+
+def _and_expression(arguments: list[Any], ctx: Context) -> Any:
+    """`$and` of comparisons: those on the same range field are intersected into one interval first."""
+    terms: dict[str, list[tuple[EncryptedField, str, Any, Any]]] = {}
+    marked: list[Any] = []
+    for argument in arguments:
+        term = _range_term(argument, ctx)
+        if term is None:
+            marked.append(mark_expression(argument, ctx, "$and"))
+        else:
+            terms.setdefault(term[0].path, []).append(term)
+    merged_any = False
+    for path in sorted(terms):
+        group = terms[path]
+        field, name, value, left = group[0]
+        if len(group) == 1:
+            marked.append(_range_comparison(name, left, field, value, ctx))
+            continue
+        merged_any = True
+        lower: Bound | None = None
+        upper: Bound | None = None
+        for _, operator, constant, _ in group:
+            constant = placeholders.range_value(field, constant)
+            if operator in ("$gt", "$gte", "$eq"):
+                lower = tighter_lower(lower, (constant, operator != "$gt"))
+            if operator in ("$lt", "$lte", "$eq"):
+                upper = tighter_upper(upper, (constant, operator != "$lt"))
+        lower = lower or (placeholders.NEGATIVE_INFINITY, True)
+        upper = upper or (placeholders.POSITIVE_INFINITY, True)
+        low, high = numeric(lower[0]), numeric(upper[0])
+        if low > high or (low == high and not (lower[1] and upper[1])):
+            marked.append({"$const": False})
+            continue
+        config = field.range
+        for bound in (lower, upper):
+            if not isinstance(bound[0], float) or bound[0] not in (placeholders.POSITIVE_INFINITY,
+                                                                   placeholders.NEGATIVE_INFINITY):
+                if not numeric(config.min) <= numeric(bound[0]) <= numeric(config.max):
+                    raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
+        marked.append(_two_sided(left, field, lower, upper, ctx))
+    if merged_any and len(marked) == 1:
+        return marked[0]
+    return {"$and": marked}
 
 
 def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:

@@ -93,6 +93,29 @@ def is_nan(value: Any) -> bool:
     return False
 
 
+Bound = tuple[Any, bool]  # (value, included)
+
+
+def tighter_lower(current: Bound | None, candidate: Bound) -> Bound:
+    """The stricter of two lower bounds (an excluded bound beats an included one at the same value)."""
+    if current is None:
+        return candidate
+    a, b = numeric(current[0]), numeric(candidate[0])
+    if b > a or (b == a and not candidate[1]):
+        return candidate
+    return current
+
+
+def tighter_upper(current: Bound | None, candidate: Bound) -> Bound:
+    """The stricter of two upper bounds."""
+    if current is None:
+        return candidate
+    a, b = numeric(current[0]), numeric(candidate[0])
+    if b < a or (b == a and not candidate[1]):
+        return candidate
+    return current
+
+
 @dataclass(frozen=True, slots=True)
 class QueryConfig:
     """One entry of a field's `queries`, with the server's range defaults filled in."""

@@ -29,10 +29,13 @@ from markd.analysis.qe.fields import (
     EQUALITY,
     RANGE,
     Below,
+    Bound,
     EncryptedField,
     Plain,
     Prefix,
     numeric,
+    tighter_lower,
+    tighter_upper,
 )
 from markd.errors import CommandError
 
@@ -46,6 +49,15 @@ class RangeComparison:
     field: EncryptedField
     operator: str  # $eq, $gt, $gte, $lt, $lte
     value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class NonRangeComparison:
+    """$gt... on an encrypted field without a range index: refused once its AND context is known
+    (mongocryptd uses 6720400 inside an $and, 6721001 for a predicate standing alone)."""
+
+    field: EncryptedField
+    operator: str
 
 
 LOGICAL = ("$and", "$or", "$nor")
@@ -97,8 +109,8 @@ def _top_level_operator(key: str, value: Any, ctx: Context) -> list[Node]:
         for sub in _subfilters(key, value):
             nodes = [n for k, v in sub.items() for n in _element(k, v, ctx)]
             # A one-predicate sub-document is that predicate: ranges in sibling sub-documents still merge.
-            children.extend(nodes if len(nodes) == 1 else [_wrap(_finish_and(nodes, ctx))])
-        finished = _finish_and(children, ctx)
+            children.extend(nodes if len(nodes) == 1 else [_wrap(_finish_and(nodes, ctx, in_and=True))])
+        finished = _finish_and(children, ctx, in_and=True)
         if finished == [ALWAYS_FALSE] or (len(finished) == 1 and isinstance(finished[0], RangeAnd)):
             # An $and left holding only a merged range is that range's own $and (mongocryptd flattens it).
             return [finished[0]]
@@ -208,6 +220,8 @@ def _prefix(path: str, operator: str, operand: Any, ctx: Context) -> Node:
             if isinstance(element, list):
                 raise error("IN_ARRAY_PREFIX", path=path)
             if isinstance(element, Mapping):
+                if operator == "$in" and any(f.algorithm == RANGE for f in ctx.schema.children(path)):
+                    raise error("IN_RANGE_PREFIX")
                 raise error("OBJECT_COMPARISON")
         return _plain(path, operator, operand)
     if operator == "$not":
@@ -269,6 +283,8 @@ def _op_ne(field: EncryptedField, operand: Any, ctx: Context) -> Node:
 def _in_values(field: EncryptedField, operand: Any) -> list[Any]:
     if not isinstance(operand, list):
         raise error("MALFORMED", detail="$in needs an array")
+    if field.algorithm == RANGE:
+        return operand  # each element goes through the range type checks (null -> 6742000)
     for element in operand:
         if element is None:
             raise error("IN_NULL", path=field.path)
@@ -300,7 +316,7 @@ def _op_nin(field: EncryptedField, operand: Any, ctx: Context) -> Node:
 def _op_range(operator: str) -> Callable[[EncryptedField, Any, Context], Node]:
     def rule(field: EncryptedField, operand: Any, ctx: Context) -> Node:
         if field.algorithm != RANGE:
-            raise error("NOT_RANGE_INDEXED", path=field.path, op=operator)
+            return NonRangeComparison(field, operator)
         return RangeComparison(field, operator, operand)
 
     return rule
@@ -353,12 +369,17 @@ class RangeAnd(dict):  # type: ignore[type-arg]
 ALWAYS_FALSE = {"$alwaysFalse": 1}
 
 
-def _finish_and(nodes: list[Node], ctx: Context) -> list[dict[str, Any]]:
+def _finish_and(nodes: list[Node], ctx: Context, in_and: bool | None = None) -> list[dict[str, Any]]:
     """Serialise an AND node's children: other predicates in place, then each range field's interval,
     by path order (as mongocryptd re-adds them); an empty interval makes the whole AND false."""
+    if in_and is None:
+        in_and = len(nodes) > 1
     finished: list[dict[str, Any]] = []
     ranges: dict[str, list[RangeComparison]] = {}
     for node in nodes:
+        if isinstance(node, NonRangeComparison):
+            raise error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.field.path,
+                        op=node.operator)
         if isinstance(node, RangeComparison):
             ranges.setdefault(node.field.path, []).append(node)
         else:
@@ -377,27 +398,6 @@ def _within(field: EncryptedField, value: Any) -> bool:
     return numeric(config.min) <= numeric(value) <= numeric(config.max)
 
 
-Bound = tuple[Any, bool]  # (value, included)
-
-
-def _tighter_lower(current: Bound | None, candidate: Bound) -> Bound:
-    if current is None:
-        return candidate
-    a, b = numeric(current[0]), numeric(candidate[0])
-    if b > a or (b == a and not candidate[1]):
-        return candidate
-    return current
-
-
-def _tighter_upper(current: Bound | None, candidate: Bound) -> Bound:
-    if current is None:
-        return candidate
-    a, b = numeric(current[0]), numeric(candidate[0])
-    if b < a or (b == a and not candidate[1]):
-        return candidate
-    return current
-
-
 def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison], ctx: Context) -> list[dict[str, Any]]:
     """The intersection of `comparisons` on one range field, as the placeholders mongocryptd emits."""
     lower: Bound | None = None
@@ -405,9 +405,9 @@ def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison],
     for comparison in comparisons:
         value = placeholders.range_value(field, comparison.value)
         if comparison.operator in ("$gt", "$gte", "$eq"):
-            lower = _tighter_lower(lower, (value, comparison.operator != "$gt"))
+            lower = tighter_lower(lower, (value, comparison.operator != "$gt"))
         if comparison.operator in ("$lt", "$lte", "$eq"):
-            upper = _tighter_upper(upper, (value, comparison.operator != "$lt"))
+            upper = tighter_upper(upper, (value, comparison.operator != "$lt"))
     path = field.path
     if lower is not None and upper is not None:
         low, high = numeric(lower[0]), numeric(upper[0])

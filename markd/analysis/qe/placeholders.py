@@ -91,7 +91,9 @@ def range_value(field: EncryptedField, value: Any) -> Any:
         raise error("BOUND_NAN")
     if field_type == "long" and value_type == "int":
         return Int64(value)
-    if field_type == "int" and value_type == "long" and -(2**31) <= value < 2**31:
+    if field_type == "int" and value_type == "long":
+        if not -(2**31) <= value < 2**31:
+            raise error("INT_COERCION", path=field.path)
         return int(value)
     return value
 
