@@ -152,10 +152,6 @@ def _match(name: str, spec: Any, current: SchemaNode, context: PipelineContext) 
     return [{"$match": mark_filter(spec, _mark_context(current, context))}], current
 
 
-def _unchanged(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
-    return [{name: spec}], current
-
-
 def _count_limit(name: str, spec: Any, current: SchemaNode, context: PipelineContext
                  ) -> tuple[Stage, SchemaNode]:
     """$limit/$skip: mongod keeps the count as a 64-bit integer and writes it back as one."""
@@ -164,6 +160,15 @@ def _count_limit(name: str, spec: Any, current: SchemaNode, context: PipelineCon
 
         raise CommandError(15957 if name == "$limit" else 15956, f"invalid argument to {name} stage")
     return [{name: Int64(int(spec))}], current
+
+
+def _sample(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    size = spec.get("size") if is_document(spec) else None
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
+        from markd.errors import CommandError
+
+        raise CommandError(28747, "size argument to $sample must be a number")
+    return [{"$sample": {"size": Int64(int(size))}}], current
 
 
 def _is_inclusion(value: Any) -> bool | None:
@@ -351,7 +356,11 @@ def _sort(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -
     if not is_document(spec):
         fail("bad_field_type", field="$sort", actual="other", expected="object")
     _sort_keys(spec, current)
-    return [{"$sort": spec}], current
+    # mongod writes directions back as int32 1 / -1 ($meta sorts as they were).
+    directions = {path: ((1 if direction > 0 else -1)
+                         if isinstance(direction, (int, float)) and not isinstance(direction, bool) else direction)
+                  for path, direction in spec.items()}
+    return [{"$sort": directions}], current
 
 
 def _sort_by_count(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
@@ -551,7 +560,7 @@ STAGES: dict[str, StageRule] = {
     "$sortByCount": _sort_by_count,
     "$limit": _count_limit,
     "$skip": _count_limit,
-    "$sample": _unchanged,
+    "$sample": _sample,
     "$unwind": _unwind,
     "$replaceRoot": _replace_root,
     "$replaceWith": _replace_root,
