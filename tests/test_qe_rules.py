@@ -513,3 +513,59 @@ def test_plain_explicit_and_of_one_predicate_stays(client):
     assert reply["result"]["filter"] == {"$and": [{"x": {"$eq": 1}}]}
     reply = send(client, find({"x": 1, "age": {"$gt": 50, "$lt": 25}}))
     assert reply["result"]["filter"] == {"$alwaysFalse": 1}
+
+
+TEXT_FIELDS = [
+    {"path": "lastName", "keyId": KEYS["text"], "bsonType": "string",
+     "queries": {"queryType": "prefix", "contention": Int64(1), "strMinQueryLength": Int64(2),
+                 "strMaxQueryLength": Int64(48), "caseSensitive": False, "diacriticSensitive": True}},
+    {"path": "location", "keyId": KEYS["notes"], "bsonType": "string",
+     "queries": {"queryType": "suffix", "contention": Int64(1), "strMinQueryLength": Int64(2),
+                 "strMaxQueryLength": Int64(48), "caseSensitive": True, "diacriticSensitive": False}},
+    {"path": "rating", "keyId": KEYS["ssn"], "bsonType": "int", "queries": {"queryType": "equality"}},
+    {"path": "age", "keyId": KEYS["age"], "bsonType": "int",
+     "queries": {"queryType": "range", "sparsity": Int64(1), "min": 0, "max": 200}},
+]
+STARTS = {"$encStrStartsWith": {"input": "$lastName", "prefix": "PREFIX"}}
+
+
+@pytest.mark.parametrize(("filter_", "paths"), [
+    ({"$expr": STARTS}, [("$expr", "$encStrStartsWith", "prefix", "$const")]),
+    ({"$expr": {"$and": [STARTS, {"$eq": ["$rating", 5]}, {"$gt": ["$age", 3]}]}},
+     [("$expr", "$and", 0, "$encStrStartsWith", "prefix", "$const"), ("$expr", "$and", 1, "$eq", 1, "$const"),
+      ("$expr", "$and", 2, "$and", 0, "$gt", 1, "$const"), ("$expr", "$and", 2, "$and", 1, "$lte", 1, "$const")]),
+    ({"$and": [{"$expr": STARTS}, {"$expr": {"$in": ["$rating", [1, 2, 3]]}}, {"$expr": {"$gt": ["$age", 3]}}]},
+     [("$and", 0, "$expr", "$encStrStartsWith", "prefix", "$const"), ("$and", 1, "$expr", "$in", 1, 2, "$const"),
+      ("$and", 2, "$expr", "$and", 0, "$gt", 1, "$const"), ("$and", 2, "$expr", "$and", 1, "$lte", 1, "$const")]),
+    ({"$and": [{"$expr": STARTS}, {"rating": {"$in": [1, 2, 3]}}, {"age": {"$gt": 3}}]},
+     [("$and", 0, "$expr", "$encStrStartsWith", "prefix", "$const"), ("$and", 1, "rating", "$in", 2),
+      ("$and", 2, "age", "$gt")]),
+])
+@pytest.mark.parametrize("command", ["find", "count", "update", "delete", "findAndModify", "aggregate"])
+def test_text_and_mixed_expression_positions(client, command, filter_, paths):
+    body, where = {
+        "find": ({"find": "coll", "filter": filter_}, ("filter",)),
+        "count": ({"count": "coll", "query": filter_}, ("query",)),
+        "update": ({"update": "coll", "updates": [{"q": filter_, "u": {"$set": {"foo": 1}}}]}, ("updates", 0, "q")),
+        "delete": ({"delete": "coll", "deletes": [{"q": filter_, "limit": 1}]}, ("deletes", 0, "q")),
+        "findAndModify": ({"findAndModify": "coll", "query": filter_, "update": {"$set": {"foo": 1}}}, ("query",)),
+        "aggregate": (agg({"$match": filter_}), ("pipeline", 0, "$match")),
+    }[command]
+    reply = send(client, body, TEXT_FIELDS)
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True, reply
+    for path in paths:
+        node: Any = reply["result"]
+        for step in (*where, *path):
+            node = node[step]
+        assert isinstance(node, Binary) and node.subtype == 6
+
+
+@pytest.mark.parametrize(("filter_", "code"), [
+    ({"$expr": {"$encStrStartsWith": {"input": "$foo", "prefix": "P"}}}, 10112204),
+    ({"$expr": {"$encStrStartsWith": {"input": "$location", "prefix": "P"}}}, 10248500),
+    ({"$and": [{"$expr": {"$encStrStartsWith": {"input": "$location", "prefix": "P"}}}, {"age": {"$gt": 3}}]},
+     10248500),
+])
+def test_text_refusals(client, filter_, code):
+    reply = send(client, find(filter_), TEXT_FIELDS)
+    assert reply["ok"] == 0.0 and reply["code"] == code, reply

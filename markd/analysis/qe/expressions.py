@@ -206,47 +206,50 @@ def _range_term(expression: Any, ctx: Context) -> tuple[EncryptedField, str, Any
 
 
 def _and_expression(arguments: list[Any], ctx: Context) -> Any:
-    """`$and` of comparisons: those on the same range field are intersected into one interval first."""
-    terms: dict[str, list[tuple[EncryptedField, str, Any, Any]]] = {}
+    """`$and` of comparisons: several on the same range field are intersected into one interval, placed
+    after the other arguments (by path); a lone comparison is marked where it stands."""
+    terms = [_range_term(argument, ctx) for argument in arguments]
+    counts: dict[str, int] = {}
+    for term in terms:
+        if term is not None:
+            counts[term[0].path] = counts.get(term[0].path, 0) + 1
     marked: list[Any] = []
-    for argument in arguments:
-        term = _range_term(argument, ctx)
-        if term is None:
-            marked.append(mark_expression(argument, ctx, "$and"))
-        else:
-            terms.setdefault(term[0].path, []).append(term)
-    merged_any = False
-    for path in sorted(terms):
-        group = terms[path]
-        field, name, value, left = group[0]
-        if len(group) == 1:
+    groups: dict[str, list[tuple[EncryptedField, str, Any, Any]]] = {}
+    for argument, term in zip(arguments, terms, strict=True):
+        if term is not None and counts[term[0].path] > 1:
+            groups.setdefault(term[0].path, []).append(term)
+        elif term is not None:
+            field, name, value, left = term
             marked.append(_range_comparison(name, left, field, value, ctx))
-            continue
-        merged_any = True
-        lower: Bound | None = None
-        upper: Bound | None = None
-        for _, operator, constant, _ in group:
-            constant = placeholders.range_value(field, constant)
-            if operator in ("$gt", "$gte", "$eq"):
-                lower = tighter_lower(lower, (constant, operator != "$gt"))
-            if operator in ("$lt", "$lte", "$eq"):
-                upper = tighter_upper(upper, (constant, operator != "$lt"))
-        lower = lower or (placeholders.NEGATIVE_INFINITY, True)
-        upper = upper or (placeholders.POSITIVE_INFINITY, True)
-        low, high = numeric(lower[0]), numeric(upper[0])
-        if low > high or (low == high and not (lower[1] and upper[1])):
-            marked.append({"$const": False})
-            continue
-        config = field.range
-        for bound in (lower, upper):
-            if not isinstance(bound[0], float) or bound[0] not in (placeholders.POSITIVE_INFINITY,
-                                                                   placeholders.NEGATIVE_INFINITY):
-                if not numeric(config.min) <= numeric(bound[0]) <= numeric(config.max):
-                    raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
-        marked.append(_two_sided(left, field, lower, upper, ctx))
-    if merged_any and len(marked) == 1:
+        else:
+            marked.append(mark_expression(argument, ctx, "$and"))
+    for path in sorted(groups):
+        marked.append(_merged_interval(groups[path], ctx))
+    if groups and len(marked) == 1:
         return marked[0]
     return {"$and": marked}
+
+
+def _merged_interval(group: list[tuple[EncryptedField, str, Any, Any]], ctx: Context) -> Any:
+    field, _, _, left = group[0]
+    lower: Bound | None = None
+    upper: Bound | None = None
+    for _, operator, constant, _ in group:
+        constant = placeholders.range_value(field, constant)
+        if operator in ("$gt", "$gte", "$eq"):
+            lower = tighter_lower(lower, (constant, operator != "$gt"))
+        if operator in ("$lt", "$lte", "$eq"):
+            upper = tighter_upper(upper, (constant, operator != "$lt"))
+    config = field.range
+    for bound in (lower, upper):
+        if bound is not None and not numeric(config.min) <= numeric(bound[0]) <= numeric(config.max):
+            raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
+    lower = lower or (placeholders.NEGATIVE_INFINITY, True)
+    upper = upper or (placeholders.POSITIVE_INFINITY, True)
+    low, high = numeric(lower[0]), numeric(upper[0])
+    if low > high or (low == high and not (lower[1] and upper[1])):
+        return {"$const": False}
+    return _two_sided(left, field, lower, upper, ctx)
 
 
 def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:
