@@ -486,9 +486,11 @@ def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContex
     _string_options("$geoNear", spec, ("key", "distanceField", "includeLocs"))
     serialized = dict(spec)
     key = spec.get("key")
-    if isinstance(key, str) and lookup(current, key) != lookup(EMPTY, key):
+    if isinstance(key, str) and lookup(current, key) is not NOT_ENCRYPTED:
         fail("geo_near_key", field=key)
     if "query" in spec:
+        if not is_document(spec["query"]):
+            fail("bad_field_type", field="$geoNear.query", actual="other", expected="object")
         serialized["query"] = mark_filter(spec["query"], _mark_context(current, context))
     out = current
     for option in ("distanceField", "includeLocs"):
