@@ -164,6 +164,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "logical_empty": (2, "$and/$or/$nor must be a nonempty array"),
     "logical_element": (14, "$or/$and/$nor entries need to be full objects"),
     "in_not_array": (2, "$in needs an array"),
+    "all_not_array": (2, "$all needs an array"),
+    "options_without_regex": (2, "$options needs a $regex"),
     "nin_not_array": (2, "$nin needs an array"),
     "not_bad": (2, "$not needs a regex or a document"),
     # aggregation

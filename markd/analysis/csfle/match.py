@@ -193,7 +193,7 @@ def _serialize_elem_match(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _all(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:
     if not isinstance(leaf.value, list):
-        fail("unknown_operator", op="$all")  # mongod: "$all needs an array"
+        fail("all_not_array")
     if not leaf.value:
         return [{"$alwaysFalse": 1}]
     clauses: list[dict[str, Any]] = []
@@ -263,7 +263,7 @@ def _field_operators(path: str, spec: Mapping[str, Any], metadata: Metadata, con
                      ) -> list[dict[str, Any]]:
     clauses: list[dict[str, Any]] = []
     if "$options" in spec and "$regex" not in spec:
-        fail("unknown_operator", op="$options")  # mongod: "$options needs a $regex"
+        fail("options_without_regex")
     for op, value in spec.items():
         rule = OPERATORS.get(op)
         if rule is None:
