@@ -105,6 +105,8 @@ class LoadReport:
     fd_peak: int = 0
     fd_end: int = 0
     rss_start_kib: int = 0
+    rss_warm_kib: int = 0  # after every kind of command has been answered once (imports, caches)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds into the load, KiB)
     rss_peak_kib: int = 0
     rss_end_kib: int = 0
     concurrent_peak: int = 0
@@ -119,7 +121,8 @@ class LoadReport:
             f"{self.invalid_closed} closed), {self.reconnects} reconnects, {self.connect_failures} connect failures, "
             f"{self.internal_errors} InternalError replies; peak {self.concurrent_peak} connections open at once; "
             f"markd fds {self.fd_baseline} -> peak {self.fd_peak} -> {self.fd_end}; "
-            f"RSS {self.rss_start_kib} KiB -> peak {self.rss_peak_kib} KiB -> {self.rss_end_kib} KiB"
+            f"RSS {self.rss_start_kib} KiB at start, {self.rss_warm_kib} KiB warm -> peak {self.rss_peak_kib} KiB "
+            f"-> {self.rss_end_kib} KiB after the clients left"
         )
 
 
@@ -292,9 +295,15 @@ class _Load:
 
     async def monitor(self) -> None:
         report = self.report
+        started = time.monotonic()
+        next_sample = started
         while time.monotonic() < self.deadline:
+            rss = rss_kib(self.pid)
             report.fd_peak = max(report.fd_peak, fd_count(self.pid))
-            report.rss_peak_kib = max(report.rss_peak_kib, rss_kib(self.pid))
+            report.rss_peak_kib = max(report.rss_peak_kib, rss)
+            if time.monotonic() >= next_sample:
+                report.rss_samples.append((round(time.monotonic() - started, 1), rss))
+                next_sample += 5.0
             await asyncio.sleep(0.25)
 
     async def run(self) -> LoadReport:
@@ -302,6 +311,7 @@ class _Load:
         report.fd_baseline = fd_count(self.pid)
         report.rss_start_kib = rss_kib(self.pid)
         await self.isolation_replies()
+        report.rss_warm_kib = rss_kib(self.pid)
         started = time.monotonic()
         self.deadline = started + report.duration
         monitor = asyncio.create_task(self.monitor())

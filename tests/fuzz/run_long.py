@@ -170,7 +170,8 @@ def run_load(seconds: float, connections: int) -> dict[str, Any]:
     return {"part": "load", "summary": report.summary(), "alive": alive, "wrong_replies": report.errors[:10],
             "internal_errors": report.internal_errors, "unknown_crash_frames": unknown[:5],
             "fd": [report.fd_baseline, report.fd_peak, report.fd_end],
-            "rss_kib": [report.rss_start_kib, report.rss_peak_kib, report.rss_end_kib]}
+            "rss_kib": {"start": report.rss_start_kib, "warm": report.rss_warm_kib, "peak": report.rss_peak_kib,
+                        "end": report.rss_end_kib, "every_5s": report.rss_samples}}
 
 
 def main(argv: list[str] | None = None) -> int:
