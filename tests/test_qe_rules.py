@@ -134,6 +134,13 @@ REFUSED = [
     (agg({"$group": {"_id": {"k": "$age"}, "a": {"$avg": "$age"}}}), 51222),
     (agg({"$group": {"_id": None, "n": {"$sum": {"$cond": [{"$eq": [{"$type": "$age"}, "int"]}, 1, 0]}}}}), 6331102),
     (agg({"$addFields": {"ssn": "$ssn"}}), 6316401),
+    (agg({"$group": {"_id": "$x", "set": {"$push": "$age"}}}), 6331102),
+    (agg({"$group": {"_id": "$x", "s": {"$sum": {"$cond": {"if": {"$in": ["$age", [1, 2]]}, "then": 1,
+                                                          "else": 2}}}}}), 6331102),
+    (agg({"$group": {"_id": "$x", "s": {"$sum": {"$cond": {"if": {"$gt": ["$age", 3]}, "then": 1, "else": 2}}}}}),
+     7020507),
+    (agg({"$group": {"_id": "$x", "s": {"$push": {"$cond": {"if": {"$gt": ["$y", 3]}, "then": "$age",
+                                                           "else": False}}}}}), 6331102),
     (agg({"$sortByCount": "$ssn"}), 51222),
     (agg({"$bucketAuto": {"groupBy": "$age", "buckets": 2}}), 51238),
     (agg({"$bucket": {"groupBy": "$x", "boundaries": [0, 5], "output": {"a": {"$avg": "$age"}}}}), 51221),
@@ -303,6 +310,11 @@ def test_error_messages_carry_no_values(client):
 
 
 # ---------------------------------------------------------------------------------------------- accepted shapes
+
+
+def test_views_refused_even_without_encrypted_fields(client):
+    reply = send(client, {"create": "coll", "viewOn": "other", "pipeline": [{"$match": {"name": "Bert"}}]}, fields=[])
+    assert reply["code"] == 7501300
 
 
 def test_stages_over_plain_fields_are_allowed(client):

@@ -29,6 +29,8 @@ class Context:
     collation: Mapping[str, Any] | None = None
     tally: Tally = field(default_factory=Tally)
     payload_ids: Iterator[int] = field(default_factory=itertools.count)
+    # Whether an expression may compare an encrypted field here (not inside $group accumulators).
+    encrypted_comparisons: bool = True
 
     def marked(self, placeholder: Binary) -> Binary:
         """Count a placeholder going into the result (the reply's hasEncryptionPlaceholders)."""
@@ -44,6 +46,9 @@ class Context:
 
     def with_schema(self, schema: EncryptedFields) -> Context:
         return replace(self, schema=schema)
+
+    def without_encrypted_comparisons(self) -> Context:
+        return replace(self, encrypted_comparisons=False)
 
     @property
     def non_simple_collation(self) -> bool:

@@ -118,7 +118,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "IN_RANGE_PREFIX": (7036803, "Cannot use $in on range prefix encrypted fields"),
     "EXPR_OUT_OF_BOUNDS": (6720810, "Constant for encrypted comparison must be in range bounds"),
     "EXPR_NEEDS_RANGE": (6721409, "Need ranged index to issue an encrypted ranged query"),
-    "EXPR_CONTEXT": (7020507, "Encrypted expression encountered in not-allowed context: {op}"),
+    "EXPR_CONTEXT": (7020507, "Encrypted expression encountered in not-allowed context"),
     "EXPR_IN_CONSTANT": (6994302, "Can only compare encrypted field to object or constant in $in"),
     "TEXT_ON_NON_TEXT": (10113904, "{op} can only be used on an encrypted text field: '{path}'"),
     "NO_PREFIX_INDEX": (10248500, "$encStrStartsWith requires a prefix query type on encrypted field '{path}'"),

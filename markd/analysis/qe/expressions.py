@@ -140,6 +140,8 @@ def _comparison(name: str, argument: list[Any], ctx: Context) -> Any | None:
     is_constant, value = _constant(constant_side)
     if not is_constant:
         raise error("NON_CONSTANT_COMPARISON", path=field.path)
+    if not ctx.encrypted_comparisons and field.algorithm in (EQUALITY, RANGE):
+        raise error("EXPR_CONTEXT")
     if field.algorithm == EQUALITY:
         if name not in ("$eq", "$ne"):
             # An ordering comparison cannot use an equality index: the field reference itself is refused.
@@ -253,10 +255,12 @@ def _merged_interval(group: list[tuple[EncryptedField, str, Any, Any]], ctx: Con
 
 
 def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:
+    if field.algorithm != EQUALITY:
+        raise error("EXPRESSION", path=field.path)
     if not isinstance(values, list):
         raise error("EXPR_IN_CONSTANT")
-    if field.algorithm != EQUALITY:
-        raise error("NOT_EQUALITY_INDEXED")
+    if not ctx.encrypted_comparisons:
+        raise error("EXPR_CONTEXT")
     marked = []
     for value in values:
         is_constant, constant = _constant(value)
@@ -282,6 +286,8 @@ def _text(name: str, argument: Any, ctx: Context) -> dict[str, Any]:
     is_constant, value = _constant(argument[key])
     if not is_constant:
         raise error("TEXT_STRING", op=name, argument=key)
+    if not ctx.encrypted_comparisons:
+        raise error("EXPR_CONTEXT")
     marked = ctx.marked(placeholders.text_find_placeholder(field, name, value))
     return {"input": argument["input"], key: {"$const": marked}}
 

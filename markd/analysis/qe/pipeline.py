@@ -20,8 +20,9 @@ from markd.analysis.qe.match import mark_filter
 
 StageRule = Callable[[str, Any, Context], tuple[Any, Context]]
 
-ACCUMULATORS_KEEPING_VALUES = ("$first", "$last", "$push", "$addToSet", "$top", "$bottom", "$topN", "$bottomN",
-                               "$firstN", "$lastN", "$min", "$max", "$minN", "$maxN")
+# Accumulators that compute over values: an encrypted operand is refused with 51221.
+ARITHMETIC_ACCUMULATORS = frozenset({"$sum", "$avg", "$min", "$max", "$stdDevPop", "$stdDevSamp", "$median",
+                                     "$percentile", "$minN", "$maxN"})
 
 
 def _empty(ctx: Context) -> Context:
@@ -110,7 +111,7 @@ def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     encrypted_key = _group_key_reference(spec["_id"], ctx)
     if encrypted_key is not None:
         raise error("GROUP_KEY", path=encrypted_key)
-    marked: dict[str, Any] = {"_id": mark_expression(spec["_id"], ctx, "$group")}
+    marked: dict[str, Any] = {"_id": mark_expression(spec["_id"], ctx.without_encrypted_comparisons(), "$group")}
     for key, accumulator in spec.items():
         if key == "_id":
             continue
@@ -119,9 +120,13 @@ def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
         operator, argument = next(iter(accumulator.items()))
         reads = field_path(argument)
         if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
-            raise error("ACCUMULATOR", op=operator)
-        # A nested expression names its encrypted reference itself (6331102).
-        marked[key] = {operator: mark_expression(argument, ctx, operator)}
+            if operator in ARITHMETIC_ACCUMULATORS:
+                raise error("ACCUMULATOR", op=operator)
+            # $push/$first... of an encrypted field: the reference itself is refused (6331102).
+            raise error("EXPRESSION", path=reads)
+        # A nested expression names its encrypted reference itself (6331102); comparisons with encrypted
+        # fields are not allowed inside accumulators (7020507).
+        marked[key] = {operator: mark_expression(argument, ctx.without_encrypted_comparisons(), operator)}
     # Accumulators over plain fields only: nothing encrypted leaves a $group.
     return {k: marked[k] for k in spec}, _empty(ctx)
 
