@@ -47,7 +47,9 @@ class Tally:
     def report(self) -> dict[str, Any]:
         return {
             "part": self.name, "inputs": self.tried, "seconds": round(self.seconds, 1),
-            "outcomes": dict(self.outcomes.most_common(12)), "known": dict(self.known),
+            "totals": {"marked": sum(n for k, n in self.outcomes.items() if "marked" in k),
+                       "refused": sum(n for k, n in self.outcomes.items() if "refused" in k)},
+            "outcomes": dict(self.outcomes.most_common()), "known": dict(self.known),
             "new_findings": [{"signature": sig, "count": self.counts[sig], "smallest": example[:3000]}
                              for sig, (_, example) in sorted(self.findings.items())],
         }
