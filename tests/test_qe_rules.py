@@ -509,6 +509,39 @@ def test_range_refusals(client, filter_, code):
     assert reply["ok"] == 0.0 and reply["code"] == code, reply
 
 
+def _gt(path: str, value: Any) -> dict[str, Any]:
+    return {"$gt": [f"${path}", value]}
+
+
+@pytest.mark.parametrize(("expression", "paths", "marked"), [
+    (_gt("age", 5), [("$and", 0, "$gt", 1, "$const"), ("$and", 1, "$lte", 1, "$const")], True),
+    ({"$and": [_gt("salary", 5), _gt("age", 5)]},
+     [("$and", 0, "$and", 0, "$gt", 1, "$const"), ("$and", 1, "$and", 1, "$lte", 1, "$const")], True),
+    ({"$and": [_gt("salary", 5), {"$lt": ["$salary", 10]}]},
+     [("$and", 0, "$and", 0, "$gt", 1, "$const"), ("$and", 0, "$and", 1, "$lt", 1, "$const")], True),
+    ({"$and": [_gt("age", 5), {"$eq": ["$ssn", "x"]}]},
+     [("$and", 1, "$and", 0, "$gt", 1, "$const"), ("$and", 0, "$eq", 1, "$const")], True),
+    ({"$and": [_gt("age", 5), {"$cond": [{"$lt": ["$age", 25]}, False, True]}]},
+     [("$and", 1, "$and", 0, "$gt", 1, "$const"), ("$and", 0, "$cond", 0, "$and", 0, "$gte", 1, "$const"),
+      ("$and", 0, "$cond", 0, "$and", 1, "$lt", 1, "$const")], True),
+    ({"$and": [{"$eq": ["$age", 10]}]}, [("$and", 0, "$and", 0, "$gte", 1, "$const")], True),
+    ({"$eq": ["$when", WHEN]}, [("$and", 0, "$gte", 1, "$const"), ("$and", 1, "$lte", 1, "$const")], True),
+    ({"$and": [{"$lte": ["$age", 12]}, _gt("age", 15)]}, [], False),
+    ({"$and": [_gt("salary", 20), {"$lte": ["$age", 12]}, {"$lt": ["$salary", 200]}, _gt("age", 15)]}, [], False),
+    ({"$or": [{"$and": [{"$lte": ["$age", 12]}, _gt("age", 15)]}, {"$and": [{"$lte": ["$age", 20]}, _gt("age", 15)]}]},
+     [("$or", 1, "$and", 0, "$and", 1, "$lte", 1, "$const"), ("$or", 1, "$and", 0, "$and", 0, "$gt", 1, "$const")],
+     True),
+])
+def test_expr_range_positions(client, expression, paths, marked):
+    reply = send(client, agg({"$match": {"$expr": expression}}), RANGE_FIELDS)
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is marked, reply
+    for path in paths:
+        node: Any = reply["result"]["pipeline"][0]["$match"]["$expr"]
+        for step in path:
+            node = node[step]
+        assert isinstance(node, Binary) and node.subtype == 6, path
+
+
 def test_expr_and_merges_range_comparisons(client):
     reply = send(client, find({"$expr": {"$and": [{"$gte": ["$age", 22]}, {"$lt": ["$age", 25]},
                                                   {"$in": ["$ssn", ["a", "b"]]}]}}), RANGE_FIELDS)
@@ -516,6 +549,7 @@ def test_expr_and_merges_range_comparisons(client):
     marked = reply["result"]["filter"]["$expr"]["$and"]
     assert set(marked[0]) == {"$in"} and set(marked[1]) == {"$and"}
     ranges = [bsonvalues.decode(bytes(c[op][1]["$const"][1:])) for c in marked[1]["$and"] for op in c]
+    assert len(ranges) == 2
     assert {(r["v"]["firstOperator"], r["v"]["secondOperator"]) for r in ranges} == {(2, 3)}
     assert {r["v"]["edgesInfo"]["lowerBound"] for r in ranges} == {22}
 

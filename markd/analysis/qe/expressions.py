@@ -208,32 +208,40 @@ def _range_term(expression: Any, ctx: Context) -> tuple[EncryptedField, str, Any
 
 
 def _and_expression(arguments: list[Any], ctx: Context) -> Any:
-    """`$and` of comparisons: several on the same range field are intersected into one interval, placed
-    after the other arguments (by path); a lone comparison is marked where it stands."""
+    """`$and` of comparisons, as mongocryptd rewrites it: comparisons on range fields leave their places and
+    come last, one `$and` pair per field in order of first appearance (several on a field intersected into
+    one interval); an empty interval makes the whole `$and` false, with nothing marked."""
     terms = [_range_term(argument, ctx) for argument in arguments]
-    counts: dict[str, int] = {}
+    groups: dict[str, list[tuple[EncryptedField, str, Any, Any]]] = {}
     for term in terms:
         if term is not None:
-            counts[term[0].path] = counts.get(term[0].path, 0) + 1
-    marked: list[Any] = []
-    groups: dict[str, list[tuple[EncryptedField, str, Any, Any]]] = {}
-    for argument, term in zip(arguments, terms, strict=True):
-        if term is not None and counts[term[0].path] > 1:
             groups.setdefault(term[0].path, []).append(term)
-        elif term is not None:
-            field, name, value, left = term
+    intervals = {path: _interval(group) for path, group in groups.items() if len(group) > 1}
+    if any(interval is None for interval in intervals.values()):
+        return {"$const": False}
+    marked = [mark_expression(argument, ctx, "$and") for argument, term in zip(arguments, terms, strict=True)
+              if term is None]
+    for path, group in groups.items():
+        field, name, value, left = group[0]
+        if len(group) == 1:
             marked.append(_range_comparison(name, left, field, value, ctx))
-        else:
-            marked.append(mark_expression(argument, ctx, "$and"))
-    for path in sorted(groups):
-        marked.append(_merged_interval(groups[path], ctx))
-    if groups and len(marked) == 1:
-        return marked[0]
+            continue
+        interval = intervals[path]
+        assert interval is not None
+        lower, upper = interval
+        config = field.range
+        for bound in (lower, upper):
+            infinite = isinstance(bound[0], float) and bound[0] in (placeholders.POSITIVE_INFINITY,
+                                                                    placeholders.NEGATIVE_INFINITY)
+            if not infinite and not numeric(config.min) <= numeric(bound[0]) <= numeric(config.max):
+                raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
+        marked.append(_two_sided(left, field, lower, upper, ctx))
     return {"$and": marked}
 
 
-def _merged_interval(group: list[tuple[EncryptedField, str, Any, Any]], ctx: Context) -> Any:
-    field, _, _, left = group[0]
+def _interval(group: list[tuple[EncryptedField, str, Any, Any]]) -> tuple[Bound, Bound] | None:
+    """The intersection of several comparisons on one range field; None when it is empty."""
+    field = group[0][0]
     lower: Bound | None = None
     upper: Bound | None = None
     for _, operator, constant, _ in group:
@@ -242,16 +250,12 @@ def _merged_interval(group: list[tuple[EncryptedField, str, Any, Any]], ctx: Con
             lower = tighter_lower(lower, (constant, operator != "$gt"))
         if operator in ("$lt", "$lte", "$eq"):
             upper = tighter_upper(upper, (constant, operator != "$lt"))
-    config = field.range
-    for bound in (lower, upper):
-        if bound is not None and not numeric(config.min) <= numeric(bound[0]) <= numeric(config.max):
-            raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
     lower = lower or (placeholders.NEGATIVE_INFINITY, True)
     upper = upper or (placeholders.POSITIVE_INFINITY, True)
     low, high = numeric(lower[0]), numeric(upper[0])
     if low > high or (low == high and not (lower[1] and upper[1])):
-        return {"$const": False}
-    return _two_sided(left, field, lower, upper, ctx)
+        return None
+    return lower, upper
 
 
 def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:
