@@ -641,7 +641,19 @@ def command_case(draw: st.DrawFn, flavour_name: str, command_name: str | None = 
         if projection:  # last: a $match after it would see only the projected fields
             pipeline.append({"$project": projection})
         command = {"aggregate": COLL, "pipeline": pipeline, "cursor": {}}
-    command.update(envelope)
+    if name != "insert" and draw(st.integers(0, 5)) == 0:
+        # Explained: the schema beside `explain` (QE: inside it or beside it), the result {explain, verbosity}.
+        inner = command
+        command = {"explain": inner, "verbosity": draw(st.sampled_from(["queryPlanner", "executionStats"]))}
+        if flavour_name == "qe" and draw(st.booleans()):
+            inner.update(envelope)
+        else:
+            command.update(envelope)
+        sensitive = {("explain", *at): expect for at, expect in sensitive.items()}
+        filters = {("explain", *at) for at in filters}
+        name = f"explain {name}"
+    else:
+        command.update(envelope)
     command["$db"] = DB
     return Case(flavour_name, command, sensitive, filters, strict, name)
 
@@ -736,8 +748,15 @@ def check_placeholder(expect: Expect, marked: Any, where: Path) -> list[str]:
     return problems
 
 
+_ENVELOPE = ("jsonSchema", "isRemoteSchema", "encryptionInformation", "$db")
+
+
 def _strip_envelope(command: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in command.items() if k not in ("jsonSchema", "isRemoteSchema", "$db")}
+    """The command without what libmongocrypt adds (schemas, $db), at the top and inside `explain`."""
+    out = {k: v for k, v in command.items() if k not in _ENVELOPE}
+    if isinstance(out.get("explain"), dict):
+        out["explain"] = {k: v for k, v in out["explain"].items() if k not in _ENVELOPE}
+    return out
 
 
 class _Walker:
@@ -835,7 +854,7 @@ def judge(case: Case, reply: dict[str, Any]) -> list[str]:
         if expect.must_error:
             findings.append(f"accepted what must be refused at {at}: {expect.value!r}")
     original = _strip_envelope(case.command)
-    marked = {k: v for k, v in result.items() if k not in ("jsonSchema", "isRemoteSchema", "$db")}
+    marked = _strip_envelope(result)
     if case.strict:
         walker = _Walker(case)
         walker.compare(original, marked, ())
