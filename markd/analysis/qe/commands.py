@@ -15,7 +15,7 @@ from markd.analysis.qe.expressions import field_path
 from markd.analysis.qe.fields import Below, Encrypted, Plain, Prefix
 from markd.analysis.qe.match import mark_filter, touches_encrypted
 from markd.analysis.qe.pipeline import mark_find_projection, mark_pipeline
-from markd.analysis.qe.update import mark_document, mark_update
+from markd.analysis.qe.update import mark_inserted_document, mark_update
 
 Handler = Callable[[dict[str, Any], Context], dict[str, Any]]
 
@@ -67,7 +67,7 @@ def _statements(command: dict[str, Any], field: str) -> list[Mapping[str, Any]]:
 
 
 def _insert(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    documents = [mark_document(d, ctx) for d in _statements(command, "documents")]
+    documents = [mark_inserted_document(d, ctx) for d in _statements(command, "documents")]
     return _with_field(command, "documents", documents)
 
 
@@ -89,7 +89,7 @@ def _update_statement(statement: Mapping[str, Any], ctx: Context) -> dict[str, A
     ctx = _statement_ctx(statement, ctx)
     values = dict(statement)
     values["q"] = mark_filter(statement.get("q", {}), ctx)
-    values["u"] = mark_update(statement.get("u"), ctx)
+    values["u"] = mark_update(statement.get("u"), ctx, upsert=bool(statement.get("upsert")))
     values.setdefault("multi", False)
     values.setdefault("upsert", False)
     ordered = {key: values[key] for key in UPDATE_STATEMENT_ORDER if key in values}
@@ -122,7 +122,7 @@ def _find_and_modify(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
             query = mark_filter(value, ctx)
             marked[key] = query if ctx.tally.placeholders > before else value
         elif key == "update" and value is not None:
-            marked[key] = mark_update(value, ctx)
+            marked[key] = mark_update(value, ctx, upsert=bool(command.get("upsert")))
         elif key == "fields":
             marked[key] = mark_find_projection(value, ctx)
         elif key == "sort" and isinstance(value, Mapping):
@@ -185,7 +185,7 @@ def _bulk_write(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
     for operation, kind in zip(operations, kinds, strict=True):
         marked = dict(operation)
         if kind == "insert":
-            marked["document"] = mark_document(operation.get("document", {}), ctx)
+            marked["document"] = mark_inserted_document(operation.get("document", {}), ctx)
         else:
             if operation.get("multi") and kind == "update":
                 raise error("MULTI_UPDATE")
@@ -193,7 +193,8 @@ def _bulk_write(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 raise error("BULK_ONE_NAMESPACE")
             marked["filter"] = mark_filter(operation.get("filter", {}), _statement_ctx(operation, ctx))
             if kind == "update":
-                marked["updateMods"] = mark_update(operation.get("updateMods"), ctx)
+                upsert = bool(operation.get("upsert"))
+                marked["updateMods"] = mark_update(operation.get("updateMods"), ctx, upsert=upsert)
         marked_operations.append(marked)
     return _replace(command, ops=marked_operations)
 

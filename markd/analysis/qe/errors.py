@@ -147,6 +147,8 @@ ERRORS: dict[str, tuple[int, str]] = {
         "Pipelines in updates are not allowed to modify encrypted fields or add encrypted fields which are not "
         "present in the schema",
     ),
+    "PIPELINE_REFERENCE": (6331100, "Invalid reference to an encrypted field within aggregate expression: {path}"),
+    "UPDATE_PIPELINE_STAGE": (72, "{stage} is not allowed to be used within an update"),
     "RENAME": (6329901, "$rename between encrypted fields is not permitted with Queryable Encryption"),
     "RENAME_PREFIX": (51161, "$rename is not allowed on an object containing encrypted fields"),
     "UPDATE_OPERATOR": (51150, "{op} not allowed on encrypted values"),

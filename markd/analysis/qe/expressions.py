@@ -296,6 +296,22 @@ def _text(name: str, argument: Any, ctx: Context) -> dict[str, Any]:
     return {"input": argument["input"], key: {"$const": marked}}
 
 
+def encrypted_reference(expression: Any, ctx: Context) -> str | None:
+    """The first encrypted field (or object holding one) an expression reads, if any."""
+    if isinstance(expression, str):
+        if expression in ROOT_VARIABLES and ctx.schema.encrypts_anything:
+            return expression
+        path = field_path(expression)
+        return path if path is not None and not _is_plain(path, ctx) else None
+    if isinstance(expression, list):
+        return next((r for r in (encrypted_reference(e, ctx) for e in expression) if r is not None), None)
+    if isinstance(expression, Mapping):
+        if len(expression) == 1 and next(iter(expression)) in ("$const", "$literal"):
+            return None
+        return next((r for r in (encrypted_reference(v, ctx) for v in expression.values()) if r is not None), None)
+    return None
+
+
 def references_encrypted(expression: Any, ctx: Context) -> bool:
     """Whether an expression reads any encrypted field or an object holding one (used by update pipelines)."""
     if isinstance(expression, str):

@@ -15,8 +15,8 @@ from bson import Timestamp
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.expressions import references_encrypted
-from markd.analysis.qe.fields import Below, Encrypted, Plain, Prefix
+from markd.analysis.qe.expressions import encrypted_reference
+from markd.analysis.qe.fields import PLAIN, Below, Encrypted, Plain, Prefix
 
 
 def _join(prefix: str, key: str) -> str:
@@ -31,18 +31,21 @@ def check_generated_fields(document: Mapping[str, Any], ctx: Context) -> None:
             raise error("TIMESTAMP_ZERO", path=key)
 
 
-def mark_document(document: Mapping[str, Any], ctx: Context, prefix: str = "") -> dict[str, Any]:
-    """A document being written, with every encrypted value replaced by its insert placeholder."""
-    if not prefix:
-        check_generated_fields(document, ctx)
+def mark_document(document: Mapping[str, Any], ctx: Context, prefix: str = "", *,
+                  scalars_on_prefixes: bool = True) -> dict[str, Any]:
+    """A document being written, with every encrypted value replaced by its insert placeholder.
+
+    A key holding a dot is one field name, not a path, so it never names an encrypted field. A scalar
+    where an object holding encrypted fields belongs is allowed in inserted documents, not under $set.
+    """
     marked: dict[str, Any] = {}
     for key, value in document.items():
         path = _join(prefix, key)
-        info = ctx.schema.lookup(path)
+        info = PLAIN if "." in key else ctx.schema.lookup(path)
         if isinstance(info, Encrypted):
             marked[key] = ctx.marked(placeholders.insert_placeholder(info.field, value))
         elif isinstance(info, Prefix):
-            marked[key] = _mark_prefix_value(path, value, ctx)
+            marked[key] = _mark_prefix_value(path, value, ctx, scalars_on_prefixes)
         elif isinstance(info, Below):
             raise error("BELOW_ENCRYPTED", path=path)
         else:
@@ -50,11 +53,19 @@ def mark_document(document: Mapping[str, Any], ctx: Context, prefix: str = "") -
     return marked
 
 
-def _mark_prefix_value(path: str, value: Any, ctx: Context) -> Any:
+def mark_inserted_document(document: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """A document the server will store as it is (insert, upsert): generated values cannot be encrypted."""
+    check_generated_fields(document, ctx)
+    return mark_document(document, ctx)
+
+
+def _mark_prefix_value(path: str, value: Any, ctx: Context, scalars_on_prefixes: bool) -> Any:
     if isinstance(value, Mapping):
-        return mark_document(value, ctx, path)
+        return mark_document(value, ctx, path, scalars_on_prefixes=scalars_on_prefixes)
     if isinstance(value, list):
         raise error("ARRAY_ON_PATH", path=path)
+    if not scalars_on_prefixes:
+        raise error("SET_PREFIX", path=path)
     # A scalar where an object holding encrypted fields could be: nothing encrypted to mark.
     return value
 
@@ -63,12 +74,14 @@ def is_modifier_update(update: Any) -> bool:
     return isinstance(update, Mapping) and bool(update) and next(iter(update)).startswith("$")
 
 
-def mark_update(update: Any, ctx: Context) -> Any:
+def mark_update(update: Any, ctx: Context, upsert: bool = False) -> Any:
     """An update document, replacement document or update pipeline, marked."""
     if isinstance(update, list):
         return mark_update_pipeline(update, ctx)
     if not isinstance(update, Mapping):
         raise error("MALFORMED", detail="update must be an object or an array")
+    if upsert:
+        check_generated_fields(update, ctx)
     if is_modifier_update(update):
         return mark_modifiers(update, ctx)
     return mark_document(update, ctx)
@@ -103,7 +116,7 @@ def _set(fields: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
                 if isinstance(value, list):
                     raise error("ARRAY_ON_PATH", path=path)
                 raise error("SET_PREFIX", path=path)
-            marked[path] = mark_document(value, ctx, path)
+            marked[path] = mark_document(value, ctx, path, scalars_on_prefixes=False)
         elif isinstance(info, Below):
             raise error("BELOW_ENCRYPTED", path=path)
         else:
@@ -187,8 +200,11 @@ def _pipeline_fields_stage(stage: Mapping[str, Any], ctx: Context) -> None:
     if not isinstance(spec, Mapping):
         raise error("MALFORMED", detail="stage specification must be an object")
     for path, expression in _flatten(spec):
-        if not isinstance(ctx.schema.lookup(path), Plain) or references_encrypted(expression, ctx):
+        if not isinstance(ctx.schema.lookup(path), Plain):
             raise error("PIPELINE_UPDATE")
+        reference = encrypted_reference(expression, ctx)
+        if reference is not None:
+            raise error("PIPELINE_REFERENCE", path=reference)
 
 
 def _flatten(spec: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -219,5 +235,5 @@ def mark_update_pipeline(pipeline: list[Any], ctx: Context) -> list[Any]:
             if ctx.schema.encrypts_anything:
                 raise error("PIPELINE_UPDATE")
         else:
-            raise error("STAGE", stage=name)
+            raise error("UPDATE_PIPELINE_STAGE", stage=name)
     return list(pipeline)
