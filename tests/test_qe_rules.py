@@ -289,6 +289,26 @@ def test_find_and_modify_keeps_an_unmarked_query(client):
     assert set(reply["result"]["query"]["ssn"]) == {"$eq"}
 
 
+@pytest.mark.parametrize(("information", "code"), [
+    ({"type": 1, "schema": "secret"}, 14),
+    ({"type": 1, "schema": {}}, 6327503),
+    ({"type": 1, "schema": {"db.coll": {}, "db.other": {}}}, 6327503),
+    ("secret", 6327501),
+])
+def test_bad_encryption_information(client, information, code):
+    reply = raw_command(client, "db", {"insert": "coll", "documents": [{}], "encryptionInformation": information})
+    assert reply["ok"] == 0.0 and reply["code"] == code, reply
+
+
+def test_extra_state_collection_names_accepted(client):
+    information = {"type": 1, "schema": {"db.coll": {"escCollection": "e", "eccCollection": "c", "ecocCollection": "o",
+                                                     "fields": [{"path": "a.b.c", "keyId": KEYS["ssn"],
+                                                                 "bsonType": "string"}]}}}
+    reply = raw_command(client, "db", {"insert": "coll", "documents": [{"foo": "bar"}],
+                                       "encryptionInformation": information})
+    assert reply["ok"] == 1.0 and "encryptionInformation" in reply["result"]
+
+
 def test_namespace_mismatch(client):
     reply = raw_command(client, "db", {"find": "other", "filter": {}, "encryptionInformation": info()})
     assert reply["code"] == 6411900

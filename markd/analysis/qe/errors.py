@@ -20,6 +20,7 @@ ERRORS: dict[str, tuple[int, str]] = {
         "Namespace in encryptionInformation: '{given}' does not match namespace given in command: '{expected}'",
     ),
     "SCHEMA_NOT_OBJECT": (6327504, "Each namespace schema must be an object"),
+    "SCHEMA_TYPE": (14, "BSON field 'EncryptInformation.schema' is the wrong type, expected type 'object'"),
     "MISSING_SCHEMA": (9710000, "Missing encryption schema for namespace: {namespace}"),
     "MIXED_SCHEMAS": (
         9686710,

@@ -468,8 +468,10 @@ def _parse_cached(encoded: bytes) -> EncryptionInformation:
     if kind != 1:
         raise error("BAD_TYPE_FIELD")
     schema = raw.get("schema")
-    if not isinstance(schema, Mapping) or not schema:
-        raise error("MALFORMED", detail="encryptionInformation.schema must be a non-empty object")
+    if not isinstance(schema, Mapping):
+        raise error("SCHEMA_TYPE")
+    if not schema:
+        raise error("ONE_NAMESPACE")
     return EncryptionInformation({ns: parse_encrypted_fields(ns, value) for ns, value in schema.items()})
 
 
