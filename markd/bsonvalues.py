@@ -251,6 +251,8 @@ def bson_type(value: Any) -> str:
         return "int" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, float):
         return "double"
+    if isinstance(value, Code):  # a str subclass: asked before str
+        return "javascript" if value.scope is None else "javascriptWithScope"
     if isinstance(value, str):
         return "string"
     if isinstance(value, (Mapping, DBRef)):
@@ -265,8 +267,6 @@ def bson_type(value: Any) -> str:
         return "date"
     if isinstance(value, (Regex, re.Pattern)):
         return "regex"
-    if isinstance(value, Code):
-        return "javascript" if value.scope is None else "javascriptWithScope"
     if isinstance(value, Timestamp):
         return "timestamp"
     if isinstance(value, Decimal128):

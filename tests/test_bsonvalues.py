@@ -88,3 +88,13 @@ def test_int32_int64_double_stay_apart():
     decoded = bsonvalues.decode(data)
     assert [bsonvalues.bson_type(v) for v in decoded.values()] == ["int", "long", "double"]
     round_trips(data)
+
+
+def test_code_is_javascript_not_string() -> None:
+    from bson.code import Code
+
+    from markd.bsonvalues import bson_type
+
+    assert bson_type(Code("f()")) == "javascript"
+    assert bson_type(Code("f()", {"x": 1})) == "javascriptWithScope"
+    assert bson_type("f()") == "string"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson.binary import Binary
-from bson.code import Code
 
 from markd import bsonvalues
 from markd.analysis.csfle.errors import fail
@@ -52,8 +51,6 @@ def type_name(value: Any) -> str:
     """mongod's name for the value's BSON type (a placeholder/ciphertext is "encrypted binary data")."""
     if isinstance(value, Binary) and value.subtype == PLACEHOLDER_SUBTYPE:
         return "encrypted binary data"
-    if isinstance(value, Code):  # a str subclass: ask before bson_type sees a string
-        return "javascript" if value.scope is None else "javascriptWithScope"
     return bsonvalues.bson_type(value)
 
 
