@@ -175,6 +175,12 @@ REFUSED = [
     # schema commands
     ({"create": "coll", "validator": {"ssn": "x"}}, 6491100),
     ({"create": "coll", "viewOn": "other", "pipeline": []}, 7501300),
+    ({"create": "coll", "validator": {"$jsonSchema": {"properties": {"ssn": {"bsonType": "string"}}}}}, 51092),
+    ({"collMod": "coll", "validator": {"$and": [{"$jsonSchema": {}}, {"x": 1}]}}, 51092),
+    ({"createIndexes": "coll", "indexes": [{"key": {"a": 1}, "name": "a", "partialFilterExpression": {"u": "h"}},
+                                           {"key": {"b": 1}, "name": "b", "partialFilterExpression": {"ssn": "1"}}]},
+     6491102),
+    ({"collMod": "coll", "validator": {"unencrypted": 123}}, None),
     ({"collMod": "coll", "validator": {"age": {"$gt": 5}}}, 6491100),
     ({"createIndexes": "coll", "indexes": [{"name": "i", "key": {"x": 1}, "partialFilterExpression": {"ssn": "x"}}]},
      6491102),

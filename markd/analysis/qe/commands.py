@@ -11,7 +11,6 @@ from typing import Any
 
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.expressions import field_path
 from markd.analysis.qe.fields import Below, Encrypted, Plain, Prefix
 from markd.analysis.qe.match import mark_filter, touches_encrypted
 from markd.analysis.qe.pipeline import mark_find_projection, mark_pipeline
@@ -161,14 +160,17 @@ def _coll_mod(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _create_indexes(command: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    for index in _statements(command, "indexes"):
+    indexes = _statements(command, "indexes")
+    for index in indexes:
         if touches_encrypted(index.get("partialFilterExpression"), ctx):
             raise error("PARTIAL_FILTER")
+    for index in indexes:
         key = index.get("key")
         if isinstance(key, Mapping):
             for path in key:
-                probe = field_path("$" + path) if path not in ("$**",) else None
-                if probe is not None and not isinstance(ctx.schema.lookup(probe), Plain):
+                # markd's own rule (mongocryptd checks only partial filters): an index over ciphertext
+                # cannot serve any query, so asking for one is a mistake worth reporting.
+                if isinstance(path, str) and isinstance(ctx.schema.lookup(path), Encrypted):
                     raise error("INDEX_ON_ENCRYPTED", path=path)
     return _without_information(command)
 

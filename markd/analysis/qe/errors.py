@@ -194,6 +194,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     # commands
     "COMMAND": (115, "Command '{command}' is not supported with Queryable Encryption analysis"),
     "VIEW": (7501300, "Creating a view is not supported with automatic encryption"),
+    "JSON_SCHEMA_VALIDATOR": (51092, "Invalid match expression operator on encrypted field: $jsonSchema"),
     "VALIDATOR": (6491100, "Comparison to encrypted fields not supported in collection validator."),
     "PARTIAL_FILTER": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     "INDEX_ON_ENCRYPTED": (6346502, "Index key '{path}' cannot refer to an encrypted field"),

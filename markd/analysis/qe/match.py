@@ -448,9 +448,20 @@ def touches_encrypted(filter_: Any, ctx: Context) -> bool:
     """Whether a filter (a validator, a partialFilterExpression) compares or names anything encrypted."""
     if not isinstance(filter_, Mapping):
         return False
+    if ctx.schema.encrypts_anything and _mentions_json_schema(filter_):
+        # mongocryptd's QE analysis has no $jsonSchema support at all.
+        raise error("JSON_SCHEMA_VALIDATOR")
     probe = Context(ctx.schema, ctx.information, ctx.database)
     try:
-        mark_filter({k: v for k, v in filter_.items() if k != "$jsonSchema"}, probe)
+        mark_filter(filter_, probe)
     except CommandError:  # any refusal means an encrypted field is involved
         return True
     return probe.tally.placeholders > 0
+
+
+def _mentions_json_schema(filter_: Any) -> bool:
+    if isinstance(filter_, Mapping):
+        return "$jsonSchema" in filter_ or any(_mentions_json_schema(v) for k, v in filter_.items() if k in LOGICAL)
+    if isinstance(filter_, list):
+        return any(_mentions_json_schema(v) for v in filter_)
+    return False
