@@ -79,6 +79,8 @@ REFUSED = [
     (find({"a": {"$in": [["x"]]}}), 31008),
     (find({"a": {"$elemMatch": {"b": "x"}}}), 6890100),
     (find({"$where": "this.ssn == '1'"}), 51094),
+    (find({"$cantDoThis": 5}), 2),
+    (find("not an object"), 9),
     (find({"age": {"$gt": 201}}), 6747900),
     (find({"age": {"$gt": -5, "$lt": 5}}), 6747901),
     (find({"age": {"$gt": 5, "$lt": 500}}), 6747902),

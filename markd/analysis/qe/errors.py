@@ -86,6 +86,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "IN_REGEX": (51015, "Illegal regex inside $in against an encrypted field: '{path}'"),
     "IN_NESTED_ARRAY": (6994300, "Nested arrays not supported for encrypted $in"),
     "BAD_OPERATOR": (51092, "Invalid match expression operator on encrypted field '{path}': {op}"),
+    "UNKNOWN_TOP_LEVEL": (2, "unknown top level operator: {op}"),
     "UNSUPPORTED_OPERATOR": (51094, "Unsupported match expression operator for encryption: {op}"),
     "ELEM_MATCH": (6890100, "$elemMatch is unsupported on encrypted fields: {path}"),
     "OBJECT_COMPARISON": (

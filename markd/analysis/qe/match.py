@@ -64,7 +64,7 @@ LOGICAL = ("$and", "$or", "$nor")
 # Top-level operators that never name a field: passed through as they are.
 PASSTHROUGH_TOP_LEVEL = frozenset({"$text", "$alwaysTrue", "$alwaysFalse", "$sampleRate"})
 # Top-level operators that can reach any field's value: refused once anything is encrypted.
-OPAQUE_TOP_LEVEL = frozenset({"$where", "$jsonSchema", "$function"})
+OPAQUE_TOP_LEVEL = frozenset({"$where", "$jsonSchema"})
 STRING_TYPES = ("string", "symbol")
 
 
@@ -124,9 +124,11 @@ def _top_level_operator(key: str, value: Any, ctx: Context) -> list[Node]:
         return []
     if key in PASSTHROUGH_TOP_LEVEL:
         return [{key: value}]
-    if key in OPAQUE_TOP_LEVEL and not ctx.schema.encrypts_anything:
-        return [{key: value}]
-    raise error("UNSUPPORTED_OPERATOR", op=key)
+    if key in OPAQUE_TOP_LEVEL:
+        if not ctx.schema.encrypts_anything:
+            return [{key: value}]
+        raise error("UNSUPPORTED_OPERATOR", op=key)
+    raise error("UNKNOWN_TOP_LEVEL", op=key)
 
 
 def _is_operator_object(value: Any) -> bool:
