@@ -31,6 +31,8 @@ from markd.analysis.qe.fields import (
     Below,
     Bound,
     EncryptedField,
+    EncryptedFields,
+    EncryptionInformation,
     Plain,
     Prefix,
     numeric,
@@ -177,6 +179,15 @@ def _is_pattern(value: Any) -> bool:
     return isinstance(value, re.Pattern)
 
 
+def _is_value_elem_match(operand: Mapping[str, Any]) -> bool:
+    """`{$elemMatch: {$gt: 1}}` matches element values; `{$elemMatch: {a: 1}}` (or $and/$or/$expr) documents."""
+    first = next(iter(operand))
+    return first.startswith("$") and first not in (*LOGICAL, "$expr", "$where", "$text", "$comment")
+
+
+_PLAIN_CONTEXT = Context(EncryptedFields("", ()), EncryptionInformation({}), "")
+
+
 def true_value(value: Any) -> bool:
     """BSON truthiness as the server reads `$exists`: false, 0, null and undefined are false."""
     if isinstance(value, bool):
@@ -191,6 +202,10 @@ def true_value(value: Any) -> bool:
 def _plain(path: str, operator: str, operand: Any) -> dict[str, Any]:
     if operator == "$exists":
         return {path: {"$exists": true_value(operand)}}
+    if operator == "$elemMatch" and isinstance(operand, Mapping) and operand and not _is_value_elem_match(operand):
+        # An object $elemMatch is a filter over the array's elements: normalised like one (nothing under a
+        # plain path is encrypted).
+        return {path: {"$elemMatch": _wrap(_and_level(operand, _PLAIN_CONTEXT))}}
     if operator == "$regex":
         return {path: operand if isinstance(operand, Mapping) and "$regex" in operand else {"$regex": operand}}
     if operator == "$ne":

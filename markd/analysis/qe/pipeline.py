@@ -14,8 +14,8 @@ from typing import Any
 
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.expressions import field_path, mark_expression
-from markd.analysis.qe.fields import Below, Encrypted, EncryptedFields, Plain, Prefix
+from markd.analysis.qe.expressions import encrypted_reference, field_path, mark_expression
+from markd.analysis.qe.fields import Below, Encrypted, EncryptedFields, Plain
 from markd.analysis.qe.match import mark_filter
 
 StageRule = Callable[[str, Any, Context], tuple[Any, Context]]
@@ -310,17 +310,21 @@ def mark_pipeline(pipeline: Any, ctx: Context) -> tuple[list[Any], Context]:
 
 
 def mark_find_projection(projection: Any, ctx: Context) -> Any:
-    """find's projection: flags and $slice/$elemMatch on plain paths, expressions marked like $project."""
+    """find's projection: inclusion flags, $slice/$elemMatch/$meta on plain paths, and computed fields
+    that read nothing encrypted (mongocryptd refuses encrypted fields in find projections: 6329201)."""
     if not isinstance(projection, Mapping):
         return projection
     marked: dict[str, Any] = {}
     for path, value in projection.items():
+        if _is_inclusion_flag(value):
+            marked[path] = value
+            continue
         if isinstance(value, Mapping) and value and next(iter(value)) in ("$slice", "$elemMatch", "$meta"):
             if next(iter(value)) != "$meta" and not isinstance(ctx.schema.lookup(path), Plain):
-                raise error("PROJECTION", path=path)
+                raise error("FIND_PROJECTION")
             marked[path] = value
-        elif isinstance(ctx.schema.lookup(path), Prefix) and not _is_inclusion_flag(value):
-            raise error("PROJECTION", path=path)
-        else:
-            marked.update(_projection({path: value}, ctx, computed_only=False))
+            continue
+        if not isinstance(ctx.schema.lookup(path), Plain) or encrypted_reference(value, ctx) is not None:
+            raise error("FIND_PROJECTION")
+        marked[path] = value
     return marked
