@@ -10,7 +10,7 @@ import click
 
 import markd
 from markd import logs
-from markd.config import ConfigError, Settings, load_config_file, parsed_options
+from markd.config import ConfigError, Settings, file_permissions, load_config_file, parsed_options
 from markd.pidfile import PidFile, PidFileLocked
 
 
@@ -18,6 +18,15 @@ def _split_ips(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _file_permissions(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return file_permissions(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help", "-h"]}
@@ -33,8 +42,12 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
 @click.option("--pidfilepath", "pidfile", help="Pid file [./mongocryptd.pid].")
 @click.option("--unixSocketPrefix", "unix_socket_prefix", help="Directory of mongocryptd.sock [/tmp].")
 @click.option("--nounixsocket", is_flag=True, default=None, help="Do not listen on a Unix socket.")
+@click.option("--filePermissions", "unix_socket_permissions", callback=_file_permissions, metavar="OCTAL",
+              help="Permissions of the Unix socket file [0700]; 0770 lets its group connect.")
 @click.option("--logpath", help="Log to this file instead of stdout.")
 @click.option("--logappend", is_flag=True, default=None, help="Append to --logpath.")
+@click.option("--logRotate", "log_rotate", type=click.Choice(["rename", "reopen"]),
+              help="What SIGUSR1 does to --logpath [rename]; SIGHUP always reopens it.")
 @click.option("--logFormat", "log_format", type=click.Choice(["text", "json"]), help="Log line format [text].")
 @click.option("--quiet", is_flag=True, default=None, help="Only warnings and errors.")
 @click.option("-v", "--verbose", "verbosity", count=True, help="Debug logging (per command).")

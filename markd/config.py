@@ -12,6 +12,22 @@ DEFAULT_PORT = 27020
 DEFAULT_SOCKET_PREFIX = "/tmp"
 SOCKET_NAME = "mongocryptd.sock"
 DEFAULT_PIDFILE = "mongocryptd.pid"
+DEFAULT_SOCKET_PERMISSIONS = 0o700  # as mongod: only the daemon's own user can connect
+
+
+def file_permissions(value: Any) -> int:
+    """mongod's filePermissions: octal digits ("0770", "770", "0o770"), at most 0777."""
+    text = str(value).strip().lower()
+    digits = text[2:] if text.startswith("0o") else text
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise ValueError(f"filePermissions must be octal permission bits such as 0700 or 0770, not {value!r}")
+    return int(digits, 8)
+
+
+def log_rotate_mode(value: Any) -> str:
+    if value not in ("rename", "reopen"):
+        raise ValueError(f"logRotate must be rename or reopen, not {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -22,10 +38,12 @@ class Settings:
     ipv6: bool = False
     unix_socket: bool = True
     unix_socket_prefix: str = DEFAULT_SOCKET_PREFIX
+    unix_socket_permissions: int = DEFAULT_SOCKET_PERMISSIONS  # mongod's filePermissions
     pidfile: str = DEFAULT_PIDFILE
     idle_shutdown_secs: float = 0.0  # 0: never
     logpath: str | None = None
     logappend: bool = False
+    log_rotate: str = "rename"  # SIGUSR1, as mongod's --logRotate: rename | reopen
     log_format: str = "text"  # text | json
     verbosity: int = 0
     quiet: bool = False
@@ -66,6 +84,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("net", "maxIncomingConnections"): ("max_conns", int),
     ("net", "unixDomainSocket", "enabled"): ("unix_socket", bool),
     ("net", "unixDomainSocket", "pathPrefix"): ("unix_socket_prefix", str),
+    ("net", "unixDomainSocket", "filePermissions"): ("unix_socket_permissions", file_permissions),
     ("net", "tls", "mode"): ("tls_mode", str),
     ("net", "tls", "certificateKeyFile"): ("tls_certificate_key_file", str),
     ("net", "tls", "CAFile"): ("tls_ca_file", str),
@@ -74,6 +93,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("processManagement", "idleShutdownTimeoutSecs"): ("idle_shutdown_secs", float),
     ("systemLog", "path"): ("logpath", str),
     ("systemLog", "logAppend"): ("logappend", bool),
+    ("systemLog", "logRotate"): ("log_rotate", log_rotate_mode),
     ("systemLog", "verbosity"): ("verbosity", int),
     ("systemLog", "quiet"): ("quiet", bool),
     ("systemLog", "format"): ("log_format", str),
@@ -97,11 +117,28 @@ def _flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[s
     return flat
 
 
+class _YamlInt(int):
+    """An int that remembers how the file wrote it: `filePermissions: 770` means octal 0770, as in mongod,
+    although YAML reads it as decimal seven hundred and seventy."""
+
+    text: str
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
+        value = _YamlInt(super().construct_yaml_int(node))
+        value.text = str(node.value)
+        return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
 def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
     """Settings fields from a YAML file, and the dotted keys markd does not know."""
     try:
         with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle) or {}
+            tree = yaml.load(handle, Loader=_Loader) or {}  # a SafeLoader subclass
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Error reading config file {path}: {exc}") from exc
     if not isinstance(tree, dict):
@@ -114,6 +151,8 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
             unknown.append(".".join(key_path))
             continue
         name, convert = target
+        if isinstance(raw, _YamlInt):
+            raw = raw.text if convert is file_permissions else int(raw)
         try:
             values[name] = convert(raw)
         except (TypeError, ValueError) as exc:

@@ -47,30 +47,52 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+_STAMP = "%Y-%m-%dT%H-%M-%S"
+# The log file configure() opened (None: stdout), for reopen() and rotate().
+_logpath: str | None = None
+
+
+def _rename_aside(logpath: str) -> str | None:
+    """Move `logpath` to `<path>.<UTC time>` (mongod's name for an old log), `.N` added if that is taken;
+    the new name, or None if there was nothing to move or it could not be moved."""
+    if not os.path.isfile(logpath) or os.path.getsize(logpath) == 0:
+        return None
+    base = f"{logpath}.{datetime.datetime.now(datetime.timezone.utc).strftime(_STAMP)}"
+    target, n = base, 0
+    while os.path.exists(target):
+        n += 1
+        target = f"{base}.{n}"
+    os.rename(logpath, target)
+    return target
+
+
 def _keep_previous_log(logpath: str) -> bool:
     """As mongod without --logappend: a previous log (say, a crash's) is renamed `<path>.<UTC time>`, not
     truncated. True when the path is now free to append to."""
     try:
-        if not os.path.isfile(logpath) or os.path.getsize(logpath) == 0:
-            return False
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
-        os.rename(logpath, f"{logpath}.{stamp}")
+        return _rename_aside(logpath) is not None
     except OSError:
         return False
-    return True
+
+
+def _file_handler(logpath: str, mode: str) -> logging.Handler:
+    # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
+    handler = logging.handlers.WatchedFileHandler(logpath, mode=mode, encoding="utf-8")
+    handler.mode = "a"  # whatever reopens it later (a move noticed, SIGHUP) must never truncate
+    return handler
 
 
 def configure(logpath: str | None, append: bool, log_format: str, verbosity: int, quiet: bool) -> None:
     """Send the markd logger to `logpath` (or stdout). A log file that cannot be opened falls back to
     stderr with a warning: losing the log must never cost the daemon."""
+    global _logpath
+    _logpath = logpath
     unopenable: OSError | None = None
     handler: logging.Handler
     if logpath and not append:
         append = _keep_previous_log(logpath)
     try:
-        # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
-        handler = (logging.handlers.WatchedFileHandler(logpath, mode="a" if append else "w", encoding="utf-8")
-                   if logpath else logging.StreamHandler(sys.stdout))
+        handler = _file_handler(logpath, "a" if append else "w") if logpath else logging.StreamHandler(sys.stdout)
     except OSError as exc:
         unopenable = exc
         handler = logging.StreamHandler(sys.stderr)
@@ -87,3 +109,43 @@ def configure(logpath: str | None, append: bool, log_format: str, verbosity: int
     if unopenable is not None:
         log.warning("cannot open the log file; logging to stderr instead",
                     extra={"attr": {"logpath": logpath, "error": unopenable.strerror or str(unopenable)}})
+
+
+def reopen(reason: str = "SIGHUP") -> bool:
+    """Open the log file afresh, appending (after logrotate moved it, or to leave a stderr fallback).
+    Logging to stdout: nothing to do. False, with a warning in the old log, if it cannot be opened."""
+    if not _logpath:
+        log.info("no log file to reopen; logging to stdout", extra={"attr": {"signal": reason}})
+        return False
+    old = log.handlers[0] if log.handlers else None
+    try:
+        handler = _file_handler(_logpath, "a")
+    except OSError as exc:
+        log.warning("cannot reopen the log file; still logging to the old one",
+                    extra={"attr": {"logpath": _logpath, "error": exc.strerror or str(exc)}})
+        return False
+    if old is not None and old.formatter is not None:
+        handler.setFormatter(old.formatter)
+    log.handlers[:] = [handler]
+    if old is not None:
+        old.close()
+    log.info("log file reopened", extra={"attr": {"logpath": _logpath, "signal": reason}})
+    return True
+
+
+def rotate(mode: str = "rename", reason: str = "SIGUSR1") -> bool:
+    """mongod's logRotate: `rename` moves the file to `<path>.<UTC time>` and starts a new one; `reopen`
+    only reopens (for logrotate's `create`, which has already moved it)."""
+    if mode == "rename" and _logpath:
+        log.info("log rotation initiated", extra={"attr": {"logpath": _logpath, "signal": reason}})
+        try:
+            renamed = _rename_aside(_logpath)
+        except OSError as exc:
+            log.warning("cannot rename the log file; reopening it instead",
+                        extra={"attr": {"logpath": _logpath, "error": exc.strerror or str(exc)}})
+            renamed = None
+        if renamed:
+            reopened = reopen(reason)
+            log.info("log rotated", extra={"attr": {"renamedTo": renamed}})
+            return reopened
+    return reopen(reason)

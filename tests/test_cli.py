@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.support.process import MONGOCRYPTD, MarkdProcess, RawConnection, free_port, wait_for_port
 
@@ -140,8 +146,6 @@ def test_nounixsocket():
 
 
 def _ipv6_loopback_available() -> bool:
-    import socket
-
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
@@ -151,10 +155,6 @@ def _ipv6_loopback_available() -> bool:
 
 
 def test_ipv6_adds_the_ipv6_loopback():
-    import socket
-
-    import pytest
-
     if not _ipv6_loopback_available():
         pytest.skip("no IPv6 loopback here")
     with MarkdProcess(args=["--ipv6"]) as daemon:
@@ -168,3 +168,183 @@ def test_ipv6_adds_the_ipv6_loopback():
 def test_bind_ip_list():
     with MarkdProcess(args=["--bind_ip", "127.0.0.1,localhost"]) as daemon:
         assert "addresses=127.0.0.1,localhost" in daemon.wait_for_log("markd started")
+
+
+# Unix socket permissions (mongod's --filePermissions) ---------------------------------------------
+def _socket_mode(daemon: MarkdProcess) -> int:
+    return stat.S_IMODE(os.stat(daemon.socket_path).st_mode)
+
+
+def test_socket_is_0700_by_default_and_file_permissions_changes_it():
+    with MarkdProcess() as daemon:
+        assert _socket_mode(daemon) == 0o700
+    with MarkdProcess(args=["--filePermissions", "0770"]) as daemon:
+        assert _socket_mode(daemon) == 0o770
+        with daemon.client() as client:
+            parsed = client.admin.command("getCmdLineOpts")["parsed"]
+        assert parsed["net"]["unixDomainSocket"]["filePermissions"] == 0o770
+        with RawConnection(daemon.socket_path) as connection:
+            assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+
+
+def test_file_permissions_from_the_config_file_are_octal():
+    with tempfile.TemporaryDirectory(prefix="markd-config-") as directory:
+        for written, expected in (("0777", 0o777), ("770", 0o770), ('"0660"', 0o660)):
+            config = Path(directory) / "markd.yaml"
+            config.write_text(f"net:\n  unixDomainSocket:\n    filePermissions: {written}\n")
+            with MarkdProcess(args=["--config", str(config)]) as daemon:
+                assert _socket_mode(daemon) == expected, written
+
+
+def test_bad_file_permissions_are_a_clear_error():
+    for bad in ("0800", "rwx", "01777"):
+        result = subprocess.run([MONGOCRYPTD, "--filePermissions", bad], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, bad
+        assert "filePermissions" in result.stderr, result.stderr
+    with tempfile.TemporaryDirectory(prefix="markd-config-") as directory:
+        config = Path(directory) / "markd.yaml"
+        config.write_text("net:\n  unixDomainSocket:\n    filePermissions: 0x1ff\n")
+        result = subprocess.run([MONGOCRYPTD, "--config", str(config)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert "Bad value for net.unixDomainSocket.filePermissions" in result.stderr
+
+
+def _connects_as_nobody(path: Path, extra_groups: list[int]) -> bool:
+    """Whether an unprivileged process (uid/gid 65534, plus `extra_groups`) can connect to the socket."""
+    code = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(3)\nsys.exit(0)\n")
+    for python in (sys.executable, "/usr/bin/python3"):  # the venv's may sit under a home nobody can enter
+        try:
+            result = subprocess.run([python, "-c", code, str(path)], user=65534, group=65534, cwd="/",
+                                    extra_groups=extra_groups, capture_output=True, text=True, timeout=30)
+        except (PermissionError, FileNotFoundError):
+            continue
+        assert result.returncode in (0, 3), result.stderr
+        return result.returncode == 0
+    pytest.skip("no Python that uid 65534 may run")
+
+
+def test_file_permissions_decide_which_users_can_connect():
+    """What the mode is for: 0700 only the daemon's user, 0770 also its group, 0777 everyone."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    group = os.getegid()  # the socket's group: the daemon's
+    for mode, other, member in (("0700", False, False), ("0770", False, True), ("0777", True, True)):
+        daemon = MarkdProcess(args=["--filePermissions", mode])
+        daemon.workdir.chmod(0o755)  # let the other user reach the socket's directory
+        with daemon:
+            assert _connects_as_nobody(daemon.socket_path, []) is other, mode
+            assert _connects_as_nobody(daemon.socket_path, [group]) is member, mode
+
+
+# systemd readiness (Type=notify) -------------------------------------------------------------------
+def _notify_listener(address: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + address[1:] if address.startswith("@") else address)
+    listener.settimeout(15)
+    return listener
+
+
+def _notifications(listener: socket.socket) -> dict[str, str]:
+    datagram = listener.recv(4096).decode()
+    return dict(line.split("=", 1) for line in datagram.splitlines())
+
+
+@pytest.mark.parametrize("kind", ["abstract", "path"])
+def test_notify_socket_gets_ready_once_listening_and_stopping_at_shutdown(kind, monkeypatch):
+    daemon = MarkdProcess(wait=False)
+    address = (f"@markd-test-notify-{os.getpid()}-{daemon.port}" if kind == "abstract"
+               else str(daemon.workdir / "notify.sock"))
+    with _notify_listener(address) as listener:
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        try:
+            daemon.start()
+            ready = _notifications(listener)
+            assert ready["READY"] == "1"
+            assert ready["MAINPID"] == str(daemon.process.pid)
+            # READY means serving: no retry loop, the first connection attempts must succeed.
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=2):
+                pass
+            with RawConnection(daemon.socket_path) as connection:
+                assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+            assert daemon.pidfile_content()["pid"] == daemon.process.pid
+            daemon.process.send_signal(signal.SIGTERM)
+            assert _notifications(listener)["STOPPING"] == "1"
+            assert daemon.exit_code() == 0
+        finally:
+            daemon.cleanup()
+
+
+def test_unreachable_notify_socket_is_only_a_warning(monkeypatch):
+    with tempfile.TemporaryDirectory(prefix="markd-notify-") as directory:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(Path(directory) / "nobody-listens.sock"))
+        with MarkdProcess() as daemon:
+            daemon.wait_for_log("cannot notify systemd")
+            with daemon.client() as client:
+                assert client.admin.command("ping")["ok"] == 1
+
+
+# log files and signals -----------------------------------------------------------------------------
+def test_sighup_reopens_the_log_file_and_does_not_stop_markd():
+    with MarkdProcess() as daemon:
+        daemon.wait_for_log("markd started")
+        moved = daemon.workdir / "markd.log.1"
+        daemon.logfile.rename(moved)  # as logrotate does
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for_log("log file reopened")
+        assert daemon.process.poll() is None
+        with daemon.client() as client:
+            assert client.admin.command("ping")["ok"] == 1
+        daemon.wait_for_log("command=ping")
+        daemon.process.send_signal(signal.SIGHUP)  # again, with the file in place: appended, not truncated
+        daemon.wait_for_log("signal=SIGHUP")
+        assert daemon.stop() == 0
+        old, new = moved.read_text(), daemon.log_text()
+    assert "markd started" in old and "command=ping" not in old
+    assert new.count("log file reopened") == 2 and "command=ping" in new and "markd stopped" in new
+
+
+def test_sigusr1_rotates_the_log_as_mongod():
+    with MarkdProcess() as daemon:
+        daemon.wait_for_log("markd started")
+        daemon.process.send_signal(signal.SIGUSR1)
+        daemon.wait_for_log("log rotated")
+        (renamed,) = daemon.workdir.glob("markd.log.20*")  # markd.log.<UTC time>
+        assert daemon.process.poll() is None
+        with daemon.client() as client:
+            client.admin.command("ping")
+        assert daemon.stop() == 0
+        old, new = renamed.read_text(), daemon.log_text()
+    assert "markd started" in old and "log rotation initiated" in old and "command=ping" not in old
+    assert f"renamedTo={renamed}" in new and "command=ping" in new and "markd started" not in new
+
+
+def test_log_rotate_reopen_leaves_the_file_to_logrotate():
+    with MarkdProcess(args=["--logRotate", "reopen"]) as daemon:
+        daemon.wait_for_log("markd started")
+        daemon.process.send_signal(signal.SIGUSR1)
+        log = daemon.wait_for_log("log file reopened")
+        assert "signal=SIGUSR1" in log and "markd started" in log
+        assert not list(daemon.workdir.glob("markd.log.*"))
+        assert daemon.stop() == 0
+
+
+def test_sighup_when_logging_to_stdout():
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="markd-stdout-") as directory:
+        process = subprocess.Popen([MONGOCRYPTD, f"--port={port}", "--pidfilepath", f"{directory}/m.pid",
+                                    "--unixSocketPrefix", directory], stdout=subprocess.PIPE, text=True)
+        try:
+            wait_for_port(port)
+            process.send_signal(signal.SIGHUP)
+            with RawConnection(port) as connection:
+                assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+            assert process.poll() is None
+            process.terminate()
+            out, _ = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0
+        assert "no log file to reopen" in out

@@ -301,6 +301,38 @@ def test_auto_encryption_reaches_markd_over_tls(tls_markd):
         assert_markd_answered_insert(markd_client, error, inserted, "TLS-ssn-1")
 
 
+def _healthcheck(*args: str) -> int:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "markd.healthcheck", "--timeout", "3", *args],
+                          capture_output=True, text=True, timeout=30).returncode
+
+
+def test_healthcheck_needs_a_client_certificate_when_markd_has_a_ca_file(tls_markd):
+    """docs/deploy.md's container health check with --tlsCAFile: --tls, the CA and a client certificate."""
+    daemon, certs = tls_markd
+    base = ["--host", "localhost", "--port", str(daemon.port), "--tls", "--tlsCAFile", str(certs["ca"])]
+    assert _healthcheck(*base, "--tlsCertificateKeyFile", str(certs["client"])) == 0
+    assert _healthcheck(*base) == 1  # no client certificate: refused, as mongod refuses it
+    assert _healthcheck("--port", str(daemon.port), "--tlsAllowInvalidCertificates",
+                        "--tlsCertificateKeyFile", str(certs["client"])) == 0
+
+
+def test_allow_connections_without_certificates(tmp_path):
+    certs = _certificates(tmp_path)
+    args = ["--tlsMode", "requireTLS", "--tlsCertificateKeyFile", str(certs["server"]), "--tlsCAFile",
+            str(certs["ca"]), "--tlsAllowConnectionsWithoutCertificates"]
+    with MarkdProcess(args=args) as daemon:
+        base = ["--host", "localhost", "--port", str(daemon.port), "--tls", "--tlsCAFile", str(certs["ca"])]
+        assert _healthcheck(*base) == 0
+        assert _healthcheck(*base, "--tlsCertificateKeyFile", str(certs["client"])) == 0
+        # A certificate that is presented must still be signed by the CA: one from another CA is refused.
+        (tmp_path / "other").mkdir()
+        stranger = _certificates(tmp_path / "other")
+        assert _healthcheck(*base, "--tlsCertificateKeyFile", str(stranger["client"])) == 1
+
+
 def test_tls_without_certificate_file_is_a_clear_startup_error():
     daemon = MarkdProcess(args=["--tlsMode", "requireTLS"], wait=False).start()
     try:

@@ -446,6 +446,8 @@ def test_unit_is_unprivileged_restarting_and_hardened() -> None:
     assert one["ExecStart"].split()[1:] == ["--config", "/etc/markd/markd.yaml"]
     assert one["DynamicUser"] == "yes" or one.get("User") not in (None, "root")
     assert one["Restart"] == "on-failure"
+    # markd sends READY=1 itself once listening (tests/test_cli.py), so dependents start when it serves.
+    assert one["Type"] == "notify" and one.get("NotifyAccess", "main") == "main"
     assert one["RuntimeDirectory"] == "markd"
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
                 "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "LockPersonality",
