@@ -21,6 +21,7 @@ Positions are tuples of keys and indexes from the command root, e.g. ("documents
 
 from __future__ import annotations
 
+import decimal
 import re
 import uuid
 from collections.abc import Iterator
@@ -28,11 +29,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from bson import Int64, Regex
+from bson import Decimal128, Int64, Regex
 from bson.binary import Binary
+from bson.code import Code
 from hypothesis import strategies as st
 
 from markd import bsonvalues
+from markd.bsonvalues import Symbol
 from tests.fuzz.bsongen import scalar_values, values
 
 DETERMINISTIC = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
@@ -152,7 +155,7 @@ def of_type(bson_type: str | None) -> st.SearchStrategy[Any]:
 @cache
 def maybe_of_type(bson_type: str | None) -> st.SearchStrategy[Any]:
     """Mostly the right type (the success path), sometimes anything (the refusal path)."""
-    return st.one_of(of_type(bson_type), of_type(bson_type), of_type(bson_type), scalar_values())
+    return st.one_of(*[of_type(bson_type)] * 6, scalar_values())
 
 
 DET_TYPES = ["string", "int", "long", "date", "objectId", "binData"]
@@ -293,6 +296,13 @@ class Flavour:
         raise NotImplementedError
 
 
+def weighted_names(flavour: Flavour) -> list[str]:
+    """The flavour's field names, encrypted ones (and prefixes of them) three times over: the interesting cases."""
+    names = flavour.field_names()
+    hot = [n for n in names if flavour.classify(n)[0] in ("enc", "obj")]
+    return hot * 3 + names  # first: hypothesis favours the start of a sampled list
+
+
 class Csfle(Flavour):
     name = "csfle"
 
@@ -357,6 +367,37 @@ class Qe(Flavour):
         return ["plain1", "_id", "ssn", "age", "notes", "addr", "addr.zip", "addr.city"]
 
 
+class Aliased(Flavour):
+    """The documents after a renaming stage: `aliases` name -> source path; `only`: the fields that remain."""
+
+    def __init__(self, base: Flavour, aliases: dict[str, str], only: set[str] | None = None) -> None:
+        self.base = base
+        self.name = base.name
+        self.aliases = aliases
+        self.only = only
+
+    def classify(self, path: str) -> tuple[str, Any]:
+        head, _, rest = path.partition(".")
+        if head in self.aliases:
+            source = self.aliases[head]
+            return self.base.classify(f"{source}.{rest}" if rest else source)
+        if self.only is not None and head not in self.only:
+            return "plain", None  # gone: compares against a missing field
+        return self.base.classify(path)
+
+    def expect(self, rule: Any, value: Any, context: int, document: dict[str, Any] | None) -> Expect:
+        return self.base.expect(rule, value, context, document)
+
+    def leaf_type(self, rule: Any) -> str | None:
+        return self.base.leaf_type(rule)
+
+    def field_names(self) -> list[str]:
+        names = [*self.aliases, *(f"{a}.{n[len(s) + 1:]}" for a, s in self.aliases.items()
+                                  for n in self.base.field_names() if n.startswith(s + "."))]
+        kept = [n for n in self.base.field_names() if self.only is None or n.split(".")[0] in self.only]
+        return sorted(set(names + kept))
+
+
 # ------------------------------------------------------------------------------------------------
 # Documents (insert, replacement, $set values) and the sensitive positions inside them
 # ------------------------------------------------------------------------------------------------
@@ -374,7 +415,12 @@ def document(draw: st.DrawFn, flavour: Flavour, prefix: str = "", depth: int = 0
         names = _nested_names(flavour, prefix)
     else:
         names = sorted({n.split(".")[0] for n in flavour.field_names()} | {"enc_b", POINTER_FIELD})
-    chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=5))
+    hot = [n for n in names if flavour.classify(f"{prefix}.{n}" if prefix else n)[0] in ("enc", "obj")]
+    names = hot + [n for n in names if n not in hot]
+    chosen = draw(st.lists(st.sampled_from(names), unique=True, min_size=0 if prefix else 1, max_size=5))
+    if hot and draw(st.integers(0, 3)) > 0:
+        first = draw(st.sampled_from(hot))
+        chosen = [first, *(n for n in chosen if n != first)]
     out: dict[str, Any] = {}
     for name in chosen:
         path = f"{prefix}.{name}" if prefix else name
@@ -492,7 +538,7 @@ def predicate(draw: st.DrawFn, flavour: Flavour, path: str) -> Built:
 @st.composite
 def match_expression(draw: st.DrawFn, flavour: Flavour, depth: int = 0) -> Built:
     out = Built({})
-    names = draw(st.lists(st.sampled_from(flavour.field_names()), unique=True, max_size=3))
+    names = draw(st.lists(st.sampled_from(weighted_names(flavour)), unique=True, min_size=int(depth == 0), max_size=3))
     for name in names:
         sub = draw(predicate(flavour, name))
         out.value[name] = sub.value
@@ -519,7 +565,7 @@ def update_spec(draw: st.DrawFn, flavour: Flavour) -> Built:
         return Built(doc, dict(document_positions(flavour, doc, (), "", 1, doc)))
     out = Built({})
     sets: dict[str, Any] = {}
-    for name in draw(st.lists(st.sampled_from(flavour.field_names()), unique=True, min_size=1, max_size=3)):
+    for name in draw(st.lists(st.sampled_from(weighted_names(flavour)), unique=True, min_size=1, max_size=3)):
         kind, rule = flavour.classify(name)
         if kind == "obj":
             value = draw(document(flavour, name, 1))
@@ -622,12 +668,13 @@ def command_case(draw: st.DrawFn, flavour_name: str, command_name: str | None = 
             sensitive.update(spec.at(("update",)))
     else:  # aggregate
         pipeline: list[dict[str, Any]] = []
-        projection: dict[str, Any] = {}
-        for _ in range(draw(st.integers(1, 3))):
-            stage = draw(st.sampled_from(["$match", "$match", "$limit", "$skip", "$sort", "$project"]))
+        view: Flavour = flavour  # what the documents look like at this point of the pipeline
+        for _ in range(draw(st.integers(1, 4))):
+            stage = draw(st.sampled_from(["$match", "$match", "$limit", "$skip", "$sort", "$project", "$addFields",
+                                          "$group"]))
             index = len(pipeline)
             if stage == "$match":
-                built = draw(match_expression(flavour))
+                built = draw(match_expression(view))
                 pipeline.append({"$match": built.value})
                 use_filter(built, ("pipeline", index, "$match"))
             elif stage in ("$limit", "$skip"):
@@ -636,10 +683,19 @@ def command_case(draw: st.DrawFn, flavour_name: str, command_name: str | None = 
                 pipeline.append({"$sort": {"plain1": 1}})
                 strict = False  # stages may be re-serialized
             else:
-                projection = {"plain1": 1, "ssn": 1}
+                # A stage that renames: a later $match on the new name compares the source field's values,
+                # so it must be marked (or refused) as the source would be.
+                source = draw(st.sampled_from(view.field_names()))
                 strict = False
-        if projection:  # last: a $match after it would see only the projected fields
-            pipeline.append({"$project": projection})
+                if stage == "$addFields":
+                    pipeline.append({"$addFields": {"alias": "$" + source}})
+                    view = Aliased(view, {"alias": source})
+                elif stage == "$project":
+                    pipeline.append({"$project": {"plain1": 1, "alias": "$" + source}})
+                    view = Aliased(view, {"alias": source}, only={"_id", "plain1", "alias"})
+                else:
+                    pipeline.append({"$group": {"_id": "$" + source, "n": {"$sum": 1}}})
+                    view = Aliased(view, {"_id": source}, only={"_id", "n"})
         command = {"aggregate": COLL, "pipeline": pipeline, "cursor": {}}
     if name != "insert" and draw(st.integers(0, 5)) == 0:
         # Explained: the schema beside `explain` (QE: inside it or beside it), the result {explain, verbosity}.
@@ -922,6 +978,21 @@ class _Canon:
             return "ARR[" + ",".join(self.token(v, (*at, i)) for i, v in enumerate(value)) + "]"
         return "VAL(" + _bytes_of(value).hex() + ")"
 
+    def in_key(self, value: Any, at: Path) -> str:
+        token = self.token(value, at)
+        if token.startswith("ENC("):
+            return token
+        if isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool):
+            try:
+                number = value.to_decimal() if isinstance(value, Decimal128) else decimal.Decimal(value)
+                if number.is_finite():
+                    return f"NUM({number.normalize()})"
+            except (ValueError, ArithmeticError):
+                pass
+        if isinstance(value, (str, Symbol)) and not isinstance(value, Code):
+            return "STR(" + (value.value if isinstance(value, Symbol) else value) + ")"
+        return token
+
     def expression(self, expression: Any, at: Path) -> tuple[str, ...]:
         if not isinstance(expression, dict):
             return ("BAD(" + self.token(expression, at) + ")",)
@@ -958,7 +1029,9 @@ class _Canon:
             if op == "$ne":
                 atoms.append(f"{name} $not({name} $eq {self.token(operand, where)})")
             elif op in ("$in", "$nin") and isinstance(operand, list):
-                items = sorted(set(self.token(v, (*where, i)) for i, v in enumerate(operand)))
+                # mongod keeps $in as a set under its own comparison: 1, 1.0 and int64 1 are one element,
+                # so are a string and a symbol of the same text.
+                items = sorted({self.in_key(v, (*where, i)) for i, v in enumerate(operand)})
                 atom = f"{name} $in [{','.join(items)}]"
                 atoms.append(atom if op == "$in" else f"{name} $not({atom})")
             elif op == "$not" and isinstance(operand, dict):
