@@ -675,3 +675,17 @@ def test_text_and_mixed_expression_positions(client, command, filter_, paths):
 def test_text_refusals(client, filter_, code):
     reply = send(client, find(filter_), TEXT_FIELDS)
     assert reply["ok"] == 0.0 and reply["code"] == code, reply
+
+
+def test_parsed_encrypted_fields_are_cached_by_their_bytes():
+    from markd.analysis import qe
+
+    command = {"find": "coll", "filter": {"ssn": "x"}, "encryptionInformation": info(), "$db": "db"}
+    qe.mark(command)
+    hits, misses = qe.cache_stats()
+    qe.mark(dict(command))
+    assert qe.cache_stats() == (hits + 1, misses)
+    changed = info()
+    changed["schema"]["db.coll"]["fields"] = FIELDS[:1]
+    qe.mark({**command, "encryptionInformation": changed})
+    assert qe.cache_stats() == (hits + 1, misses + 1)
