@@ -176,6 +176,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "LOOKUP_FOREIGN": (
         51207, "'foreignField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."
     ),
+    "UNWIND_ENCRYPTED": (31153, "$unwind is not allowed on the encrypted field '{path}'"),
     "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
     "GROUP_BY": (51238, "'groupBy' expression cannot reference encrypted fields or their prefixes."),
     "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),

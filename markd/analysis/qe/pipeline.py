@@ -132,11 +132,22 @@ def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
 
 
 def _unwind(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
+    """Unwinding ciphertext means nothing (QE values are never arrays): refused; an object holding
+    encrypted fields may be unwound. `includeArrayIndex` overwrites its target with a plain number."""
     path = spec if isinstance(spec, str) else spec.get("path") if isinstance(spec, Mapping) else None
     if not isinstance(path, str) or not path.startswith("$"):
         raise error("MALFORMED", detail="$unwind needs a field path")
-    if isinstance(ctx.schema.lookup(path[1:]), (Below, Encrypted)):
-        raise error("STAGE", stage=name)
+    info = ctx.schema.lookup(path[1:])
+    if isinstance(info, Encrypted):
+        raise error("UNWIND_ENCRYPTED", path=path[1:])
+    if isinstance(info, Below):
+        raise error("BELOW_ENCRYPTED", path=path[1:])
+    index = spec.get("includeArrayIndex") if isinstance(spec, Mapping) else None
+    if isinstance(index, str):
+        if isinstance(ctx.schema.lookup(index), Below):
+            raise error("BELOW_ENCRYPTED", path=index)
+        kept = tuple(f for f in ctx.schema.fields if f.path != index and not f.path.startswith(index + "."))
+        ctx = ctx.with_schema(EncryptedFields(ctx.schema.namespace, kept))
     return spec, ctx
 
 
