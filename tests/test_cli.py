@@ -28,7 +28,8 @@ def test_help_lists_the_mongocryptd_flags():
     result = subprocess.run([MONGOCRYPTD, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     for flag in ("--port", "--bind_ip", "--bind_ip_all", "--ipv6", "--idleShutdownTimeoutSecs", "--pidfilepath",
-                 "--unixSocketPrefix", "--nounixsocket", "--logpath", "--logappend", "--quiet", "--config",
+                 "--unixSocketPrefix", "--nounixsocket", "--filePermissions", "--logpath", "--logappend", "--logRotate",
+                 "--quiet", "--config",
                  "--version"):
         assert flag in result.stdout
 
