@@ -42,7 +42,7 @@ WORKDIR /run/markd
 EXPOSE 27020
 
 # A real `hello` OP_MSG over the wire: healthy only if ok:1 and iscryptd:true.
-# With --tlsMode requireTLS add --tls (and --tlsCAFile/--tlsAllowInvalidCertificates) here.
+# With --tlsMode requireTLS add --tls --tlsCAFile CA here, and --tlsCertificateKeyFile PEM if markd has --tlsCAFile.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
     CMD ["python", "-m", "markd.healthcheck", "--host", "127.0.0.1", "--port", "27020", "--timeout", "4", "--quiet"]
 
