@@ -470,6 +470,16 @@ def test_bulk_write_marks_inserts():
     assert marked.result["nsInfo"][0]["encryptionInformation"] == info()
 
 
+def test_bulk_write_is_routed_to_qe_by_the_daemon(client):
+    # Through the real process: mark_command finds the rules in nsInfo.0, not at the top level.
+    from tests.support.process import raw_command
+
+    reply = raw_command(client, "admin", bulk({"insert": 0, "document": {"_id": 1, "ssn": "x"}}))
+    assert reply["ok"] == 1.0, reply
+    placeholder = reply["result"]["ops"][0]["document"]["ssn"]
+    assert isinstance(placeholder, Binary) and placeholder.subtype == 6 and placeholder[0] == 3
+
+
 @pytest.mark.parametrize(("command", "code"), [
     (bulk({"insert": 0, "document": {}}, {"delete": 0, "filter": {}}), 2),
     (bulk({"insert": 0, "document": {}}, db="db"), 73),

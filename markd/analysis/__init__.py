@@ -52,10 +52,17 @@ class MarkResult:
 
 
 def _carries(command: dict[str, Any], field: str) -> bool:
+    """Whether the rules sit at the top level, in the explained command, or (bulkWrite) in nsInfo[0]."""
     if field in command:
         return True
     inner = command.get("explain")
-    return isinstance(inner, dict) and field in inner
+    if isinstance(inner, dict) and field in inner:
+        return True
+    namespaces = command.get("nsInfo")
+    return (
+        isinstance(namespaces, list) and bool(namespaces) and isinstance(namespaces[0], dict)
+        and field in namespaces[0]
+    )
 
 
 def mark_command(command: dict[str, Any]) -> dict[str, Any]:
