@@ -50,7 +50,7 @@ DEV_LOCAL_MASTER_KEY = (
 LOCAL_MASTER_KEY = base64.b64decode(os.environ.get("QE_LOCAL_MASTER_KEY", DEV_LOCAL_MASTER_KEY))
 
 if os.environ.get("MARKD_SPAWN") == "1":
-    # pymongo starts `mongocryptd` from PATH (pip install markd puts markd there under that name)
+    # pymongo starts `mongocryptd` from PATH (installing markd puts it there under that name)
     # and connects to it on MARKD_URI's port.
     _, markd_port = parse_uri(MARKD_URI)["nodelist"][0]
     query_analysis = {
