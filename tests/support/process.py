@@ -19,6 +19,8 @@ import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import MongoClient
 
+from tests.support import plaintext_watch
+
 # The console script next to this interpreter (the venv's bin/), as drivers find it on PATH.
 BIN_DIR = Path(sys.executable).parent
 MONGOCRYPTD = str(BIN_DIR / "mongocryptd")
@@ -121,6 +123,7 @@ class MarkdProcess:
 
     def cleanup(self) -> None:
         self.stop()
+        plaintext_watch.check_log(str(self.logfile), self.log_text())
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> MarkdProcess:
