@@ -168,3 +168,19 @@ def test_qe_code_bson_type_is_refused():
 
     with pytest.raises(CommandError):
         mark_command(_qe_insert({"bsonType": Code("string")}))
+
+
+# Finding F10 (found by run_long --analysis at 21:35): a JSON-Schema `bsonType` given as BSON JavaScript
+# (pymongo's Code: a str subclass, not hashable) - the CSFLE twin of F9.
+@pytest.mark.xfail(strict=True, reason="bug F10: markd/analysis/csfle/schema.py _type_names calls set(names) on Code "
+                                       "values (str subclass, unhashable): TypeError -> InternalError")
+@pytest.mark.parametrize("bson_type", ["top", "nested", "list"])
+def test_csfle_code_bson_type_is_refused(bson_type):
+    from bson.code import Code
+
+    schema = {"top": {"bsonType": Code("object")},
+              "nested": {"bsonType": "object", "properties": {"a": {"bsonType": Code("string")}}},
+              "list": {"bsonType": [Code("object")]}}[bson_type]
+    command = {"insert": "coll", "documents": [{}], "jsonSchema": schema, "isRemoteSchema": False, "$db": "db"}
+    with pytest.raises(CommandError):
+        mark_command(bsonvalues.decode(bsonvalues.encode(command)))
