@@ -28,7 +28,7 @@ from tests.fuzz.oracle import (
     qe_info,
 )
 
-EXAMPLES = int(os.environ.get("MARKD_ORACLE_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MARKD_ORACLE_EXAMPLES", "60"))
 ORACLE = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 

@@ -86,15 +86,21 @@ class QEField:
     path: str
     key: Binary
     bson_type: str
-    query: str  # unindexed | equality | range
+    query: str  # unindexed | equality | range | prefix | suffix | substring
     contention: int = 0
     sparsity: int = 1
     minimum: Any = None
     maximum: Any = None
+    case_sensitive: bool = True
 
     @property
     def a(self) -> int:
-        return {"unindexed": 1, "equality": 2, "range": 3}[self.query]
+        return {"unindexed": 1, "equality": 2, "range": 3}.get(self.query, 4)
+
+    @property
+    def rewritten(self) -> bool:
+        """Range and text-search placeholders carry a spec in `v`, and their predicates are rewritten."""
+        return self.query not in ("unindexed", "equality")
 
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"path": self.path, "keyId": self.key, "bsonType": self.bson_type}
@@ -103,6 +109,13 @@ class QEField:
         elif self.query == "range":
             spec["queries"] = {"queryType": "range", "contention": Int64(self.contention),
                                "sparsity": Int64(self.sparsity), "min": self.minimum, "max": self.maximum}
+        elif self.query != "unindexed":
+            query: dict[str, Any] = {"queryType": self.query, "contention": Int64(self.contention),
+                                     "strMinQueryLength": Int64(2), "strMaxQueryLength": Int64(10),
+                                     "caseSensitive": self.case_sensitive, "diacriticSensitive": True}
+            if self.query == "substring":
+                query["strMaxLength"] = Int64(60)
+            spec["queries"] = query
         return spec
 
 
@@ -248,8 +261,12 @@ def qe_fields(draw: st.DrawFn) -> list[QEField]:
     out: list[QEField] = []
     keys = iter(draw(st.permutations(KEYS)))
     for path in ("ssn", "age", "notes", "addr.zip"):
-        kind = draw(st.sampled_from(["equality", "range", "unindexed", "absent"]))
+        kind = draw(st.sampled_from(["equality", "range", "unindexed", "text", "absent"]))
         if kind == "absent":
+            continue
+        if kind == "text":
+            out.append(QEField(path, next(keys), "string", draw(st.sampled_from(["prefix", "suffix", "substring"])),
+                               draw(st.sampled_from([0, 4, 8])), case_sensitive=draw(st.booleans())))
             continue
         key = next(keys)
         contention = draw(st.sampled_from([0, 4, 8]))
@@ -507,7 +524,7 @@ def predicate(draw: st.DrawFn, flavour: Flavour, path: str) -> Built:
         return {}
 
     # Predicates on a QE range field are rewritten into edge placeholders ($gte/$lte pairs, $or of them).
-    built = Built(None, strict=not (kind == "enc" and flavour.name == "qe" and rule.query == "range"))
+    built = Built(None, strict=not (kind == "enc" and flavour.name == "qe" and rule.rewritten))
     if op == "implicit":
         value = draw(operand.filter(lambda v: not (isinstance(v, dict) and any(k.startswith("$") for k in v))))
         built.value = value
@@ -796,9 +813,9 @@ def check_placeholder(expect: Expect, marked: Any, where: Path) -> list[str]:
             if rule.query != "unindexed" and payload.get("cm") != rule.contention:
                 problems.append(f"cm {payload.get('cm')!r} != {rule.contention} at {where}")
             v = payload.get("v")
-            if rule.query == "range":
+            if rule.rewritten:
                 if not _contains(v, expect.value):
-                    problems.append(f"range placeholder at {where} does not hold {expect.value!r}: {v!r}")
+                    problems.append(f"{rule.query} placeholder at {where} does not hold {expect.value!r}: {v!r}")
             elif not same(v, expect.value):
                 problems.append(f"v {v!r} != original {expect.value!r} at {where}")
     return problems
