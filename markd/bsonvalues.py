@@ -112,6 +112,17 @@ class ExactRegex(Regex):  # type: ignore[type-arg]
 
 
 _REGEX_LETTERS = "ilmsux"  # the letters pymongo reads, in the order it writes them
+_REGEX_FLAGS = (("i", re.IGNORECASE), ("l", re.LOCALE), ("m", re.MULTILINE), ("s", re.DOTALL),
+                ("u", re.UNICODE), ("x", re.VERBOSE))
+
+
+def regex_options(value: Regex) -> str:  # type: ignore[type-arg]
+    """The option letters of a BSON regex as they go on the wire (pymongo keeps them as `re` flags)."""
+    if isinstance(value, ExactRegex):
+        return value.options
+    if isinstance(value.flags, str):
+        return value.flags
+    return "".join(letter for letter, flag in _REGEX_FLAGS if value.flags & flag)
 
 
 def decode(data: bytes) -> dict[str, Any]:

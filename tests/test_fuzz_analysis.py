@@ -172,8 +172,7 @@ def test_qe_code_bson_type_is_refused():
 
 # Finding F10 (found by run_long --analysis at 21:35): a JSON-Schema `bsonType` given as BSON JavaScript
 # (pymongo's Code: a str subclass, not hashable) - the CSFLE twin of F9.
-@pytest.mark.xfail(strict=True, reason="bug F10: markd/analysis/csfle/schema.py _type_names calls set(names) on Code "
-                                       "values (str subclass, unhashable): TypeError -> InternalError")
+# Regression test (F10 fixed: _type_names asks type() is str, so Code is refused as a type name).
 @pytest.mark.parametrize("bson_type", ["top", "nested", "list"])
 def test_csfle_code_bson_type_is_refused(bson_type):
     from bson.code import Code

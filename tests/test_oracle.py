@@ -73,8 +73,7 @@ def test_qe_empty_in_on_a_range_field_is_not_an_empty_or():
     assert "[]" not in repr({k: v for k, v in reply["result"]["filter"].items() if k in ("$or", "$and", "$nor")})
 
 
-@pytest.mark.xfail(strict=True, reason="bug F6: markd/analysis/csfle/match.py _regex_parts drops the options of a "
-                                       "BSON regex (pymongo keeps them as int flags): /a/i becomes {$regex: 'a'}")
+# Regression test for finding F6 (fixed): /a/i came back as {$regex: 'a'}, options dropped.
 @pytest.mark.parametrize("predicate", [Regex("a", "i"), {"$regex": Regex("a", "i")}])
 def test_csfle_regex_keeps_its_options(predicate):
     reply = mark({"find": "coll", "filter": {"x": predicate}, "jsonSchema": _CSFLE, "isRemoteSchema": False,

@@ -15,6 +15,7 @@ from typing import Any
 from bson import Regex
 from bson.json_util import dumps
 
+from markd import bsonvalues
 from markd.analysis.csfle.errors import fail
 from markd.analysis.csfle.ordering import sorted_set
 from markd.analysis.csfle.placeholders import MarkContext, mark_value
@@ -51,7 +52,7 @@ def _is_regex(value: Any) -> bool:
 
 def _regex_parts(value: Any) -> tuple[str, str]:
     if isinstance(value, Regex):
-        return value.pattern, value.flags if isinstance(value.flags, str) else ""
+        return value.pattern, bsonvalues.regex_options(value)
     return value.pattern, ""
 
 

@@ -326,10 +326,11 @@ def _check_json_schema(schema: Any) -> None:
 
 def _type_names(value: Any, keyword: str) -> frozenset[str]:
     """The type aliases named by a `bsonType`/`type` value (a string or an array of strings)."""
-    if not isinstance(value, (str, list)):
+    # type() rather than isinstance: bson's Code is a str subclass, and JavaScript is not a type name.
+    if type(value) is not str and not isinstance(value, list):
         fail("type_set_type", keyword=keyword)
-    names = [value] if isinstance(value, str) else value
-    if not all(isinstance(name, str) for name in names):
+    names = [value] if type(value) is str else value
+    if not all(type(name) is str for name in names):
         fail("type_set_elements", keyword=keyword)
     if "integer" in names:
         fail("type_integer")
