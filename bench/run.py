@@ -157,7 +157,7 @@ async def profile_workloads(chosen: list[Workload], markd: servers.ServerProcess
         if sampler.returncode != 0 or not raw_path.exists():
             log(f"  py-spy failed: {stderr.decode(errors='replace')[-400:]}")
             continue
-        summary = profile.summarise(raw_path, f"({workload.key}) {workload.name}")
+        summary = profile.summarise(raw_path, f"({workload.key}) {workload.name}", top=20)
         log(profile.format_summary(summary))
         summaries.append(asdict(summary))
     return summaries
@@ -342,8 +342,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         profiles: list[dict[str, Any]] = []
         if args.profile:
-            log("profiling markd with py-spy under (a) and (b)")
-            to_profile = [w for w in chosen if w.key in ("a", "b")]
+            log("profiling markd with py-spy under (a), (b) and (c)")
+            to_profile = [w for w in chosen if w.key in ("a", "b", "c")]
             profiles = await profile_workloads(to_profile, markd_server, args.profile_seconds,
                                                Path(args.profile_dir))
     finally:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated workload keys, e.g. a,b,g")
     parser.add_argument("--output", default=str(BENCH_DIR / "results.json"), help="where to write the results")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and client to separate CPUs")
-    parser.add_argument("--profile", action="store_true", help="also sample markd with py-spy under (a) and (b)")
+    parser.add_argument("--profile", action="store_true", help="also sample markd with py-spy under (a), (b) and (c)")
     parser.add_argument("--profile-seconds", type=float, default=5.0)
     parser.add_argument("--profile-dir", default=str(BENCH_DIR / "profiles"))
     args = parser.parse_args(argv)
