@@ -249,6 +249,20 @@ ERRORS: dict[str, tuple[int, str]] = {
     "variable": (31121, "Access to variable {name} disallowed"),
     "prefix_reference": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
     "unknown_expression": (168, "Unrecognized expression '{op}'"),
+    # leaf operators mongod's MatchExpressionParser refuses before any encryption analysis (BadValue)
+    "type_alias": (2, "Unknown type name alias: {alias}"),
+    "type_code": (2, "Invalid numerical type code: {code}"),
+    "type_kind": (2, "type must be represented as a number or a string"),
+    "mod_not_array": (2, "malformed mod, needs to be an array"),
+    "mod_few": (2, "malformed mod, not enough elements"),
+    "mod_many": (2, "malformed mod, too many elements"),
+    "mod_divisor": (2, "malformed mod, divisor not a number"),
+    "mod_remainder": (2, "malformed mod, remainder not a number"),
+    "mod_zero": (2, "divisor cannot be 0"),
+    "mod_invalid": (2, "malformed mod, {part} value is invalid"),  # unconfirmed (no public test shows it)
+    "size_not_number": (2, "$size needs a number"),
+    "size_whole": (2, "$size must be a whole number"),
+    "size_negative": (2, "$size may not be negative"),
 }
 
 

@@ -8,11 +8,12 @@ because libmongocrypt forwards mongocryptd's re-serialized filter whenever anyth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Regex
+from bson import Decimal128, Int64, Regex
 from bson.json_util import dumps
 
 from markd import bsonvalues
@@ -138,13 +139,113 @@ def _range(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[st
     return [{leaf.path: {leaf.op: leaf.value}}]
 
 
+# mongod's BSON type aliases ($type), by name; "number" stands for every numeric type.
+TYPE_ALIASES: dict[str, int] = {
+    "double": 1, "string": 2, "object": 3, "array": 4, "binData": 5, "undefined": 6, "objectId": 7,
+    "bool": 8, "date": 9, "null": 10, "regex": 11, "dbPointer": 12, "javascript": 13, "symbol": 14,
+    "javascriptWithScope": 15, "int": 16, "timestamp": 17, "long": 18, "decimal": 19, "minKey": -1, "maxKey": 127,
+}
+TYPE_CODES = frozenset(TYPE_ALIASES.values())
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as an integer if it is a number holding a whole value (int32/int64/double/decimal)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value == int(value) else None
+    if isinstance(value, Decimal128):
+        number = value.to_decimal()
+        return int(number) if number.is_finite() and number == number.to_integral_value() else None
+    return None
+
+
+def _type_operand(value: Any) -> list[Any]:
+    """$type as mongod writes it back: an array, "number" first, then the type codes in ascending order."""
+    every_number = False
+    codes: set[int] = set()
+    for element in value if isinstance(value, list) else [value]:
+        if isinstance(element, str):
+            if element == "number":
+                every_number = True
+            elif element in TYPE_ALIASES:
+                codes.add(TYPE_ALIASES[element])
+            else:
+                fail("type_alias", alias=element)
+        elif _is_number(element):
+            code = _whole_number(element)
+            if code is None or code not in TYPE_CODES:
+                fail("type_code", code=element)
+            codes.add(code)
+        else:
+            fail("type_kind")
+    return (["number"] if every_number else []) + sorted(codes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
+
+
+def _mod_part(value: Any, part: str) -> Int64:
+    if not _is_number(value):
+        fail("mod_divisor" if part == "divisor" else "mod_remainder")
+    if isinstance(value, Decimal128):
+        number = value.to_decimal()
+        if not number.is_finite():
+            fail("mod_invalid", part=part)
+        whole = int(number)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            fail("mod_invalid", part=part)
+        whole = int(value)  # truncated toward zero, as mongod converts it
+    else:
+        whole = int(value)
+    if not -(2**63) <= whole < 2**63:
+        fail("mod_invalid", part=part)
+    return Int64(whole)
+
+
+def _mod_operand(value: Any) -> list[Any]:
+    """$mod as mongod writes it back: [divisor, remainder] as 64-bit integers."""
+    if not isinstance(value, list):
+        fail("mod_not_array")
+    if len(value) < 2:
+        fail("mod_few")
+    if len(value) > 2:
+        fail("mod_many")
+    divisor, remainder = _mod_part(value[0], "divisor"), _mod_part(value[1], "remainder")
+    if divisor == 0:
+        fail("mod_zero")
+    return [divisor, remainder]
+
+
+def _size_operand(value: Any) -> int:
+    """$size as mongod writes it back: a 32-bit integer."""
+    if not _is_number(value):
+        fail("size_not_number")
+    size = _whole_number(value)
+    if size is None or not -(2**31) <= size < 2**31:
+        fail("size_whole")
+    if size < 0:
+        fail("size_negative")
+    return size
+
+
+# Leaf operands mongod normalizes when it parses them (and so writes back in another form).
+LEAF_FORMS: dict[str, Callable[[Any], Any]] = {"$type": _type_operand, "$mod": _mod_operand, "$size": _size_operand}
+
+
 def _not_on_encrypted(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:
     """Operators that inspect the value itself: meaningless on ciphertext, verbatim elsewhere."""
+    normalize = LEAF_FORMS.get(leaf.op)
+    operand = normalize(leaf.value) if normalize is not None else leaf.value  # parsed first, as mongod does
     if isinstance(metadata, Encrypted):
         fail("invalid_on_encrypted", path=leaf.path, expr=render({leaf.path: {leaf.op: leaf.value}}))
     if metadata is UNKNOWN:
         fail("unknown_path", path=leaf.path)
-    return [{leaf.path: {leaf.op: leaf.value}}]
+    return [{leaf.path: {leaf.op: operand}}]
 
 
 def _regex(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:

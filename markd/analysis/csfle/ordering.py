@@ -24,6 +24,11 @@ from bson.min_key import MinKey
 from markd.bsonvalues import DBPointer, Symbol, Undefined
 
 
+def canonical_rank(value: Any) -> int:
+    """mongod's canonical type rank (numbers share one)."""
+    return _rank(value)
+
+
 def _rank(value: Any) -> int:
     """mongod's canonical type rank."""
     if isinstance(value, MinKey):

@@ -7,16 +7,19 @@ of the documents leaving it.  A stage without a row is refused (31011).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from bson import Int64
 
+from markd import bsonvalues
 from markd.analysis import paths
 from markd.analysis.csfle.errors import fail
 from markd.analysis.csfle.expressions import FIELD, LITERAL, ROOT, ExpressionAnalysis, Value
 from markd.analysis.csfle.match import mark_filter
+from markd.analysis.csfle.ordering import canonical_rank, order_key
 from markd.analysis.csfle.placeholders import MarkContext
 from markd.analysis.csfle.schema import (
     EMPTY,
@@ -520,22 +523,99 @@ def _bucket_auto(name: str, spec: Any, current: SchemaNode, context: PipelineCon
     return [{"$bucketAuto": serialized}], out
 
 
+def _bucket_error(code: int, message: str) -> NoReturn:
+    from markd.errors import CommandError
+
+    raise CommandError(code, message)
+
+
+def _bucket_constant(value: Any) -> tuple[bool, Any]:
+    """(is a constant, its value) for a $bucket boundary or default, as mongod's parser folds it.
+
+    Only plain values and `$const`/`$literal` are recognized; any other expression is refused (fail
+    closed: mongod would also fold constant operator expressions such as `{$add: [1, 2]}`)."""
+    if isinstance(value, str):
+        return (not value.startswith("$")), value
+    if is_document(value):
+        if len(value) == 1 and next(iter(value)) in ("$const", "$literal"):
+            return True, next(iter(value.values()))
+        return all(not key.startswith("$") and _bucket_constant(item)[0] for key, item in value.items()), value
+    if isinstance(value, list):
+        return all(_bucket_constant(item)[0] for item in value), value
+    return True, value
+
+
+def _bucket_boundaries(boundaries: Any) -> list[Any]:
+    if not isinstance(boundaries, list):
+        _bucket_error(40200, "The $bucket 'boundaries' field must be an array, but found type: "
+                             f"{bsonvalues.bson_type(boundaries)}.")
+    values: list[Any] = []
+    for boundary in boundaries:
+        constant, value = _bucket_constant(boundary)
+        if not constant:
+            # mongod quotes the value; markd leaves it out of the message (it may be sensitive).
+            _bucket_error(40191, "The $bucket 'boundaries' field must be an array of constant values.")
+        values.append(value)
+    if len(values) < 2:
+        _bucket_error(40192, f"The $bucket 'boundaries' field must have at least 2 values, but found {len(values)} "
+                             "value(s).")
+    for index in range(1, len(values)):
+        lower, upper = values[index - 1], values[index]
+        if canonical_rank(lower) != canonical_rank(upper):
+            _bucket_error(40193, "All values in the the 'boundaries' option to $bucket must have the same type. "
+                                 f"Found conflicting types {bsonvalues.bson_type(lower)} and "
+                                 f"{bsonvalues.bson_type(upper)}.")
+        if not order_key(lower) < order_key(upper):
+            # mongod quotes both values; markd leaves them out of the message.
+            _bucket_error(40194, f"The 'boundaries' option to $bucket must be sorted, but elements {index - 1} and "
+                                 f"{index} are not in ascending order.")
+    return values
+
+
 def _bucket(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    """$bucket, desugared as mongod parses it: a $group on a $switch over the boundaries, then a $sort."""
     if not is_document(spec):
-        fail("bad_field_type", field="$bucket", actual="other", expected="object")
-    analysis = _analysis(current, context)
-    # The boundaries are compared with the groupBy value: it is evaluated.
-    group_by = analysis.evaluated(spec.get("groupBy"), "$bucket")
-    serialized = dict(spec)
-    serialized["groupBy"] = group_by
-    out = with_path(EMPTY, "_id", EMPTY)
-    output_spec = spec.get("output") if is_document(spec.get("output")) else {"count": {"$sum": 1}}
-    output: dict[str, Any] = {}
-    for field_name, accumulator in output_spec.items():
-        output[field_name], child = _accumulator(analysis, field_name, accumulator)
-        out = with_path(out, field_name, child)
-    serialized["output"] = output
-    return [{"$bucket": serialized}], out
+        _bucket_error(40201, f"Argument to $bucket stage must be an object, but found type: "
+                             f"{bsonvalues.bson_type(spec)}.")
+    group_by: Any = None
+    boundaries: list[Any] = []
+    switch: dict[str, Any] = {}
+    group: dict[str, Any] = {}
+    output_given = False
+    for option, argument in spec.items():
+        if option == "groupBy":
+            group_by = argument
+            if not (isinstance(argument, str) and argument.startswith("$")) and not is_document(argument):
+                _bucket_error(40202, "The $bucket 'groupBy' field must be defined as a $-prefixed path or an "
+                                     "expression.")
+        elif option == "boundaries":
+            boundaries = _bucket_boundaries(argument)
+        elif option == "default":
+            constant, value = _bucket_constant(argument)
+            if not constant:
+                _bucket_error(40195, "The $bucket 'default' field must be a constant expression.")
+            switch["default"] = value
+        elif option == "output":
+            output_given = True
+            if not is_document(argument):
+                _bucket_error(40196, "The $bucket 'output' field must be an object, but found type: "
+                                     f"{bsonvalues.bson_type(argument)}.")
+            group.update(argument)
+        else:
+            _bucket_error(40197, f"Unrecognized option to $bucket: {option}.")
+    if group_by is None or not boundaries:
+        _bucket_error(40198, "$bucket requires 'groupBy' and 'boundaries' to be specified.")
+    if "default" in switch and canonical_rank(switch["default"]) == canonical_rank(boundaries[0]):
+        if not (order_key(switch["default"]) < order_key(boundaries[0])
+                or order_key(switch["default"]) >= order_key(boundaries[-1])):
+            _bucket_error(40199, "The $bucket 'default' field must be less than the lowest boundary or greater "
+                                 "than or equal to the highest boundary.")
+    branches = [{"case": {"$and": [{"$gte": [group_by, lower]}, {"$lt": [group_by, upper]}]}, "then": lower}
+                for lower, upper in itertools.pairwise(boundaries)]
+    body = {"_id": {"$switch": {"branches": branches, **switch}}}
+    body.update(group if output_given else {"count": {"$sum": 1}})
+    grouped, out = _group("$group", body, current, context)
+    return [*grouped, {"$sort": {"_id": 1}}], out
 
 
 def _fresh_documents(name: str, spec: Any, current: SchemaNode, context: PipelineContext
