@@ -420,3 +420,38 @@ def test_lookup_sub_pipeline_uses_the_joined_collections_fields(qe):
 def test_other_commands(qe, command, location, payload):
     _, found = run(qe, command)
     assert found == {location: payload}
+
+
+# ---------------------------------------------------------------------------------------------- renamed fields
+
+
+@pytest.mark.parametrize("stage", ["$project", "$addFields", "$set"])
+def test_copied_fields_are_marked_with_the_original_fields_metadata(qe, stage):
+    """mongocryptd moves a bare "$field" opaquely: the copy keeps the field's key and query types."""
+    _, keys = qe
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {stage: {"copy": "$eq", "age": "$ri", "inner": "$nested"}},
+        {"$match": {"copy": "a", "age": {"$gt": 5}, "inner.eq": "b"}}], "cursor": {}})
+    # (merged range predicates go last in their $and, as with any field)
+    assert found == {"pipeline.1.$match.$and.0.copy.$eq": FIND_EQUALITY,
+                     "pipeline.1.$match.$and.1.inner.eq.$eq": FIND_EQUALITY,
+                     "pipeline.1.$match.$and.2.age.$gt": FIND_RANGE}
+    assert_common(marked["pipeline.1.$match.$and.0.copy.$eq"], keys["eq"], 2, 2, 0)
+    assert_common(marked["pipeline.1.$match.$and.1.inner.eq.$eq"], keys["nested.eq"], 2, 2, 0)
+    assert_common(marked["pipeline.1.$match.$and.2.age.$gt"], keys["ri"], 2, 3, 0)
+    assert marked["pipeline.1.$match.$and.2.age.$gt"]["v"]["edgesInfo"]["indexMax"] == 200
+
+
+def test_copied_range_field_in_expr(qe):
+    _, keys = qe
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {"$project": {"r": "$ri"}}, {"$match": {"$expr": {"$gte": ["$r", 7]}}}], "cursor": {}})
+    assert set(found.values()) == {FIND_RANGE} and len(marked) == 2
+    for marking in marked.values():
+        assert_common(marking, keys["ri"], 2, 3, 0)
+
+
+def test_overwritten_encrypted_field_is_plain_afterwards(qe):
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {"$addFields": {"eq": "computed"}}, {"$match": {"eq": "computed"}}], "cursor": {}})
+    assert marked == {} and found == {}

@@ -179,6 +179,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "UNWIND_ENCRYPTED": (31153, "$unwind is not allowed on the encrypted field '{path}'"),
     "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
     "GROUP_BY": (51238, "'groupBy' expression cannot reference encrypted fields or their prefixes."),
+    "ADD_TO_SET": (
+        51223,
+        "'{name}' cannot have fields encrypted with the random algorithm or whose encryption properties are not "
+        "known until runtime when used in an $addToSet accumulator.",
+    ),
+    "LOOKUP_ENCRYPTED": (6331103, "Cannot refer to encrypted field in $lookup 'localField' or 'foreignField'"),
     "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
     "GROUP_KEY": (
         51222,

@@ -15,7 +15,7 @@ from typing import Any
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
 from markd.analysis.qe.expressions import encrypted_reference, field_path, mark_expression
-from markd.analysis.qe.fields import Below, Encrypted, EncryptedFields, Plain
+from markd.analysis.qe.fields import PLAIN, Below, Encrypted, EncryptedField, EncryptedFields, Plain, Prefix
 from markd.analysis.qe.match import mark_filter
 
 StageRule = Callable[[str, Any, Context], tuple[Any, Context]]
@@ -55,8 +55,21 @@ def _is_inclusion_flag(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, prefix: str = "") -> dict[str, Any]:
-    """$project/$addFields specs: inclusion flags kept; computed values marked and must not alias ciphertext."""
+def _copied_fields(source: str, target: str, ctx: Context) -> tuple[EncryptedField, ...]:
+    """The encrypted fields at or below `source`, re-rooted at `target` (what a copy carries along)."""
+    return tuple(replace(f, path=target + f.path[len(source):]) for f in ctx.schema.fields
+                 if f.path == source or f.path.startswith(source + "."))
+
+
+def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, edits: list[tuple[str, str | None]],
+                prefix: str = "") -> dict[str, Any]:
+    """$project/$addFields specs: inclusion flags kept; computed values marked.
+
+    mongocryptd lets a computed field be a plain copy of a non-dotted field path (`{b: "$a"}`): the value
+    is moved opaquely and `b` takes `a`'s encryption metadata from then on. Every other computed value
+    goes through expression marking (which refuses reading ciphertext) and is plain afterwards.
+    `edits` collects (target, copied source or None) for the schema that flows on.
+    """
     marked: dict[str, Any] = {}
     for key, value in spec.items():
         path = f"{prefix}.{key}" if prefix else key
@@ -64,27 +77,47 @@ def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, pref
             marked[key] = value
             continue
         if isinstance(value, Mapping) and value and not next(iter(value)).startswith("$"):
-            marked[key] = _projection(value, ctx, computed_only, path)
+            marked[key] = _projection(value, ctx, computed_only, edits, path)
             continue
         reads = field_path(value)
-        copies_ciphertext = reads is not None and not isinstance(ctx.schema.lookup(reads), Plain)
-        if not isinstance(ctx.schema.lookup(path), Plain):
-            if copies_ciphertext:
+        target = ctx.schema.lookup(path)
+        source = ctx.schema.lookup(reads) if reads is not None else PLAIN
+        assert reads is None or isinstance(value, str)
+        # Only a bare "$x" is moved opaquely; "$a.b" or "$$ROOT.x" is marked like any expression.
+        opaque_copy = isinstance(value, str) and not value.startswith("$$") and "." not in value
+        if opaque_copy and isinstance(source, (Encrypted, Prefix)):
+            if not isinstance(target, Plain):
                 # e.g. {$addFields: {f: "$f"}}: mongocryptd refuses the encrypted field over an encrypted field.
                 raise error("ENCRYPTED_PREFIX_OF_ENCRYPTED")
-            # Overwriting an encrypted field (or an object holding one) with a computed value.
-            raise error("PROJECTION", path=path)
-        if copies_ciphertext:
-            # A computed field that copies ciphertext would be an encrypted field markd no longer knows.
-            raise error("PROJECTION", path=path)
+            if "." in path:
+                # mongocryptd: a dotted target may put the copy inside an array, so its encryption becomes
+                # unknown there. markd does not model unknown encryption: refused.
+                raise error("PROJECTION", path=path)
+            edits.append((path, reads))
+            marked[key] = value
+            continue
+        if isinstance(target, Below):
+            raise error("BELOW_ENCRYPTED", path=path)
         marked[key] = mark_expression(value, ctx, "$project")
+        if not isinstance(target, Plain):
+            # A plain computed value over an encrypted field (or an object holding one): plain from now on.
+            edits.append((path, None))
     return marked
 
 
 def _project(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     if not isinstance(spec, Mapping):
         raise error("MALFORMED", detail=f"{name} specification must be an object")
-    return _projection(spec, ctx, computed_only=name in ("$addFields", "$set")), ctx
+    edits: list[tuple[str, str | None]] = []
+    marked = _projection(spec, ctx, computed_only=name in ("$addFields", "$set"), edits=edits)
+    if not edits:
+        return marked, ctx
+    fields = [f for f in ctx.schema.fields
+              if not any(f.path == t or f.path.startswith(t + ".") for t, _ in edits)]
+    for target, source in edits:
+        if source is not None:
+            fields.extend(_copied_fields(source, target, ctx))
+    return marked, ctx.with_schema(EncryptedFields(ctx.schema.namespace, tuple(fields)))
 
 
 def _unset(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
@@ -111,7 +144,9 @@ def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     encrypted_key = _group_key_reference(spec["_id"], ctx)
     if encrypted_key is not None:
         raise error("GROUP_KEY", path=encrypted_key)
-    marked: dict[str, Any] = {"_id": mark_expression(spec["_id"], ctx.without_encrypted_comparisons(), "$group")}
+    # mongocryptd first works out the schema each accumulator produces (51221, 51223), and only then
+    # marks the accumulators' expressions (6331102, 7020507).
+    accumulators: list[tuple[str, str, Any]] = []
     for key, accumulator in spec.items():
         if key == "_id":
             continue
@@ -122,7 +157,15 @@ def _group(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
         if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
             if operator in ARITHMETIC_ACCUMULATORS:
                 raise error("ACCUMULATOR", op=operator)
-            # $push/$first... of an encrypted field: the reference itself is refused (6331102).
+            if operator == "$addToSet" and not isinstance(ctx.schema.lookup(reads), Below):
+                # QE ciphertexts count as randomly encrypted: a set of them cannot be built.
+                raise error("ADD_TO_SET", name=key)
+        accumulators.append((key, operator, argument))
+    marked: dict[str, Any] = {"_id": mark_expression(spec["_id"], ctx.without_encrypted_comparisons(), "$group")}
+    for key, operator, argument in accumulators:
+        reads = field_path(argument)
+        if reads is not None and not isinstance(ctx.schema.lookup(reads), Plain):
+            # $push/$first/$last of an encrypted field: mongocryptd's marking refuses the reference (6331102).
             raise error("EXPRESSION", path=reads)
         # A nested expression names its encrypted reference itself (6331102); comparisons with encrypted
         # fields are not allowed inside accumulators (7020507).
@@ -171,10 +214,16 @@ def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     if spec.get("let") and (ctx.schema.encrypts_anything or foreign_schema.encrypts_anything):
         raise error("LOOKUP_LET")
     local, remote = spec.get("localField"), spec.get("foreignField")
-    if isinstance(local, str) and not isinstance(ctx.schema.lookup(local), Plain):
+    local_info = ctx.schema.lookup(local) if isinstance(local, str) else PLAIN
+    remote_info = foreign_schema.lookup(remote) if isinstance(remote, str) else PLAIN
+    # mongocryptd: an object holding encrypted fields cannot be joined on (51206/51207); nor can a QE
+    # field itself, whatever its query types (6331103, still so in 8.x).
+    if not isinstance(local_info, (Plain, Encrypted)):
         raise error("LOOKUP_LOCAL", path=local)
-    if isinstance(remote, str) and not isinstance(foreign_schema.lookup(remote), Plain):
+    if not isinstance(remote_info, (Plain, Encrypted)):
         raise error("LOOKUP_FOREIGN", path=remote)
+    if isinstance(local_info, Encrypted) or isinstance(remote_info, Encrypted):
+        raise error("LOOKUP_ENCRYPTED")
     output = spec.get("as")
     if not isinstance(output, str) or not isinstance(ctx.schema.lookup(output), Plain):
         raise error("PROJECTION", path=output)
