@@ -15,6 +15,7 @@ from typing import Any
 import bson
 import pytest
 from bson import Decimal128, Int64
+from bson.binary import Binary
 
 from tests.support.crypt import CryptDriver
 from tests.support.process import raw_command
@@ -212,6 +213,10 @@ LEAF_FORMS = [
     ("mod-decimal", {"$mod": [Decimal128("3"), 0]}, {"$mod": [Int64(3), Int64(0)]}),
     ("size-double", {"$size": 2.0}, {"$size": 2}),
     ("size-long", {"$size": Int64(3)}, {"$size": 3}),
+    ("bits-mask", {"$bitsAllSet": 5}, {"$bitsAllSet": [0, 2]}),
+    ("bits-mask-double", {"$bitsAnySet": 6.0}, {"$bitsAnySet": [1, 2]}),
+    ("bits-bindata", {"$bitsAllClear": Binary(b"\x01\x80", 0)}, {"$bitsAllClear": [0, 15]}),
+    ("bits-positions-as-given", {"$bitsAnyClear": [3, Int64(1), 3.0]}, {"$bitsAnyClear": [3, 1, 3]}),
 ]
 
 
@@ -252,6 +257,11 @@ LEAF_REFUSED = [
     ("size-string", {"$size": "2"}, 2, "$size needs a number"),
     ("size-fraction", {"$size": 1.5}, 2, "$size must be a whole number"),
     ("size-negative", {"$size": -1}, 2, "$size may not be negative"),
+    ("bits-fraction", {"$bitsAllSet": 1.5}, 9, "Expected an integer: $bitsAllSet"),
+    ("bits-negative", {"$bitsAllSet": -1}, 9, "Expected a non-negative number in: $bitsAllSet"),
+    ("bits-kind", {"$bitsAnySet": "3"}, 2, "plain takes an Array, a number, or a BinData but received: $bitsAnySet"),
+    ("bits-position", {"$bitsAnySet": [-1]}, 2,
+     "Failed to parse bit position. Expected a non-negative integer that fits in an int"),
 ]
 
 

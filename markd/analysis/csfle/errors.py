@@ -263,6 +263,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "size_not_number": (2, "$size needs a number"),
     "size_whole": (2, "$size must be a whole number"),
     "size_negative": (2, "$size may not be negative"),
+    # $bits*: mongod quotes the operand in these messages; markd leaves it out (it may be sensitive)
+    "bits_kind": (2, "{path} takes an Array, a number, or a BinData but received: {op}"),
+    "bits_mask_integer": (9, "Expected an integer: {op}"),
+    "bits_mask_negative": (9, "Expected a non-negative number in: {op}"),
+    "bits_position": (2, "Failed to parse bit position. Expected a non-negative integer that fits in an int"),
 }
 
 

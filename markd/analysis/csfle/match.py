@@ -233,14 +233,45 @@ def _size_operand(value: Any) -> int:
     return size
 
 
+def _bit_positions(leaf: Leaf) -> list[int]:
+    """$bitsAllSet & co. as mongod writes them back: the list of bit positions (int32)."""
+    value = leaf.value
+    if isinstance(value, list):
+        positions: list[int] = []
+        for element in value:
+            position = _whole_number(element) if _is_number(element) else None
+            if position is None or not 0 <= position < 2**31:
+                fail("bits_position")
+            positions.append(position)
+        return positions
+    if _is_number(value):
+        mask = _whole_number(value)
+        if mask is None or not mask < 2**63:
+            fail("bits_mask_integer", op=leaf.op)
+        if mask < 0:
+            fail("bits_mask_negative", op=leaf.op)
+        return [bit for bit in range(63) if mask >> bit & 1]
+    if isinstance(value, bytes):  # Binary is a bytes subclass
+        return [index * 8 + bit for index, byte in enumerate(bytes(value)) for bit in range(8) if byte >> bit & 1]
+    fail("bits_kind", path=leaf.path, op=leaf.op)
+
+
 # Leaf operands mongod normalizes when it parses them (and so writes back in another form).
-LEAF_FORMS: dict[str, Callable[[Any], Any]] = {"$type": _type_operand, "$mod": _mod_operand, "$size": _size_operand}
+LEAF_FORMS: dict[str, Callable[[Leaf], Any]] = {
+    "$type": lambda leaf: _type_operand(leaf.value),
+    "$mod": lambda leaf: _mod_operand(leaf.value),
+    "$size": lambda leaf: _size_operand(leaf.value),
+    "$bitsAllSet": _bit_positions,
+    "$bitsAllClear": _bit_positions,
+    "$bitsAnySet": _bit_positions,
+    "$bitsAnyClear": _bit_positions,
+}
 
 
 def _not_on_encrypted(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[dict[str, Any]]:
     """Operators that inspect the value itself: meaningless on ciphertext, verbatim elsewhere."""
     normalize = LEAF_FORMS.get(leaf.op)
-    operand = normalize(leaf.value) if normalize is not None else leaf.value  # parsed first, as mongod does
+    operand = normalize(leaf) if normalize is not None else leaf.value  # parsed first, as mongod does
     if isinstance(metadata, Encrypted):
         fail("invalid_on_encrypted", path=leaf.path, expr=render({leaf.path: {leaf.op: leaf.value}}))
     if metadata is UNKNOWN:
