@@ -24,6 +24,7 @@ from markd.analysis.qe.fields import (
     EncryptedField,
     Plain,
     Prefix,
+    is_nan,
     numeric,
     tighter_lower,
     tighter_upper,
@@ -160,7 +161,7 @@ def _range_comparison(name: str, left: Any, field: EncryptedField, value: Any, c
     """`{$gt: ["$f", c]}` -> `{$and: [{$gt: ["$f", P]}, {$lte: ["$f", P]}]}` with one two-sided placeholder P."""
     value = placeholders.range_value(field, value)
     config = field.range
-    if not numeric(config.min) <= numeric(value) <= numeric(config.max):
+    if is_nan(value) or not numeric(config.min) <= numeric(value) <= numeric(config.max):
         raise error("EXPR_OUT_OF_BOUNDS")
     lower, lower_included = value, name != "$gt"
     upper, upper_included = value, name != "$lt"
@@ -246,6 +247,9 @@ def _interval(group: list[tuple[EncryptedField, str, Any, Any]]) -> tuple[Bound,
     upper: Bound | None = None
     for _, operator, constant, _ in group:
         constant = placeholders.range_value(field, constant)
+        if is_nan(constant):
+            # NaN orders below every number: out of the index's bounds, as mongocryptd finds it.
+            raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
         if operator in ("$gt", "$gte", "$eq"):
             lower = tighter_lower(lower, (constant, operator != "$gt"))
         if operator in ("$lt", "$lte", "$eq"):

@@ -35,6 +35,7 @@ from markd.analysis.qe.fields import (
     EncryptionInformation,
     Plain,
     Prefix,
+    is_nan,
     numeric,
     tighter_lower,
     tighter_upper,
@@ -421,6 +422,11 @@ def _range_predicates(field: EncryptedField, comparisons: list[RangeComparison],
     upper: Bound | None = None
     for comparison in comparisons:
         value = placeholders.range_value(field, comparison.value)
+        if is_nan(value):
+            # mongocryptd checks bounds before NaN-ness, and NaN orders below every number: out of bounds.
+            if len(comparisons) == 1 and comparison.operator != "$eq":
+                raise error("RANGE_OUT_OF_BOUNDS")
+            raise error("UPPER_OUT_OF_BOUNDS" if comparison.operator in ("$lt", "$lte") else "LOWER_OUT_OF_BOUNDS")
         if comparison.operator in ("$gt", "$gte", "$eq"):
             lower = tighter_lower(lower, (value, comparison.operator != "$gt"))
         if comparison.operator in ("$lt", "$lte", "$eq"):
