@@ -207,7 +207,6 @@ LEAF_FORMS = [
     ("type-code-double", {"$type": 16.0}, {"$type": [16]}),
     ("type-list-sorted-dedup", {"$type": ["long", "number", "minKey", "string", "long"]},
      {"$type": ["number", -1, 2, 18]}),
-    ("type-empty", {"$type": []}, {"$type": []}),
     ("mod-int64", {"$mod": [4, 1]}, {"$mod": [Int64(4), Int64(1)]}),
     ("mod-double-truncated", {"$mod": [4.9, -1.5]}, {"$mod": [Int64(4), Int64(-1)]}),
     ("mod-decimal", {"$mod": [Decimal128("3"), 0]}, {"$mod": [Int64(3), Int64(0)]}),
@@ -247,6 +246,7 @@ LEAF_REFUSED = [
     ("type-unknown-alias", {"$type": "nope"}, 2, "Unknown type name alias: nope"),
     ("type-bad-code", {"$type": 99}, 2, "Invalid numerical type code: 99"),
     ("type-bad-kind", {"$type": True}, 2, "type must be represented as a number or a string"),
+    ("type-empty", {"$type": []}, 9, "$type must match at least one type"),
     ("mod-not-array", {"$mod": 2}, 2, "malformed mod, needs to be an array"),
     ("mod-one", {"$mod": [2]}, 2, "malformed mod, not enough elements"),
     ("mod-three", {"$mod": [2, 1, 0]}, 2, "malformed mod, too many elements"),
@@ -272,3 +272,28 @@ def test_leaf_operand_refusals(client, crypt, sent, code, message):
                                      "jsonSchema": schema_for(crypt.key), "isRemoteSchema": False})
     assert reply["ok"] == 0.0 and reply["code"] == code, reply
     assert reply["errmsg"] == message, reply
+
+
+@pytest.mark.parametrize(("rate", "written"), [
+    (0.25, {"$expr": {"$lt": [{"$rand": {}}, {"$const": 0.25}]}}),
+    (Decimal128("0.5"), {"$expr": {"$lt": [{"$rand": {}}, {"$const": 0.5}]}}),
+    (0, {"$expr": {"$const": False}}),
+    (1, {"$expr": {"$const": True}}),
+])
+def test_sample_rate_desugared_as_mongod_does(client, crypt, rate, written):
+    reply = raw_command(client, DB, {"find": "coll", "filter": {"ssn": "a", "$sampleRate": rate},
+                                     "jsonSchema": schema_for(crypt.key), "isRemoteSchema": False})
+    assert reply["ok"] == 1.0, reply
+    assert reply["result"]["filter"]["$and"][1] == written
+    assert type(reply["result"]["filter"]["$and"][1]["$expr"].get("$lt", [0, {"$const": 0.0}])[1]["$const"]) is float
+
+
+@pytest.mark.parametrize(("rate", "code", "message"), [
+    ("0.5", 2, "argument to $sampleRate must be a numeric type"),
+    (1.5, 2, "numeric argument to $sampleRate must be in [0, 1]"),
+    (float("nan"), 2, "numeric argument to $sampleRate must be in [0, 1]"),
+])
+def test_sample_rate_refusals(client, crypt, rate, code, message):
+    reply = raw_command(client, DB, {"find": "coll", "filter": {"$sampleRate": rate},
+                                     "jsonSchema": schema_for(crypt.key), "isRemoteSchema": False})
+    assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"] == message, reply

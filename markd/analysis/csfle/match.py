@@ -181,6 +181,8 @@ def _type_operand(value: Any) -> list[Any]:
             codes.add(code)
         else:
             fail("type_kind")
+    if not every_number and not codes:
+        fail("type_empty")
     return (["number"] if every_number else []) + sorted(codes)
 
 
@@ -442,8 +444,16 @@ def _constant(op: str, value: Any, context: MarkContext) -> dict[str, Any]:
     return {op: 1}
 
 
-def _verbatim(op: str, value: Any, context: MarkContext) -> dict[str, Any]:
-    return {op: value}
+def _sample_rate(op: str, value: Any, context: MarkContext) -> dict[str, Any]:
+    """$sampleRate as mongod desugars it: an $expr comparing $rand with the rate (0 and 1 folded)."""
+    if not _is_number(value):
+        fail("sample_rate_type")
+    rate = float(value.to_decimal()) if isinstance(value, Decimal128) else float(value)
+    if not 0.0 <= rate <= 1.0:
+        fail("sample_rate_range")
+    if rate in (0.0, 1.0):
+        return {"$expr": {"$const": rate == 1.0}}
+    return {"$expr": {"$lt": [{"$rand": {}}, {"$const": rate}]}}
 
 
 TopRule = Callable[[str, Any, MarkContext], dict[str, Any]]
@@ -457,7 +467,7 @@ TOP_LEVEL_OPERATORS: dict[str, TopRule] = {
     "$jsonSchema": _unsupported,
     "$alwaysTrue": _constant,
     "$alwaysFalse": _constant,
-    "$sampleRate": _verbatim,
+    "$sampleRate": _sample_rate,
 }
 
 
