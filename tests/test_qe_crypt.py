@@ -345,6 +345,21 @@ def test_range_expr_placeholders(qe, expression, first, second, lower, upper):
         assert (v["edgesInfo"]["lowerBound"], v["edgesInfo"]["upperBound"]) == (lower, upper)
 
 
+def test_range_expr_in_is_an_or_of_points(qe):
+    """mongocryptd 8.x: `{$in: ["$f", [c...]]}` on a range field is an $or of [c, c] two-sided ranges."""
+    _, keys = qe
+    marked, found = run(qe, {"aggregate": "coll", "pipeline": [
+        {"$match": {"$expr": {"$in": ["$ri", [5, 7]]}}}], "cursor": {}})
+    assert set(found.values()) == {FIND_RANGE} and len(marked) == 4
+    for index, value in enumerate((5, 7)):
+        for side, operator in enumerate(("$gte", "$lte")):
+            marking = marked[f"pipeline.0.$match.$expr.$or.{index}.$and.{side}.{operator}.1.$const"]
+            assert_common(marking, keys["ri"], 2, 3, 0)
+            v = marking["v"]
+            assert (v["payloadId"], v["firstOperator"], v["secondOperator"]) == (index, 2, 4)
+            assert (v["edgesInfo"]["lowerBound"], v["edgesInfo"]["upperBound"]) == (value, value)
+
+
 # ---------------------------------------------------------------------------------------------- text
 
 

@@ -106,6 +106,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "RANGE_OUT_OF_BOUNDS": (6747900, "Range query predicate must be within the bounds of encrypted index."),
     "LOWER_OUT_OF_BOUNDS": (6747901, "Lower bound of range predicate must be within the bounds of encrypted index."),
     "UPPER_OUT_OF_BOUNDS": (6747902, "Upper bound of range predicate must be within the bounds of encrypted index."),
+    "BOUND_NAN": (6991000, "Query bound cannot be NaN."),
+    "BOUND_NAN_DECIMAL": (6991001, "Query bound cannot be NaN."),
+    "EXPR_IN_CONTEXT": (6994304, "Encrypted expression encountered in not-allowed context in $in"),
+    "EXPR_IN_RANGE_PREFIX": (7036804, "Cannot use $in with a fieldpath that is a prefix of a range encrypted field"),
     "DATE_MISMATCH": (
         6720002,
         "If the value type is a date, the type of the index must also be date (and vice versa). ",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bson import Decimal128
+
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
@@ -117,8 +119,14 @@ def _mark_operator(name: str, argument: Any, ctx: Context) -> Any:
             return marked
     if name == "$in" and isinstance(argument, list) and len(argument) == 2:
         field = _encrypted_operand(argument[0], ctx)
+        if field is not None and field.algorithm == RANGE and isinstance(argument[1], list):
+            return _range_in(argument[0], field, argument[1], ctx)
         if field is not None:
             return {"$in": [argument[0], _in_list(field, argument[1], ctx)]}
+        path = field_path(argument[0])
+        if (path is not None and isinstance(argument[1], list) and isinstance(ctx.schema.lookup(path), Prefix)
+                and any(f.algorithm == RANGE for f in ctx.schema.children(path))):
+            raise error("EXPR_IN_RANGE_PREFIX")
     if name == "$and" and isinstance(argument, list):
         return _and_expression(argument, ctx)
     if name in TEXT_ARGUMENTS:
@@ -260,6 +268,26 @@ def _interval(group: list[tuple[EncryptedField, str, Any, Any]]) -> tuple[Bound,
     if low > high or (low == high and not (lower[1] and upper[1])):
         return None
     return lower, upper
+
+
+def _range_in(left: Any, field: EncryptedField, values: list[Any], ctx: Context) -> dict[str, Any]:
+    """`{$in: ["$f", [c1, c2]]}` on a range field -> `{$or: [<[c1, c1] two-sided>, <[c2, c2] two-sided>]}`.
+
+    As mongocryptd 8.x does: one payload id per element; the constants' types are checked (coercion),
+    but their bounds are not (its bounds check's answer is unused here), while NaN is refused (6991000).
+    """
+    if not ctx.encrypted_comparisons:
+        raise error("EXPR_IN_CONTEXT")
+    alternatives = []
+    for element in values:
+        is_constant, constant = _constant(element)
+        if not is_constant:
+            raise error("NON_CONSTANT_COMPARISON", path=field.path)
+        value = placeholders.range_value(field, constant)
+        if is_nan(value):
+            raise error("BOUND_NAN_DECIMAL" if isinstance(value, Decimal128) else "BOUND_NAN")
+        alternatives.append(_two_sided(left, field, (value, True), (value, True), ctx))
+    return {"$or": alternatives}
 
 
 def _in_list(field: EncryptedField, values: Any, ctx: Context) -> Any:
