@@ -106,6 +106,18 @@ def test_lookup_subpipeline_marked_with_the_joined_collections_schema(client, cr
     inner = reply["result"]["pipeline"][1]["$lookup"]["pipeline"][0]["$match"]["ssn"]["$eq"]
     assert read_placeholder(outer)["ki"] == crypt.key and read_placeholder(outer)["v"] == "mine"
     assert read_placeholder(inner)["ki"] == crypt.other_key and read_placeholder(inner)["v"] == "theirs"
+    # mongod's own order, with `let` always written for the pipeline syntax
+    assert list(reply["result"]["pipeline"][1]["$lookup"]) == ["from", "as", "let", "pipeline"]
+    assert reply["result"]["pipeline"][1]["$lookup"]["let"] == {}
+
+
+def test_lookup_written_back_in_mongods_order(client, crypt):
+    pipeline = [{"$lookup": {"localField": "years", "as": "j", "foreignField": "years", "from": "other"}},
+                {"$lookup": {"pipeline": [], "localField": "years", "foreignField": "n", "as": "k", "from": "other"}}]
+    reply = _aggregate(client, pipeline, _schemas(crypt, "other"))
+    assert reply["ok"] == 1.0, reply
+    assert [list(stage["$lookup"]) for stage in reply["result"]["pipeline"]] == [
+        ["from", "as", "localField", "foreignField"], ["from", "as", "localField", "foreignField", "let", "pipeline"]]
 
 
 def test_lookup_subpipeline_through_libmongocrypt(markd, crypt):

@@ -453,7 +453,15 @@ def _lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext)
         if "pipeline" not in spec:
             # mongocryptd cannot tell what the joined documents hold: any later use is refused.
             joined = UNKNOWN_NODE
-    return [{"$lookup": serialized}], with_path(current, spec["as"], joined)
+    # mongod writes the stage back in its own order: from, as, the join fields, then (pipeline
+    # syntax only) let, always present, and the re-serialized sub-pipeline.
+    ordered = {option: serialized[option] for option in ("from", "as", "localField", "foreignField")
+               if option in serialized}
+    if "pipeline" in serialized:
+        ordered["let"] = {}
+        ordered["pipeline"] = serialized["pipeline"]
+    ordered.update({option: value for option, value in serialized.items() if option not in ordered})
+    return [{"$lookup": ordered}], with_path(current, spec["as"], joined)
 
 
 def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineContext
