@@ -201,9 +201,6 @@ ERRORS: dict[str, tuple[int, str]] = {
         "field '{path}' is encrypted.",
     ),
     "ENCRYPTED_PREFIX_OF_ENCRYPTED": (6316401, "Cannot add an encrypted field as a prefix of another encrypted field"),
-    "FIND_PROJECTION": (
-        6329201, "Projections in find cannot compute over encrypted fields with Queryable Encryption"
-    ),
     "PROJECTION": (6331103, "Cannot compute field '{path}' over encrypted fields with Queryable Encryption"),
     # commands
     "COMMAND": (115, "Command '{command}' is not supported with Queryable Encryption analysis"),

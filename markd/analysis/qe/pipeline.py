@@ -14,7 +14,7 @@ from typing import Any
 
 from markd.analysis.qe.context import Context
 from markd.analysis.qe.errors import error
-from markd.analysis.qe.expressions import encrypted_reference, field_path, mark_expression
+from markd.analysis.qe.expressions import field_path, mark_expression
 from markd.analysis.qe.fields import PLAIN, Below, Encrypted, EncryptedField, EncryptedFields, Plain, Prefix
 from markd.analysis.qe.match import mark_filter
 
@@ -98,7 +98,9 @@ def _projection(spec: Mapping[str, Any], ctx: Context, computed_only: bool, edit
             continue
         if isinstance(target, Below):
             raise error("BELOW_ENCRYPTED", path=path)
-        marked[key] = mark_expression(value, ctx, "$project")
+        # mongocryptd marks projected expressions with QE comparisons disallowed (7020507): only $match's
+        # $expr may compare an encrypted field with a constant.
+        marked[key] = mark_expression(value, ctx.without_encrypted_comparisons(), "$project")
         if not isinstance(target, Plain):
             # A plain computed value over an encrypted field (or an object holding one): plain from now on.
             edits.append((path, None))
@@ -370,21 +372,23 @@ def mark_pipeline(pipeline: Any, ctx: Context) -> tuple[list[Any], Context]:
 
 
 def mark_find_projection(projection: Any, ctx: Context) -> Any:
-    """find's projection: inclusion flags, $slice/$elemMatch/$meta on plain paths, and computed fields
-    that read nothing encrypted (mongocryptd refuses encrypted fields in find projections: 6329201)."""
+    """find's projection. mongocryptd 8.x analyses it as a lone $project stage of a pipeline: inclusion
+    flags kept, a bare "$field" copied opaquely, computed expressions marked like $project's. The
+    find-only operators ($slice, $elemMatch) read the field they name: refused on anything encrypted,
+    as any other reference to it would be (6331102)."""
     if not isinstance(projection, Mapping):
         return projection
     marked: dict[str, Any] = {}
     for path, value in projection.items():
-        if _is_inclusion_flag(value):
-            marked[path] = value
-            continue
         if isinstance(value, Mapping) and value and next(iter(value)) in ("$slice", "$elemMatch", "$meta"):
-            if next(iter(value)) != "$meta" and not isinstance(ctx.schema.lookup(path), Plain):
-                raise error("FIND_PROJECTION")
+            info = ctx.schema.lookup(path)
+            if next(iter(value)) != "$meta" and not isinstance(info, Plain):
+                if isinstance(info, Below):
+                    raise error("BELOW_ENCRYPTED", path=path)
+                if isinstance(info, Prefix):
+                    raise error("PREFIX_REFERENCE", path=path)
+                raise error("EXPRESSION", path=path)
             marked[path] = value
             continue
-        if not isinstance(ctx.schema.lookup(path), Plain) or encrypted_reference(value, ctx) is not None:
-            raise error("FIND_PROJECTION")
-        marked[path] = value
+        marked.update(_projection({path: value}, ctx, computed_only=False, edits=[]))
     return marked
