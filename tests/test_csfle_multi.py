@@ -309,3 +309,28 @@ def test_sample_rate_refusals(client, crypt, rate, code, message):
     reply = raw_command(client, DB, {"find": "coll", "filter": {"$sampleRate": rate},
                                      "jsonSchema": schema_for(crypt.key), "isRemoteSchema": False})
     assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"] == message, reply
+
+
+def test_graph_lookup_written_back_in_mongods_order(client, crypt):
+    stage = {"$graphLookup": {"restrictSearchWithMatch": {"ssn": "a"}, "maxDepth": 2.0, "startWith": "$years",
+                              "connectToField": "b", "connectFromField": "c", "as": "j", "from": "coll",
+                              "depthField": "d"}}
+    reply = _single(client, crypt, [stage])
+    assert reply["ok"] == 1.0, reply
+    written = reply["result"]["pipeline"][0]["$graphLookup"]
+    assert list(written) == ["from", "as", "connectToField", "connectFromField", "startWith", "depthField",
+                             "maxDepth", "restrictSearchWithMatch"]
+    assert written["maxDepth"] == 2 and type(written["maxDepth"]) is Int64
+    assert unmark(written["restrictSearchWithMatch"]) == {"ssn": {"$eq": P(1, "a")}}
+
+
+@pytest.mark.parametrize(("depth", "code", "message"), [
+    ("2", 40100, "maxDepth must be numeric, found type: string"),
+    (-1, 40101, "maxDepth requires a nonnegative argument, found: -1"),
+    (1.5, 40102, "maxDepth could not be represented as a long long: 1"),
+])
+def test_graph_lookup_max_depth_refusals(client, crypt, depth, code, message):
+    stage = {"$graphLookup": {"from": "coll", "as": "j", "startWith": "$years", "connectToField": "b",
+                              "connectFromField": "c", "maxDepth": depth}}
+    reply = _single(client, crypt, [stage])
+    assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"] == message, reply

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from bson import Int64
+from bson import Decimal128, Int64
 
 from markd import bsonvalues
 from markd.analysis import paths
@@ -487,8 +487,34 @@ def _graph_lookup(name: str, spec: Any, current: SchemaNode, context: PipelineCo
             fail("bad_field_type", field="restrictSearchWithMatch", actual="other", expected="object")
         serialized["restrictSearchWithMatch"] = mark_filter(spec["restrictSearchWithMatch"],
                                                             _mark_context(current, context))
+    if "maxDepth" in spec:
+        serialized["maxDepth"] = _max_depth(spec["maxDepth"])
     joined = UNKNOWN_NODE if current.may_hold_encryption else EMPTY
-    return [{"$graphLookup": serialized}], with_path(current, spec["as"], joined)
+    # mongod's order: from, as, connectToField, connectFromField, startWith, then the options.
+    ordered = {option: serialized[option] for option in GRAPH_LOOKUP_ORDER if option in serialized}
+    ordered.update({option: value for option, value in serialized.items() if option not in ordered})
+    return [{"$graphLookup": ordered}], with_path(current, spec["as"], joined)
+
+
+GRAPH_LOOKUP_ORDER = ("from", "as", "connectToField", "connectFromField", "startWith", "depthField", "maxDepth",
+                      "restrictSearchWithMatch")
+
+
+def _max_depth(value: Any) -> Int64:
+    """$graphLookup maxDepth as mongod keeps it: a 64-bit integer."""
+    from markd.errors import CommandError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal128)):
+        raise CommandError(40100, f"maxDepth must be numeric, found type: {bsonvalues.bson_type(value)}")
+    number = value.to_decimal() if isinstance(value, Decimal128) else value
+    if number != number or number in (float("inf"), float("-inf")):
+        raise CommandError(40102, "maxDepth could not be represented as a long long")  # unconfirmed for NaN/inf
+    depth = int(number)
+    if depth < 0:
+        raise CommandError(40101, f"maxDepth requires a nonnegative argument, found: {depth}")
+    if depth != number or depth >= 2**63:
+        raise CommandError(40102, f"maxDepth could not be represented as a long long: {depth}")
+    return Int64(depth)
 
 
 def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
