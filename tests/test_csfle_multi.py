@@ -334,3 +334,29 @@ def test_graph_lookup_max_depth_refusals(client, crypt, depth, code, message):
                               "connectFromField": "c", "maxDepth": depth}}
     reply = _single(client, crypt, [stage])
     assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"] == message, reply
+
+
+@pytest.mark.parametrize(("spec", "written"), [
+    ("$years", {"path": "$years"}),
+    ({"includeArrayIndex": "i", "path": "$years", "preserveNullAndEmptyArrays": False}, {"path": "$years",
+                                                                                         "includeArrayIndex": "i"}),
+    ({"preserveNullAndEmptyArrays": True, "path": "$years"}, {"path": "$years", "preserveNullAndEmptyArrays": True}),
+])
+def test_unwind_written_back_as_mongod_does(client, crypt, spec, written):
+    reply = _single(client, crypt, [{"$unwind": spec}])
+    assert reply["ok"] == 1.0, reply
+    assert reply["result"]["pipeline"][0]["$unwind"] == written
+    assert list(reply["result"]["pipeline"][0]["$unwind"]) == list(written)
+
+
+@pytest.mark.parametrize(("spec", "code", "message"), [
+    ({"path": "$a", "preserveNullAndEmptyArrays": 1}, 28809,
+     "expected a boolean for the preserveNullAndEmptyArrays option to $unwind stage"),
+    ({"path": "$a", "includeArrayIndex": ""}, 28810, "expected a non-empty string for the includeArrayIndex option"),
+    ({"path": "$a", "includeArrayIndex": "$i"}, 28822,
+     "includeArrayIndex option to $unwind stage should not be prefixed with a '$': $i"),
+    ({"path": "$a", "bogus": 1}, 28811, "unrecognized option to $unwind stage: bogus"),
+])
+def test_unwind_refusals(client, crypt, spec, code, message):
+    reply = _single(client, crypt, [{"$unwind": spec}])
+    assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"].startswith(message), reply

@@ -385,7 +385,33 @@ def _unwind(name: str, spec: Any, current: SchemaNode, context: PipelineContext)
     index_field = options.get("includeArrayIndex")
     if isinstance(index_field, str):
         out = with_path(out, index_field, EMPTY)
-    return [{"$unwind": options}], out
+    # mongod writes the document form back: path, preserveNullAndEmptyArrays only when true, then
+    # includeArrayIndex.  Options it would refuse are refused with its codes.
+    from markd.errors import CommandError
+
+    written: dict[str, Any] = {"path": path}
+    for option, value in options.items():
+        if option == "preserveNullAndEmptyArrays":
+            if not isinstance(value, bool):
+                raise CommandError(28809, "expected a boolean for the preserveNullAndEmptyArrays option to $unwind "
+                                          f"stage, got {bsonvalues.bson_type(value)}")
+        elif option == "includeArrayIndex":
+            if not isinstance(value, str):
+                raise CommandError(28810, "expected a non-empty string for the includeArrayIndex option to $unwind "
+                                          f"stage, got {bsonvalues.bson_type(value)}")
+            if not value:
+                raise CommandError(28810, "expected a non-empty string for the includeArrayIndex option to $unwind "
+                                          "stage, got string")
+            if value.startswith("$"):
+                raise CommandError(28822, f"includeArrayIndex option to $unwind stage should not be prefixed with a "
+                                          f"'$': {value}")
+        elif option != "path":
+            raise CommandError(28811, f"unrecognized option to $unwind stage: {option}")
+    if options.get("preserveNullAndEmptyArrays") is True:
+        written["preserveNullAndEmptyArrays"] = True
+    if isinstance(index_field, str):
+        written["includeArrayIndex"] = index_field
+    return [{"$unwind": written}], out
 
 
 def _replace_root(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
