@@ -360,3 +360,30 @@ def test_unwind_written_back_as_mongod_does(client, crypt, spec, written):
 def test_unwind_refusals(client, crypt, spec, code, message):
     reply = _single(client, crypt, [{"$unwind": spec}])
     assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"].startswith(message), reply
+
+
+def test_bucket_auto_written_back_as_mongod_does(client, crypt):
+    reply = _single(client, crypt, [{"$bucketAuto": {"buckets": 4.0, "groupBy": "$years"}}])
+    assert reply["ok"] == 1.0, reply
+    written = reply["result"]["pipeline"][0]["$bucketAuto"]
+    assert written == {"groupBy": "$years", "buckets": 4, "output": {"count": {"$sum": {"$const": 1}}}}
+    assert list(written) == ["groupBy", "buckets", "output"] and type(written["buckets"]) is int
+    reply = _single(client, crypt, [{"$bucketAuto": {"output": {"n": {"$sum": 1}}, "granularity": "R5",
+                                                     "groupBy": "$years", "buckets": Int64(2)}}])
+    assert reply["ok"] == 1.0, reply
+    assert list(reply["result"]["pipeline"][0]["$bucketAuto"]) == ["groupBy", "buckets", "granularity", "output"]
+
+
+@pytest.mark.parametrize(("spec", "code", "message"), [
+    ("x", 40240, "The argument to $bucketAuto must be an object, but found type: string"),
+    ({"groupBy": "$a", "buckets": "2"}, 40241, "The $bucketAuto 'buckets' field must be a numeric value"),
+    ({"groupBy": "$a", "buckets": 1.5}, 40242, "The $bucketAuto 'buckets' field must be representable as a 32-bit"),
+    ({"groupBy": "$a", "buckets": 0}, 40243, "The $bucketAuto 'buckets' field must be greater than 0, but found: 0"),
+    ({"groupBy": "$a", "buckets": 2, "output": 1}, 40244, "The $bucketAuto 'output' field must be an object"),
+    ({"groupBy": "$a", "buckets": 2, "bogus": 1}, 40245, "Unrecognized option to $bucketAuto: bogus"),
+    ({"groupBy": "$a"}, 40246, "$bucketAuto requires 'groupBy' and 'buckets' to be specified"),
+    ({"groupBy": "$ssn", "buckets": 2}, 51238, "'groupBy' expression cannot reference encrypted fields"),
+])
+def test_bucket_auto_refusals(client, crypt, spec, code, message):
+    reply = _single(client, crypt, [{"$bucketAuto": spec}])
+    assert reply["ok"] == 0.0 and reply["code"] == code and reply["errmsg"].startswith(message), reply

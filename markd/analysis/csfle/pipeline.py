@@ -563,23 +563,49 @@ def _geo_near(name: str, spec: Any, current: SchemaNode, context: PipelineContex
 
 
 def _bucket_auto(name: str, spec: Any, current: SchemaNode, context: PipelineContext) -> tuple[Stage, SchemaNode]:
+    """$bucketAuto as mongod writes it back: groupBy, buckets (int32), granularity, output (count by default)."""
     if not is_document(spec):
-        fail("bad_field_type", field="$bucketAuto", actual="other", expected="object")
+        _bucket_error(40240, "The argument to $bucketAuto must be an object, but found type: "
+                             f"{bsonvalues.bson_type(spec)}")
+    for option, argument in spec.items():
+        if option == "groupBy":
+            if not (isinstance(argument, str) and argument.startswith("$")) and not is_document(argument):
+                _bucket_error(40239, "The $bucketAuto 'groupBy' field must be defined as a $-prefixed path or an "
+                                     "expression object")
+        elif option == "buckets":
+            if isinstance(argument, bool) or not isinstance(argument, (int, float, Decimal128)):
+                _bucket_error(40241, "The $bucketAuto 'buckets' field must be a numeric value, but found type: "
+                                     f"{bsonvalues.bson_type(argument)}")
+            number = argument.to_decimal() if isinstance(argument, Decimal128) else argument
+            if number != number or number in (float("inf"), float("-inf")) or number != int(number) \
+                    or not -(2**31) <= int(number) < 2**31:
+                _bucket_error(40242, "The $bucketAuto 'buckets' field must be representable as a 32-bit integer")
+            if int(number) <= 0:
+                _bucket_error(40243, "The $bucketAuto 'buckets' field must be greater than 0, but found: "
+                                     f"{int(number)}")
+        elif option == "output":
+            if not is_document(argument):
+                _bucket_error(40244, "The $bucketAuto 'output' field must be an object, but found type: "
+                                     f"{bsonvalues.bson_type(argument)}")
+        elif option != "granularity":
+            _bucket_error(40245, f"Unrecognized option to $bucketAuto: {option}")
+    if "groupBy" not in spec or "buckets" not in spec:
+        _bucket_error(40246, "$bucketAuto requires 'groupBy' and 'buckets' to be specified")
     analysis = _analysis(current, context)
-    group_by, value = analysis.forwarded(spec.get("groupBy"))
+    group_by, value = analysis.forwarded(spec["groupBy"])
     if value.may_be_encrypted or value.kind == ROOT:
         fail("bucket_auto")
-    serialized = dict(spec)
-    serialized["groupBy"] = group_by
+    buckets = spec["buckets"]
+    serialized: dict[str, Any] = {"groupBy": group_by, "buckets": int(
+        buckets.to_decimal() if isinstance(buckets, Decimal128) else buckets)}
+    if "granularity" in spec:
+        serialized["granularity"] = spec["granularity"]  # mongod checks the name; nothing here is encrypted
     out = with_path(EMPTY, "_id", EMPTY)
-    if is_document(spec.get("output")):
-        output: dict[str, Any] = {}
-        for field_name, accumulator in spec["output"].items():
-            output[field_name], child = _accumulator(analysis, field_name, accumulator)
-            out = with_path(out, field_name, child)
-        serialized["output"] = output
-    else:
-        out = with_path(out, "count", EMPTY)
+    output: dict[str, Any] = {}
+    for field_name, accumulator in spec.get("output", {"count": {"$sum": 1}}).items():
+        output[field_name], child = _accumulator(analysis, field_name, accumulator)
+        out = with_path(out, field_name, child)
+    serialized["output"] = output
     return [{"$bucketAuto": serialized}], out
 
 
