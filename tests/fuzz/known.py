@@ -12,7 +12,6 @@ from types import TracebackType
 
 # id -> (exception type, file under markd/, function)
 KNOWN_CRASHES: dict[str, tuple[str, str, str]] = {
-    "F10": ("TypeError", "markd/analysis/csfle/schema.py", "_type_names"),
 }
 
 
