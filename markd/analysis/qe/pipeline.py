@@ -1,9 +1,11 @@
 """Aggregation pipelines: one row per stage in `STAGES`; a stage without a row is refused.
 
-The schema flows through the pipeline: stages that keep documents as they are ($match, $sort,
-$limit...) keep it; stages that compute new documents from plain fields only ($group, $count...)
-leave nothing encrypted behind. A stage that would carry an encrypted value somewhere markd could
-no longer track (a computed field, a $lookup result...) is refused rather than guessed at.
+The schema flows through the pipeline, as mongocryptd's does: stages that keep documents as they
+are ($match, $sort, $limit...) keep it; a bare "$field" copied by $project/$addFields/$set carries
+the field's metadata to its new name; a field overwritten by a computed value is plain afterwards;
+stages that compute new documents from plain fields only ($group, $count...) leave nothing
+encrypted behind; $lookup re-roots the joined collection's fields under `as`. A stage that would
+carry an encrypted value somewhere markd cannot track (a copy to a dotted path...) is refused.
 """
 
 from __future__ import annotations
@@ -227,16 +229,20 @@ def _lookup(name: str, spec: Any, ctx: Context) -> tuple[Any, Context]:
     if isinstance(local_info, Encrypted) or isinstance(remote_info, Encrypted):
         raise error("LOOKUP_ENCRYPTED")
     output = spec.get("as")
-    if not isinstance(output, str) or not isinstance(ctx.schema.lookup(output), Plain):
-        raise error("PROJECTION", path=output)
+    if not isinstance(output, str) or not output:
+        raise error("MALFORMED", detail="$lookup requires an 'as' field path")
+    if isinstance(ctx.schema.lookup(output), Below):
+        raise error("BELOW_ENCRYPTED", path=output)
     marked = dict(spec)
     joined = foreign_schema
     if "pipeline" in spec:
         inner, inner_ctx = mark_pipeline(spec["pipeline"], ctx.with_schema(foreign_schema).for_filter())
         marked["pipeline"] = inner
         joined = inner_ctx.schema
+    # `as` replaces whatever was there (mongocryptd overwrites that path in its schema too).
+    kept = tuple(f for f in ctx.schema.fields if f.path != output and not f.path.startswith(output + "."))
     rerooted = tuple(replace(field, path=f"{output}.{field.path}") for field in joined.fields)
-    return marked, ctx.with_schema(EncryptedFields(ctx.schema.namespace, ctx.schema.fields + rerooted))
+    return marked, ctx.with_schema(EncryptedFields(ctx.schema.namespace, kept + rerooted))
 
 
 def _plain_expression(expression: Any, ctx: Context, key: str) -> Any:
