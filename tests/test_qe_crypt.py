@@ -345,6 +345,18 @@ def test_range_expr_placeholders(qe, expression, first, second, lower, upper):
         assert (v["edgesInfo"]["lowerBound"], v["edgesInfo"]["upperBound"]) == (lower, upper)
 
 
+def test_range_in_is_the_ordered_set_of_its_values(qe):
+    """mongocryptd's $in keeps its values as an ordered set: sorted, duplicates dropped, one payload id each."""
+    marked, found = run(qe, {"find": "coll", "filter": {"ri": {"$in": [20, 10, Int64(20), 10]}}})
+    assert set(found.values()) == {FIND_RANGE} and len(marked) == 4
+    for index, value in enumerate((10, 20)):
+        full = marked[f"filter.$or.{index}.$and.0.ri.$gte"]
+        assert full["v"]["payloadId"] == index
+        assert (full["v"]["edgesInfo"]["lowerBound"], full["v"]["edgesInfo"]["upperBound"]) == (value, value)
+        assert marked[f"filter.$or.{index}.$and.1.ri.$lte"]["v"] == {"payloadId": index, "firstOperator": 2,
+                                                                    "secondOperator": 4}
+
+
 def test_range_expr_in_is_an_or_of_points(qe):
     """mongocryptd 8.x: `{$in: ["$f", [c...]]}` on a range field is an $or of [c, c] two-sided ranges."""
     _, keys = qe

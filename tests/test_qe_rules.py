@@ -92,7 +92,9 @@ REFUSED = [
     (find({"d": {"$gte": float("nan")}}), 6747900),
     (find({"d": {"$gte": Decimal128("NaN")}}), 6742002),
     (find({"d": {"$eq": float("nan")}}), 6747901),
-    (find({"d": {"$in": [1.0, float("nan")]}}), 6747901),
+    # A range $in: no bounds check (mongocryptd ignores its answer there), NaN refused building the placeholder.
+    (find({"d": {"$in": [1.0, float("nan")]}}), 6991000),
+    (find({"age": {"$in": [300]}}), None),
     (find({"d": {"$gte": 1.0, "$lte": float("nan")}}), 6747902),
     (find({"$expr": {"$gt": ["$d", float("nan")]}}), 6720810),
     (find({"$expr": {"$and": [{"$gt": ["$d", 1.0]}, {"$lt": ["$d", float("nan")]}]}}), 6720811),

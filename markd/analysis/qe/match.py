@@ -319,9 +319,32 @@ def _op_in(field: EncryptedField, operand: Any, ctx: Context) -> Node:
         # Nothing to encrypt, and `{$or: []}` would not parse: an empty $in matches nothing as it is.
         return {field.path: {"$in": []}}
     if field.algorithm == RANGE:
-        # Each element is its own point interval [v, v], OR-ed together.
-        return {"$or": [_range_predicates(field, [RangeComparison(field, "$eq", v)], ctx)[0] for v in values]}
+        return {"$or": [_range_point(field, v, ctx) for v in _range_in_values(field, values)]}
     return {field.path: {"$in": [_equality_placeholder(field, v, ctx) for v in values]}}
+
+
+def _range_in_values(field: EncryptedField, values: list[Any]) -> list[Any]:
+    """A range $in's values as mongocryptd 8.x takes them: type-checked and coerced, then as the ordered,
+    de-duplicated set its parser keeps (NaN first), NaN refused when its placeholder is built (6991000/
+    6991001). Its bounds check's answer is unused there: out-of-bounds values are marked anyway (and
+    libmongocrypt refuses to encrypt them)."""
+    coerced = [placeholders.range_value(field, v) for v in values]
+    nan = next((v for v in coerced if is_nan(v)), None)
+    if nan is not None:
+        raise error("BOUND_NAN_DECIMAL" if isinstance(nan, Decimal128) else "BOUND_NAN")
+    unique: dict[Any, Any] = {}
+    for value in coerced:
+        unique.setdefault(numeric(value), value)
+    return [unique[key] for key in sorted(unique)]
+
+
+def _range_point(field: EncryptedField, value: Any, ctx: Context) -> dict[str, Any]:
+    """[value, value] as mongocryptd's two-sided match predicate: full placeholder, then the stub."""
+    payload_id = ctx.payload_id()
+    gte, lte = placeholders.GTE, placeholders.LTE
+    full = placeholders.range_find_placeholder(field, value, True, value, True, payload_id, gte, lte)
+    stub = placeholders.range_stub_placeholder(field, payload_id, gte, lte)
+    return RangeAnd({"$and": [{field.path: {"$gte": ctx.marked(full)}}, {field.path: {"$lte": ctx.marked(stub)}}]})
 
 
 def _op_nin(field: EncryptedField, operand: Any, ctx: Context) -> Node:
