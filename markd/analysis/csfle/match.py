@@ -9,6 +9,7 @@ because libmongocrypt forwards mongocryptd's re-serialized filter whenever anyth
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,6 @@ def render(expression: Mapping[str, Any]) -> str:
 
 
 def _is_regex(value: Any) -> bool:
-    import re
-
     return isinstance(value, (Regex, re.Pattern))
 
 
@@ -92,6 +91,7 @@ def _in_values(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[Any
     """The $in list as mongod writes it back: equalities sorted and deduplicated (after marking), then regexes."""
     if not isinstance(leaf.value, list):
         fail("in_not_array" if leaf.op == "$in" else "nin_not_array")
+    compare_context = _compare_context(context)  # once, not once per element of a long list
     equalities: list[Any] = []
     regexes: list[Any] = []
     for element in leaf.value:
@@ -100,7 +100,7 @@ def _in_values(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[Any
                 fail("regex_in", path=leaf.path)
             if element is None:
                 fail("null_in", path=leaf.path)
-            equalities.append(mark_value(metadata, element, leaf.path, _compare_context(context)))
+            equalities.append(mark_value(metadata, element, leaf.path, compare_context))
         elif metadata is UNKNOWN:
             fail("unknown_path", path=leaf.path)
         elif _is_regex(element):
@@ -108,7 +108,7 @@ def _in_values(leaf: Leaf, metadata: Metadata, context: MarkContext) -> list[Any
         elif metadata is PREFIX:
             if isinstance(element, list):
                 fail("in_array_prefix", path=leaf.path, element=render({"": element})[6:-1])
-            equalities.append(mark_document(element, leaf.path, _compare_context(context))
+            equalities.append(mark_document(element, leaf.path, compare_context)
                               if is_document(element) else element)
         else:
             equalities.append(element)

@@ -31,6 +31,9 @@ def canonical_rank(value: Any) -> int:
 
 def _rank(value: Any) -> int:
     """mongod's canonical type rank."""
+    rank = _RANK_BY_EXACT_TYPE.get(type(value))
+    if rank is not None:
+        return rank
     if isinstance(value, MinKey):
         return -1
     if isinstance(value, Undefined):
@@ -65,6 +68,11 @@ def _rank(value: Any) -> int:
         return 127
     raise TypeError(f"not a BSON value: {type(value).__name__}")
 
+
+
+# The common scalar types, answered before _rank's isinstance chain (bool before int matters there, not here).
+_RANK_BY_EXACT_TYPE: dict[type, int] = {str: 15, int: 10, float: 10, Int64: 10, bool: 40, type(None): 5,
+                                        Binary: 30, ObjectId: 35}
 
 def _number(value: Any) -> tuple[int, Decimal]:
     if isinstance(value, Decimal128):
@@ -129,9 +137,12 @@ def order_key(value: Any) -> tuple[Any, ...]:
 
 def sorted_set(values: Iterable[Any]) -> list[Any]:
     """`values` sorted in mongod's order, equal ones kept once (the first)."""
-    ordered = sorted(values, key=order_key)
+    # Each key computed once: keys of documents and arrays are not cheap, and $in lists can be long.
+    keyed = sorted(((order_key(value), value) for value in values), key=lambda pair: pair[0])
     result: list[Any] = []
-    for value in ordered:
-        if not result or order_key(result[-1]) != order_key(value):
+    last_key: Any = None
+    for key, value in keyed:
+        if not result or key != last_key:
             result.append(value)
+            last_key = key
     return result

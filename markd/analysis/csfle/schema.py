@@ -191,15 +191,27 @@ def subtree(root: SchemaNode, path: str) -> SchemaNode:
     return current
 
 
+# Paths remembered per parsed schema; bounded, as paths come from clients.
+_MEMO_LIMIT = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class EncryptionSchema:
     """A parsed jsonSchema: the tree and whether anything in it is encrypted."""
 
     root: SchemaNode
     remote: bool = True
+    # Parsed schemas are cached and the same field paths recur in every command: each path is
+    # looked up once. Only answers are remembered; a lookup that raises raises again.
+    _answers: dict[str, Metadata] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def metadata_for(self, path: str) -> Metadata:
-        return lookup(self.root, path)
+        found = self._answers.get(path)
+        if found is None:
+            found = lookup(self.root, path)
+            if len(self._answers) < _MEMO_LIMIT:
+                self._answers[path] = found
+        return found
 
     def subtree(self, path: str) -> SchemaNode:
         return subtree(self.root, path)
