@@ -240,7 +240,7 @@ def dispatch_reply(frame: bytes, dispatcher: Any, connection: Any) -> bytes:
     message = codec.parse_message(frame)
     assert isinstance(message, codec.OpMsg)
     try:
-        reply = dispatcher.handle(bsonvalues.decode(message.command), connection)
+        reply = dispatcher.handle(message.command, connection)
     except CommandError as exc:
         reply = exc.to_reply()
     return bsonvalues.encode(reply)
@@ -279,7 +279,7 @@ def analysis_candidates(chosen: list[workloads.Workload]) -> None:
     for workload in csfle:
         message = codec.parse_message(workload.request)
         assert isinstance(message, codec.OpMsg)
-        command = bsonvalues.decode(message.command)
+        command = message.command
         reply = bsonvalues.decode(dispatch_reply(workload.request, dispatcher, connection))
         walk_cost = stages.median_us(lambda reply=reply: csfle_commands.contains_placeholder(reply.get("result")))  # type: ignore[misc]
         schema_doc = command.get("jsonSchema")
@@ -293,7 +293,7 @@ def analysis_candidates(chosen: list[workloads.Workload]) -> None:
 def today(frame: bytes) -> dict[str, Any]:
     message = codec.parse_message(frame)
     assert isinstance(message, codec.OpMsg) and message.error is None
-    return bsonvalues.decode(message.command)
+    return message.command
 
 
 def main() -> int:

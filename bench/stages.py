@@ -61,12 +61,12 @@ def stage_costs(frame: bytes, dispatcher: Dispatcher, connection: ConnectionInfo
     costs["parse_message"] = median_us(lambda: codec.parse_message(frame), budget_seconds)
     message = codec.parse_message(frame)
     assert isinstance(message, codec.OpMsg)
-    costs["decode"] = median_us(lambda: bsonvalues.decode(message.command), budget_seconds)
-    command = bsonvalues.decode(message.command)
+    costs["decode"] = median_us(lambda: message.command, budget_seconds)
+    command = message.command
 
     def dispatch() -> dict[str, Any]:
         try:
-            return dispatcher.handle(bsonvalues.decode(message.command), connection)
+            return dispatcher.handle(message.command, connection)
         except CommandError as exc:
             return exc.to_reply()
 
@@ -90,7 +90,7 @@ def cprofile_top(frame: bytes, dispatcher: Dispatcher, connection: ConnectionInf
         parsed = codec.parse_message(frame)
         assert isinstance(parsed, codec.OpMsg)
         try:
-            reply = dispatcher.handle(bsonvalues.decode(parsed.command), connection)
+            reply = dispatcher.handle(parsed.command, connection)
         except CommandError as exc:
             reply = exc.to_reply()
         codec.encode_op_msg(1, bsonvalues.encode(reply))

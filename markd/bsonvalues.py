@@ -125,16 +125,32 @@ def regex_options(value: Regex) -> str:  # type: ignore[type-arg]
     return "".join(letter for letter, flag in _REGEX_FLAGS if value.flags & flag)
 
 
-def decode(data: bytes) -> dict[str, Any]:
+def decode(data: bytes | memoryview) -> dict[str, Any]:
     """BSON bytes to a dict whose values re-encode to the same bytes."""
     document = bson.decode(data, CODEC_OPTIONS)
     if bson.encode(document, codec_options=CODEC_OPTIONS) == data:
         return document
     try:
-        return _decode_document(data, 0)
+        return _decode_document(bytes(data), 0)
     except (UnicodeDecodeError, ValueError, IndexError, struct.error) as exc:
         # pymongo's decoder skips array keys, so bytes it accepted can still be malformed here.
         raise InvalidBSON(f"invalid BSON: {exc}") from exc
+
+
+def decode_sequence(data: bytes | memoryview) -> list[dict[str, Any]]:
+    """Concatenated BSON documents (an OP_MSG kind-1 section) to dicts, with `decode`'s exactness."""
+    documents: list[dict[str, Any]] = bson.decode_all(data, CODEC_OPTIONS)
+    encoded = b"".join(bson.encode(document, codec_options=CODEC_OPTIONS) for document in documents)
+    if encoded == data:
+        return documents
+    raw = bytes(data)
+    exact: list[dict[str, Any]] = []
+    offset = 0
+    while offset < len(raw):
+        size = _INT32.unpack_from(raw, offset)[0]
+        exact.append(decode(raw[offset : offset + size]))
+        offset += size
+    return exact
 
 
 def encode(document: Mapping[str, Any]) -> bytes:

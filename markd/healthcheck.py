@@ -17,7 +17,6 @@ import socket
 import ssl
 import sys
 
-import bson
 from bson.errors import InvalidBSON
 
 from markd.wire import FrameReader, OpMsg, ProtocolError, encode_op_msg, parse_message
@@ -101,7 +100,7 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
         raise Unhealthy("reply is not a well-formed OP_MSG")
     if int.from_bytes(reply_frame[_HEADER_RESPONSE_TO], "little", signed=True) != request_id:
         raise Unhealthy("reply does not answer our request (responseTo mismatch)")
-    reply = bson.decode(message.command)
+    reply = message.command
     if reply.get("ok") != 1:
         raise Unhealthy(f"hello failed: {reply.get('errmsg', reply)}")
     if reply.get("iscryptd") is not True:

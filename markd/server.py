@@ -239,7 +239,7 @@ class MarkdServer:
         try:
             if message.error is not None:
                 raise message.error
-            command = bsonvalues.decode(message.command)
+            command = message.command
             name = self.dispatcher.reported_name(_command_name(command))
             namespace = _namespace(command) if name != UNKNOWN_COMMAND else str(command.get("$db", ""))
             if "$db" not in command:

@@ -17,6 +17,7 @@ import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON
 
+from markd import bsonvalues
 from markd.errors import CommandError
 from markd.wire.crc32c import crc32c
 
@@ -57,8 +58,9 @@ class ProtocolError(Exception):
 class OpMsg:
     request_id: int
     flags: int
-    # The body with every kind-1 document sequence merged in under its identifier, as BSON bytes.
-    command: bytes
+    # The body with every kind-1 document sequence merged in under its identifier, decoded once with
+    # exact BSON types (markd.bsonvalues); {} when `error` is set.
+    command: dict[str, Any]
     # Set when the frame was readable but its content is not: reply with this error.
     error: CommandError | None = None
     sequences: tuple[str, ...] = field(default=())
@@ -105,16 +107,20 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
+        # The common case, one whole request in one read with nothing pending: no copy at all.
+        if not buffer and len(data) >= HEADER_SIZE and read_header(data)[0] == len(data):
+            return [data]
         buffer += data
         frames: list[bytes] = []
         start = 0
         end = len(buffer)
-        while end - start >= HEADER_SIZE:
-            length = read_header(memoryview(buffer)[start : start + HEADER_SIZE])[0]
-            if end - start < length:
-                break
-            frames.append(bytes(buffer[start : start + length]))
-            start += length
+        with memoryview(buffer) as view:
+            while end - start >= HEADER_SIZE:
+                length = read_header(view[start : start + HEADER_SIZE])[0]
+                if end - start < length:
+                    break
+                frames.append(bytes(view[start : start + length]))
+                start += length
         if start:
             del buffer[:start]
         return frames
@@ -138,37 +144,23 @@ def _bson_size(data: bytes, offset: int, end: int) -> int:
     return size
 
 
-def _array_of(documents: list[bytes]) -> bytes:
-    """A BSON array holding raw documents, keys "0", "1", ..."""
-    parts = [b"\x03" + str(i).encode() + b"\x00" + doc for i, doc in enumerate(documents)]
-    body = b"".join(parts)
-    return _INT32.pack(len(body) + 5) + body + b"\x00"
-
-
-def _merge_sequences(body: bytes, sequences: list[tuple[str, list[bytes]]]) -> bytes:
-    if not sequences:
-        return body
-    extra = b"".join(b"\x04" + name.encode() + b"\x00" + _array_of(docs) for name, docs in sequences)
-    elements = body[4:-1] + extra
-    return _INT32.pack(len(elements) + 5) + elements + b"\x00"
-
-
 def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
     end = len(frame)
     if end < HEADER_SIZE + 5:
         raise ProtocolError("OP_MSG too short")
     flags = _UINT32.unpack_from(frame, HEADER_SIZE)[0]
     if flags & _REQUIRED_BITS & ~_KNOWN_FLAGS:
-        return OpMsg(request_id, flags, b"", CommandError(40, f"Unrecognized OP_MSG flags: {flags:x}"))
+        return OpMsg(request_id, flags, {}, CommandError(40, f"Unrecognized OP_MSG flags: {flags:x}"))
     if flags & FLAG_CHECKSUM_PRESENT:
         if end < HEADER_SIZE + 4 + 4 + 1:
             raise ProtocolError("OP_MSG too short for a checksum")
         end -= 4
         expected = _UINT32.unpack_from(frame, end)[0]
         if crc32c(memoryview(frame)[:end]) != expected:
-            return OpMsg(request_id, flags, b"", CommandError(282, "OP_MSG checksum does not match contents"))
-    body: bytes | None = None
-    sequences: list[tuple[str, list[bytes]]] = []
+            return OpMsg(request_id, flags, {}, CommandError(282, "OP_MSG checksum does not match contents"))
+    body: memoryview | None = None
+    sequences: list[tuple[str, memoryview]] = []
+    view = memoryview(frame)
     offset = HEADER_SIZE + 4
     try:
         while offset < end:
@@ -178,7 +170,7 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 if body is not None:
                     raise ValueError("Multiple body sections in message")
                 size = _bson_size(frame, offset, end)
-                body = frame[offset : offset + size]
+                body = view[offset : offset + size]
                 offset += size
             elif kind == 1:
                 if end - offset < 4:
@@ -188,29 +180,23 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 if size < 5 or seq_end > end:
                     raise ValueError("invalid document sequence length")
                 name, pos = _cstring(frame, offset + 4, seq_end)
-                docs: list[bytes] = []
-                while pos < seq_end:
-                    doc_size = _bson_size(frame, pos, seq_end)
-                    docs.append(frame[pos : pos + doc_size])
-                    pos += doc_size
-                sequences.append((name, docs))
+                first = pos
+                while pos < seq_end:  # the documents must tile the section exactly
+                    pos += _bson_size(frame, pos, seq_end)
+                sequences.append((name, view[first:seq_end]))
                 offset = seq_end
             else:
                 raise ValueError(f"Unknown section kind {kind}")
         if body is None:
             raise ValueError("OP_MSG does not contain a body")
-        command = _merge_sequences(body, sequences)
-        # Validates every nested document and string; the analysis decodes it again from these bytes.
-        keys = list(bson.decode(body, _VALIDATE).keys())
-        for name, _ in sequences:
-            if "." in name or name in keys:
+        # One decode per section, which also validates every nested document and string.
+        command = bsonvalues.decode(body)
+        for name, section in sequences:
+            if "." in name or name in command:
                 raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
-            keys.append(name)
-        for _, docs in sequences:
-            for doc in docs:
-                bson.decode(doc, _VALIDATE)
-    except (ValueError, InvalidBSON, UnicodeDecodeError, struct.error) as exc:
-        return OpMsg(request_id, flags, b"", CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
+            command[name] = bsonvalues.decode_sequence(section)
+    except (ValueError, InvalidBSON, struct.error, IndexError) as exc:
+        return OpMsg(request_id, flags, {}, CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
 
 

@@ -49,17 +49,12 @@ def handle_frame(frame: bytes) -> dict[str, Any] | None:
 
 def known_crash(frame: bytes) -> str | None:
     """The id of the known finding a crashing frame reproduces (see docs/robustness.md), or None."""
-    from markd import bsonvalues
-    from markd.wire import OpMsg, ProtocolError, parse_message
+    from markd.wire import ProtocolError, parse_message
 
     try:
-        message = parse_message(frame)
+        parse_message(frame)  # decodes the command too: where the known crashes lived
     except ProtocolError:
         return None
-    if not isinstance(message, OpMsg) or message.error is not None:
-        return None
-    try:
-        bsonvalues.decode(message.command)
     except Exception as exc:
         from tests.fuzz.known import known_id
 
