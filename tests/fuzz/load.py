@@ -166,6 +166,8 @@ class _Load:
         self.expected: dict[str, dict[str, Any]] = {}
         self.open_now = 0
         self.connect_gate = asyncio.Semaphore(128)  # ramp up without overflowing the listen backlog
+        self.connected = 0
+        self.all_connected = asyncio.Event()
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         for attempt in range(50):
@@ -271,6 +273,12 @@ class _Load:
     async def worker(self, index: int) -> None:
         rng = random.Random(self.seed * 1_000_003 + index)
         reader, writer = await self.connect()
+        # Traffic starts once every worker is connected, so all the connections are open at once
+        # (otherwise early workers' reconnects after bad inputs can keep the peak short of the count).
+        self.connected += 1
+        if self.connected == self.report.connections:
+            self.all_connected.set()
+        await self.all_connected.wait()
         request_id = 1
         try:
             while time.monotonic() < self.deadline:
