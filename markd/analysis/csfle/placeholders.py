@@ -7,6 +7,8 @@ value's exact BSON type, since a deterministic ciphertext of an int32 and an int
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,9 @@ class MarkContext:
     comparison: bool
     document: Mapping[str, Any] | None = None
     collation_simple: bool = True
+
+
+_INT32 = struct.Struct("<i")
 
 
 def is_placeholder(value: Any) -> bool:
@@ -103,5 +108,13 @@ def mark_value(metadata: Encrypted, value: Any, path: str, context: MarkContext)
     """The placeholder for `value` at encrypted `path`, or the refusal mongocryptd gives."""
     check_value(metadata, value, path, context)
     key_name, key = _key_field(metadata, context)
-    body = bsonvalues.encode({"a": metadata.algorithm, key_name: key, "v": value})
+    head = _placeholder_head(metadata.algorithm, key_name, key)
+    value_element = bsonvalues.encode({"v": value})[4:-1]
+    body = _INT32.pack(len(head) + len(value_element) + 5) + head + value_element + b"\x00"
     return Binary(FLE1_PLACEHOLDER + body, PLACEHOLDER_SUBTYPE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _placeholder_head(algorithm: int, key_name: str, key: Any) -> bytes:
+    """The {a, ki|ka} elements of a placeholder: the same for every value marked with one key."""
+    return bsonvalues.encode({"a": algorithm, key_name: key})[4:-1]
