@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from pymongo import MongoClient
 
 from tests.support import plaintext_watch
 from tests.support.process import MarkdProcess
+
+# CI runs the property tests on a fixed sequence of examples, so a red run is reproducible; runs by
+# hand (and tests/fuzz/run_long.py) keep exploring new ones.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Before any client exists: every command any test sends is watched for values that reach a markd log.
 plaintext_watch.install()

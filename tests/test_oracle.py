@@ -115,3 +115,24 @@ def test_the_oracle_catches_plaintext():
     assert any("PLAINTEXT" in finding for finding in judge(case, flags_off))
     assert judge(case, {"ok": 0.0, "code": 51158, "errmsg": "refused"}) == []
     assert judge(case, {"ok": 0.0, "code": 1, "errmsg": "boom"})[0].startswith("CRASH")
+
+
+def test_contradictory_range_predicates_decided_statically_are_not_findings():
+    # Found by CI's oracle run: {$and: [{notes: 1}, {notes: 0}]} on a range field is an empty interval,
+    # which markd (as mongocryptd) writes as {$alwaysFalse: 1}; the values are gone, not leaked, and the
+    # 1 of $alwaysFalse is syntax. The oracle must still flag a real plaintext next to it.
+    from tests.fuzz.oracle import Expect
+
+    notes = QEField("notes", KEYS[2], "int", "range", minimum=0, maximum=200)
+    query = {"notes": 0, "$and": [{"$and": [{}]}, {"$and": [{"notes": 1}, {"notes": 0}]}]}
+    command = {"distinct": "coll", "key": "plain1", "query": query, "encryptionInformation": qe_info([notes]),
+               "$db": "db"}
+    sensitive = {path: Expect(value, "qe", 2, 3, KEYS[2], "int", notes)
+                 for path, value in [(("query", "notes"), 0), (("query", "$and", 1, "$and", 0, "notes"), 1),
+                                     (("query", "$and", 1, "$and", 1, "notes"), 0)]}
+    case = Case("qe", command, sensitive, {("query",)}, strict=False, label="distinct")
+    reply = mark(command)
+    assert {"$alwaysFalse": 1} in reply["result"]["query"]["$and"][0]["$and"]
+    assert judge(case, reply) == []
+    leaked = {**reply, "result": {**reply["result"], "query": {"$and": [{"$alwaysFalse": 1}, {"notes": 1}]}}}
+    assert any(finding.startswith("PLAINTEXT") for finding in judge(case, leaked))
