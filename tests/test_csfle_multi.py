@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import bson
 import pytest
 from bson import Decimal128, Int64
 from bson.binary import Binary
@@ -24,24 +23,9 @@ from tests.test_csfle_support import DET, P, encrypt, read_placeholder, schema_f
 DB = "db"
 
 
-def _answer_requested_keys(crypt: CryptDriver) -> None:
-    """Answer libmongocrypt's key-vault find with only the keys it asked for."""
-    vault = crypt.callback.keys
-
-    def fetch_keys(filter_: bytes) -> Any:
-        clauses = bson.decode(filter_).get("$or", [])
-        ids = {bytes(k) for c in clauses for k in c.get("_id", {}).get("$in", [])}
-        for raw in vault.values():
-            if bytes(bson.decode(raw)["_id"]) in ids:
-                yield raw
-
-    crypt.callback.fetch_keys = fetch_keys  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="module")
 def crypt(markd):
-    driver = CryptDriver(markd.uri)
-    _answer_requested_keys(driver)
+    driver = CryptDriver(markd.uri, only_requested_keys=True)
     driver.key = driver.create_key()  # type: ignore[attr-defined]
     driver.other_key = driver.create_key()  # type: ignore[attr-defined]
     yield driver
@@ -122,9 +106,8 @@ def test_lookup_written_back_in_mongods_order(client, crypt):
 
 def test_lookup_subpipeline_through_libmongocrypt(markd, crypt):
     """libmongocrypt (multiple collinfo on) sends csfleEncryptionSchemas; each value encrypts with its key."""
-    driver = CryptDriver(markd.uri)
+    driver = CryptDriver(markd.uri, only_requested_keys=True)
     driver.callback.keys.update(crypt.callback.keys)
-    _answer_requested_keys(driver)
     try:
         schemas = _schemas(crypt, "other")
         driver.schema_map = {ns: entry["jsonSchema"] for ns, entry in schemas.items()}
@@ -245,7 +228,6 @@ def test_leaf_operands_written_back_as_mongod_does(client, crypt, sent, written)
 def test_leaf_operands_through_libmongocrypt(crypt):
     """libmongocrypt forwards the re-serialized filter: the operands reach mongod in mongod's own form."""
     crypt.schema_map = {f"{DB}.coll": schema_for(crypt.key)}
-    crypt._auto = None
     encrypted = crypt.encrypt(DB, {"find": "coll", "filter": {
         "ssn": "a", "n": {"$mod": [2, 1]}, "t": {"$type": "int"}, "s": {"$size": 1}}})
     clauses = encrypted["filter"]["$and"]

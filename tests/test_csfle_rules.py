@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import bson
 import pytest
 from bson import Code, Int64, Regex, Timestamp
 from bson.binary import Binary
-from pymongocrypt.options import MongoCryptOptions
-from pymongocrypt.synchronous.auto_encrypter import AutoEncrypter
 
 from markd.analysis.csfle import schema as schema_module
 from tests.support.crypt import CryptDriver
@@ -23,26 +20,9 @@ from tests.test_csfle_support import DET, RND, P, encrypt, placeholders, read_pl
 DB = "db"
 
 
-def _requested_keys_only(crypt: CryptDriver) -> None:
-    """Answer libmongocrypt's key-vault find with the keys it asked for (it refuses others)."""
-    vault = crypt.callback.keys
-
-    def fetch_keys(filter_: bytes) -> Any:
-        clauses = bson.decode(filter_).get("$or", [])
-        ids = {bytes(k) for c in clauses for k in c.get("_id", {}).get("$in", [])}
-        names = {n for c in clauses for n in c.get("keyAltNames", {}).get("$in", [])}
-        for raw in vault.values():
-            key = bson.decode(raw)
-            if bytes(key["_id"]) in ids or names & set(key.get("keyAltNames", [])):
-                yield raw
-
-    crypt.callback.fetch_keys = fetch_keys  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="module")
 def driver(markd):
-    crypt = CryptDriver(markd.uri)
-    _requested_keys_only(crypt)
+    crypt = CryptDriver(markd.uri, only_requested_keys=True)
     key = crypt.create_key("main")
     crypt.create_key("alice")
     crypt.key = key  # type: ignore[attr-defined]
@@ -484,16 +464,13 @@ def test_parsed_schemas_are_cached():
 
 def test_libmongocrypt_lookup_across_collections(markd):
     """libmongocrypt sends csfleEncryptionSchemas for a $lookup; markd marks with the right schemas."""
-    crypt = CryptDriver(markd.uri)
-    _requested_keys_only(crypt)
+    crypt = CryptDriver(markd.uri, only_requested_keys=True)
     try:
         key = crypt.create_key()
         schema = schema_for(key)
         crypt.schema_map = {f"{DB}.coll": schema, f"{DB}.other": {"bsonType": "object", "properties": {
             "ssn": schema["properties"]["ssn"]}}}
-        # CryptDriver leaves libmongocrypt's multi-collection support off; a $lookup needs it.
-        crypt._auto = AutoEncrypter(crypt.callback, MongoCryptOptions(
-            crypt.kms_providers, schema_map=bson.encode(crypt.schema_map), enable_multiple_collinfo=True))
+        crypt.enable_multiple_collinfo = True  # a $lookup needs libmongocrypt's multi-collection support
         command = {"aggregate": "coll", "pipeline": [
             {"$match": {"ssn": "a"}},
             {"$lookup": {"from": "other", "localField": "ssn", "foreignField": "ssn", "as": "j"}}], "cursor": {}}

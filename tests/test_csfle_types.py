@@ -58,7 +58,6 @@ def _mark_and_encrypt(driver: CryptDriver, algorithm: str, bson_type: str, value
     schema = {"bsonType": "object", "properties": {
         "secret": {"encrypt": {"keyId": [driver.key], "algorithm": algorithm, "bsonType": bson_type}}}}
     driver.schema_map = {"db.coll": schema}
-    driver._auto = None  # a fresh libmongocrypt context for this schema map
     encrypted = driver.encrypt("db", {"insert": "coll", "documents": [{"_id": 1, "secret": value}]})
     placeholder = driver.exchanges[-1].reply["result"]["documents"][0]["secret"]
     return placeholder, encrypted["documents"][0]["secret"]

@@ -115,11 +115,21 @@ class CryptDriver:
         self.callback = _Callback(self.client, only_requested_keys=only_requested_keys)
         self.kms_providers = {"local": {"key": LOCAL_MASTER_KEY}}
         self._explicit = ExplicitEncrypter(self.callback, MongoCryptOptions(self.kms_providers))
-        self.schema_map = schema_map
-        self.encrypted_fields_map = encrypted_fields_map
         self._auto: AutoEncrypter | None = None
+        self._schema_map = schema_map
+        self.encrypted_fields_map = encrypted_fields_map
         # As pymongo sets it: lets libmongocrypt encrypt commands over several collections ($lookup).
         self.enable_multiple_collinfo = False
+
+    @property
+    def schema_map(self) -> dict[str, Any] | None:
+        return self._schema_map
+
+    @schema_map.setter
+    def schema_map(self, schema_map: dict[str, Any] | None) -> None:
+        """A new schema map; libmongocrypt is set up again with it on the next encrypt."""
+        self._schema_map = schema_map
+        self._auto = None
 
     def create_key(self, alt_name: str | None = None) -> Binary:
         """A new data key in the vault; its UUID as BinData 4."""
