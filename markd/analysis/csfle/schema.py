@@ -12,14 +12,27 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bson.binary import Binary
 
 from markd import bsonvalues
-from markd.analysis import paths
 from markd.analysis.csfle.errors import fail
+from markd.analysis.schema import (
+    EMPTY,
+    NOT_ENCRYPTED,
+    PREFIX,
+    UNKNOWN,
+    UNKNOWN_NODE,
+    Encryption,
+    Metadata,
+    Schema,
+    SchemaNode,
+    lookup,
+    node,
+    subtree,
+)
 
 DETERMINISTIC_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
 RANDOM_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Random"
@@ -65,7 +78,7 @@ JSON_TYPES = {"object": "object", "array": "array", "string": "string", "boolean
 
 
 @dataclass(frozen=True, slots=True)
-class Encrypted:
+class Encrypted(Encryption):
     """An encrypted field: algorithm 1 (deterministic) or 2 (random), a key and the allowed types."""
 
     algorithm: int
@@ -77,148 +90,15 @@ class Encrypted:
         return self.algorithm == DETERMINISTIC
 
     @property
+    def randomized(self) -> bool:
+        return self.algorithm != DETERMINISTIC
+
+    @property
     def pointer(self) -> bool:
         return isinstance(self.key, str)
 
 
-@dataclass(frozen=True, slots=True)
-class _Marker:
-    name: str
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NOT_ENCRYPTED = _Marker("NOT_ENCRYPTED")
-PREFIX = _Marker("PREFIX")
-UNKNOWN = _Marker("UNKNOWN")
-Metadata = Encrypted | _Marker
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaNode:
-    """One subschema: encrypted itself, or the rules for its fields."""
-
-    encrypted: Encrypted | None = None
-    properties: Mapping[str, SchemaNode] = field(default_factory=dict)
-    patterns: tuple[tuple[re.Pattern[str], SchemaNode], ...] = ()
-    additional: SchemaNode | None = None
-    unknown: bool = False  # encryption only known at run time (aggregation results)
-    contains_encrypted: bool = False
-
-    def children_for(self, name: str) -> list[SchemaNode]:
-        """Subschemas that govern field `name` (JSON Schema's properties/patternProperties/additionalProperties)."""
-        found: list[SchemaNode] = []
-        if name in self.properties:
-            found.append(self.properties[name])
-        found.extend(child for pattern, child in self.patterns if pattern.search(name))
-        if not found and self.additional is not None:
-            found.append(self.additional)
-        return found
-
-    @property
-    def may_hold_encryption(self) -> bool:
-        return self.encrypted is not None or self.unknown or self.contains_encrypted
-
-
-def node(
-    encrypted: Encrypted | None = None,
-    properties: Mapping[str, SchemaNode] | None = None,
-    patterns: tuple[tuple[re.Pattern[str], SchemaNode], ...] = (),
-    additional: SchemaNode | None = None,
-    unknown: bool = False,
-) -> SchemaNode:
-    """A SchemaNode with `contains_encrypted` worked out from its children."""
-    properties = dict(properties or {})
-    children = [*properties.values(), *(child for _, child in patterns)]
-    if additional is not None:
-        children.append(additional)
-    contains = any(child.may_hold_encryption for child in children)
-    return SchemaNode(encrypted, properties, patterns, additional, unknown, contains)
-
-
-EMPTY = node()
-UNKNOWN_NODE = node(unknown=True)
-
-
-def lookup(root: SchemaNode, path: str) -> Metadata:
-    """What is at `path` under `root` (see module docstring)."""
-    return _lookup(root, paths.split(path), path)
-
-
-def _lookup(current: SchemaNode, parts: tuple[str, ...], full: str) -> Metadata:
-    if current.unknown:
-        return UNKNOWN
-    if current.encrypted is not None:
-        if parts:
-            fail("through_encrypted", path=full)
-        return current.encrypted
-    if not parts:
-        return PREFIX if current.contains_encrypted else NOT_ENCRYPTED
-    children = current.children_for(parts[0])
-    if not children:
-        return NOT_ENCRYPTED
-    answers = [_lookup(child, parts[1:], full) for child in children]
-    # Children must agree on the encryption itself; being a prefix in one and not in another is fine.
-    encrypted = {answer for answer in answers if isinstance(answer, Encrypted)}
-    if len(encrypted) > 1 or (encrypted and len(encrypted) != len(answers)):
-        fail("conflicting_metadata", path=full)
-    if encrypted:
-        return encrypted.pop()
-    for marker in (UNKNOWN, PREFIX):
-        if marker in answers:
-            return marker
-    return NOT_ENCRYPTED
-
-
-def subtree(root: SchemaNode, path: str) -> SchemaNode:
-    """The node governing `path` (EMPTY when nothing does); conflicts raise as in `lookup`."""
-    current = root
-    for index, part in enumerate(paths.split(path)):
-        if current.unknown:
-            return UNKNOWN_NODE
-        if current.encrypted is not None:
-            fail("through_encrypted", path=path)
-        children = current.children_for(part)
-        if not children:
-            return EMPTY
-        if len(children) > 1:
-            _lookup(current, (part,), paths.join(paths.split(path)[: index + 1]))  # refuses conflicts
-            if not all(child == children[0] for child in children):
-                # Several subschemas govern this field: only what they agree on is known.
-                return UNKNOWN_NODE if any(c.may_hold_encryption for c in children) else EMPTY
-        current = children[0]
-    return current
-
-
-# Paths remembered per parsed schema; bounded, as paths come from clients.
-_MEMO_LIMIT = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class EncryptionSchema:
-    """A parsed jsonSchema: the tree and whether anything in it is encrypted."""
-
-    root: SchemaNode
-    remote: bool = True
-    # Parsed schemas are cached and the same field paths recur in every command: each path is
-    # looked up once. Only answers are remembered; a lookup that raises raises again.
-    _answers: dict[str, Metadata] = field(default_factory=dict, compare=False, hash=False, repr=False)
-
-    def metadata_for(self, path: str) -> Metadata:
-        found = self._answers.get(path)
-        if found is None:
-            found = lookup(self.root, path)
-            if len(self._answers) < _MEMO_LIMIT:
-                self._answers[path] = found
-        return found
-
-    def subtree(self, path: str) -> SchemaNode:
-        return subtree(self.root, path)
-
-    @property
-    def encrypts_anything(self) -> bool:
-        return self.root.may_hold_encryption
+EncryptionSchema = Schema
 
 
 # -- parsing -------------------------------------------------------------------------------------------
@@ -473,3 +353,8 @@ def _build(schema: Mapping[str, Any], remote: bool, *, allow_encrypt: bool, inhe
         patterns.append((compiled, _build(sub, remote, allow_encrypt=fields_may_encrypt, inherited=inherited,
                                           allow_random=not (top_level and compiled.search("_id")))))
     return node(None, properties, tuple(patterns), additional_node)
+
+
+# Re-exported for the CSFLE walkers while they move to the shared core.
+__all__ = ["EMPTY", "NOT_ENCRYPTED", "PREFIX", "UNKNOWN", "UNKNOWN_NODE", "Encrypted", "EncryptionSchema", "Metadata",
+           "SchemaNode", "lookup", "node", "parse", "subtree"]
