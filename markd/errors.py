@@ -42,14 +42,17 @@ def code_name(code: int) -> str:
 class CommandError(Exception):
     """The one error a command can end with; the server turns it into {ok: 0, errmsg, code, codeName}."""
 
-    def __init__(self, code: int, errmsg: str, code_name_: str | None = None) -> None:
+    def __init__(self, code: int, errmsg: str, code_name_: str | None = None, redacted: str | None = None) -> None:
         super().__init__(errmsg)
         self.code = code
         self.errmsg = errmsg
         self.code_name = code_name_ or code_name(code)
+        # The message with every value from the command replaced by its type (--redactErrors).
+        self.redacted = errmsg if redacted is None else redacted
 
-    def to_reply(self) -> dict[str, object]:
-        return {"ok": 0.0, "errmsg": self.errmsg, "code": self.code, "codeName": self.code_name}
+    def to_reply(self, redact: bool = False) -> dict[str, object]:
+        return {"ok": 0.0, "errmsg": self.redacted if redact else self.errmsg, "code": self.code,
+                "codeName": self.code_name}
 
     def __repr__(self) -> str:
         return f"CommandError({self.code}, {self.errmsg!r}, {self.code_name!r})"

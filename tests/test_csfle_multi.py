@@ -155,7 +155,7 @@ def test_bucket_desugared_as_mongod_parses_it(client, crypt):
 
 BUCKET_REFUSED = [
     ("encrypted-groupBy", {"groupBy": "$ssn", "boundaries": ["a", "b"]}, 31110,
-     "Encrypted field 'ssn' is not allowed to be evaluated by $gte"),
+     "Encrypted field 'ssn' is not allowed to be evaluated by a greater than or equal comparison"),
     ("not-object", "x", 40201, "Argument to $bucket stage must be an object, but found type: string."),
     ("unknown-option", {"groupBy": "$a", "boundaries": [1, 2], "bogus": 1}, 40197,
      "Unrecognized option to $bucket: bogus."),

@@ -1,19 +1,15 @@
 """Query analysis: a marking command in, the marked command (or a CommandError) out.
 
-Pure: no sockets, no clocks.  `mark_command` is the one entry point the server calls for every
-command libmongocrypt sends for marking.  It decides the flavour and hands over:
-
-- CSFLE (FLE1): the command carries `jsonSchema` + `isRemoteSchema`, or `csfleEncryptionSchemas`
-  -> `markd.analysis.csfle`;
-- Queryable Encryption (FLE2): the command (or the explained one) carries `encryptionInformation`
-  -> `markd.analysis.qe`.
-
-Each flavour returns a `MarkResult`; this module shapes the reply envelope.
+Pure: no sockets, no clocks.  `mark_command` is the one entry point the server (and the in-process
+library) calls for every command libmongocrypt sends for marking.  One core analyses every command
+for both schemes (`commands`, `match`, `expressions`, `pipeline`, `update`, `documents`, over the
+schema tree of `schema`); the scheme the command's rules name (`csfle` for `jsonSchema` /
+`csfleEncryptionSchemas`, `qe` for `encryptionInformation`) supplies what differs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from markd.errors import CommandError
@@ -40,72 +36,133 @@ MARKING_COMMANDS = frozenset(
 
 CSFLE_FIELDS = ("jsonSchema", "isRemoteSchema", "csfleEncryptionSchemas")
 QE_FIELD = "encryptionInformation"
+DEFAULT_VERBOSITY = "allPlansExecution"
+# Commands whose result only carries a verdict (libmongocrypt forwards its own, translated, command).
+SCHEMA_COMMANDS = frozenset({"create", "collMod", "createIndexes"})
 
 
-@dataclass(frozen=True, slots=True)
-class MarkResult:
-    """What a flavour's analysis decided for one command."""
-
-    result: dict[str, Any]
-    has_encryption_placeholders: bool
-    schema_requires_encryption: bool
-
-
-def _carries(command: dict[str, Any], field: str) -> bool:
+def _carries(command: Mapping[str, Any], field: str) -> bool:
     """Whether the rules sit at the top level, in the explained command, or (bulkWrite) in nsInfo[0]."""
     if field in command:
         return True
     inner = command.get("explain")
-    if isinstance(inner, dict) and field in inner:
+    if isinstance(inner, Mapping) and field in inner:
         return True
     namespaces = command.get("nsInfo")
     return (
-        isinstance(namespaces, list) and bool(namespaces) and isinstance(namespaces[0], dict)
+        isinstance(namespaces, list) and bool(namespaces) and isinstance(namespaces[0], Mapping)
         and field in namespaces[0]
     )
 
 
-def mark_command(command: dict[str, Any]) -> dict[str, Any]:
+def _scheme(command: Mapping[str, Any]) -> Any:
+    # bulkWrite's rules are in nsInfo: mongocryptd reads it as Queryable Encryption's (CSFLE has none).
+    if _carries(command, QE_FIELD) or (next(iter(command), "") == "bulkWrite"
+                                       and not any(field in command for field in CSFLE_FIELDS)):
+        from markd.analysis.qe.policy import SCHEME
+
+        return SCHEME
+    if any(_carries(command, field) for field in CSFLE_FIELDS):
+        from markd.analysis.csfle.policy import SCHEME as CSFLE
+
+        return CSFLE
+    # Without encryption rules there is nothing to prove a value safe against: refuse, as mongocryptd
+    # does (aggregate, which may name several namespaces, with its own wording).
+    name = next(iter(command), "")
+    if name == "explain" and isinstance(command.get("explain"), Mapping):
+        name = next(iter(command["explain"]), "")
+    if name == "aggregate":
+        raise CommandError(9686705, "Must specify either jsonSchema, csfleEncryptionSchemas or encryptionInformation")
+    raise CommandError(51073, "jsonSchema or encryptionInformation is required")
+
+
+def _namespace(command: Mapping[str, Any], name: str, database: str) -> str:
+    if name == "bulkWrite":
+        infos = command.get("nsInfo")
+        if isinstance(infos, list) and infos and isinstance(infos[0], Mapping) and isinstance(infos[0].get("ns"), str):
+            return infos[0]["ns"]
+    return f"{database}.{command.get(name)}"
+
+
+def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database: str
+             ) -> tuple[dict[str, Any], bool, bool]:
+    """(result, hasEncryptionPlaceholders, schemaRequiresEncryption) for one (non-explain) command."""
+    from markd.analysis import commands
+
+    if not command:
+        raise CommandError(59, "no such command: ''", "CommandNotFound")
+    name = next(iter(command))
+    if name not in commands.COMMANDS:
+        raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+    duplicates = getattr(command, "duplicates", ())
+    if duplicates:
+        raise CommandError(40413, f"BSON field '{name}.{duplicates[0]}' is a duplicate field")
+    scheme = _scheme(parameters)
+    rules = scheme.read_rules(parameters, name, _namespace(command, name, database))
+    if name == "aggregate":
+        commands.check_involved_collections(command.get("pipeline"), rules, scheme, database)
+    result, analysis = commands.analyse(command, name, scheme, rules, database)
+    requires = rules.encrypts_anything
+    if name in SCHEMA_COMMANDS:
+        return scheme.schema_command_result(result), False, scheme.schema_command_requires(requires)
+    if name == "findandmodify":
+        # mongod's request serializer writes the command under its camel-case name.
+        result = {("findAndModify" if key == "findandmodify" else key): value for key, value in result.items()}
+    return result, requires and analysis.placeholders > 0, requires
+
+
+def _explain(command: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
+    from markd.analysis import commands
+
+    inner = command.get("explain")
+    if not isinstance(inner, Mapping):
+        raise CommandError(14, "BSON field 'explain.explain' is the wrong type "
+                               f"'{commands.type_name(inner)}', expected type 'object'")
+    explained = next(iter(inner), "")
+    if explained not in commands.EXPLAINABLE:
+        if explained == "explain":
+            raise CommandError(20, "Explain cannot explain itself.")
+        if explained in commands.COMMANDS:
+            raise CommandError(20, f"Command does not support explain: {explained}")
+        raise CommandError(59, f"Explain failed due to unknown command: {explained}", "CommandNotFound")
+    database = str(inner.get("$db", command.get("$db", "")))
+    rule_fields = (*CSFLE_FIELDS, QE_FIELD)
+    parameters = {**{k: v for k, v in inner.items() if k in rule_fields},
+                  **{k: v for k, v in command.items() if k in rule_fields}}
+    analysed = {**{k: v for k, v in inner.items() if k != "$db"}, **parameters}
+    result, marked, requires = _analyse(analysed, analysed, database)
+    outer: dict[str, Any] = {"explain": result, "verbosity": command.get("verbosity", DEFAULT_VERBOSITY)}
+    for key, value in command.items():
+        if key not in ("explain", "verbosity", "$db", *rule_fields):
+            outer[key] = value
+    return outer, marked, requires
+
+
+def mark_command(command: Mapping[str, Any]) -> dict[str, Any]:
     """The reply to a marking command: {hasEncryptionPlaceholders, schemaRequiresEncryption, result, ok}."""
-    if _carries(command, QE_FIELD):
-        from markd.analysis import qe
-
-        marked = qe.mark(command)
-    elif any(_carries(command, field) for field in CSFLE_FIELDS):
-        from markd.analysis import csfle
-
-        marked = csfle.mark(command)
+    if next(iter(command), "") == "explain":
+        result, marked, requires = _explain(command)
     else:
-        # Without encryption rules there is nothing to prove a value safe against: refuse, as
-        # mongocryptd does (aggregate, which may name several namespaces, with its own wording).
-        name = next(iter(command), "")
-        if name == "explain" and isinstance(command.get("explain"), dict):
-            name = next(iter(command["explain"]), "")
-        if name == "aggregate":
-            raise CommandError(
-                9686705, "Must specify either jsonSchema, csfleEncryptionSchemas or encryptionInformation"
-            )
-        raise CommandError(51073, "jsonSchema or encryptionInformation is required")
-    result = dict(marked.result)
+        result, marked, requires = _analyse(command, command, str(command.get("$db", "")))
     result.pop("$db", None)
     return {
-        "hasEncryptionPlaceholders": marked.has_encryption_placeholders,
-        "schemaRequiresEncryption": marked.schema_requires_encryption,
+        "hasEncryptionPlaceholders": marked,
+        "schemaRequiresEncryption": requires,
         "result": result,
         "ok": 1.0,
     }
 
 
 def cache_stats() -> tuple[int, int]:
-    """(hits, misses) of the parsed-schema caches of both flavours."""
-    hits = misses = 0
+    """(hits, misses) of the parsed-rules caches of both schemes."""
     import sys
 
-    for name in ("markd.analysis.csfle", "markd.analysis.qe"):
+    hits = misses = 0
+    for name in ("markd.analysis.csfle.jsonschema", "markd.analysis.qe.fields"):
         module = sys.modules.get(name)
         stats = getattr(module, "cache_stats", None)
         if stats is not None:
-            flavour_hits, flavour_misses = stats()
-            hits += flavour_hits
-            misses += flavour_misses
+            scheme_hits, scheme_misses = stats()
+            hits += scheme_hits
+            misses += scheme_misses
     return hits, misses

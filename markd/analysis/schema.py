@@ -31,6 +31,16 @@ class Encryption:
         """True when equal values give different ciphertexts, so the server cannot compare them."""
         raise NotImplementedError
 
+    @property
+    def pointer(self) -> bool:
+        """True when the key is named by a JSON pointer into the document written (CSFLE only)."""
+        return False
+
+    @property
+    def types(self) -> frozenset[str]:
+        """The BSON type aliases the field may hold (empty: any)."""
+        return frozenset()
+
 
 class Pattern(Protocol):
     """A compiled patternProperties regex (the standard library's, or a bounded engine's)."""

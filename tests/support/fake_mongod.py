@@ -511,13 +511,15 @@ def _expression(document: Mapping[str, Any], expression: Any) -> Any:
     def value_of(item: Any) -> Any:
         return _expression(document, item)
 
-    if operator == "$literal":
+    if operator in ("$literal", "$const"):
         return argument
     if operator == "$eq":
         left, right = (value_of(item) for item in argument)
         if any(isinstance(side, Binary) and side.subtype == 6 for side in (left, right)):
             raise LookupError("$eq on ciphertext")
         return (None if left is _REMOVE else left) == (None if right is _REMOVE else right)
+    if operator in ("$type", "$first") and isinstance(argument, list) and len(argument) == 1:
+        argument = argument[0]  # mongod writes a one-argument expression's argument as a one-element array
     if operator == "$type":
         value = value_of(argument)
         return "missing" if value is _REMOVE else type(value).__name__
@@ -589,7 +591,7 @@ def run_pipeline(documents: list[dict[str, Any]], pipeline: list[Mapping[str, An
             elif name in ("$replaceWith", "$replaceRoot"):
                 new_root = argument if name == "$replaceWith" else argument["newRoot"]
                 out = [_expression(document, new_root) for document in out]
-            elif name == "$group" and argument.get("_id") is None:
+            elif name == "$group" and argument.get("_id") in (None, {"$const": None}):
                 row: dict[str, Any] = {"_id": None}
                 for key, accumulator in argument.items():
                     if key == "_id":

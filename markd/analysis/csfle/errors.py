@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+from markd.analysis.errors import error as shared_error
 from markd.errors import CommandError
 
 # name -> (code, message template)
@@ -32,8 +33,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "multi_not_object": (9686702, "csfleEncryptionSchemas must be an object"),
     "ns_schema_not_object": (6327504, "Each namespace schema must be an object"),
     "ns_mismatch": (9686712, "Namespace in encryption schemas: does not match namespace given in command: '{ns}'"),
-    "missing_ns_schema": (9710000, "Missing encryption schema for namespace: {ns}"),
-    "collation_not_object": (31084, "collation command parameter must be of type Object"),
     "no_such_command": (59, "no such command: '{name}'"),
     "explain_unknown": (59, "Explain failed due to unknown command: {name}"),  # unconfirmed wording
     "explain_unsupported": (20, "Command does not support explain: {name}"),  # unconfirmed code and wording
@@ -76,10 +75,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "no_key_id": (51097, "Encrypt object combined with encryptMetadata needs to specify a keyId"),
     "keyword_unsupported": (31126, "JSON schema keyword '{keyword}' is not supported for client-side encryption"),
     "keyword_remote_only": (31068, "JSON schema keyword '{keyword}' is only allowed with a remote schema"),
-    "conflicting_metadata": (51142, "Found conflicting encryption metadata for path: '{path}'"),
-    "unknown_path": (31133, "Cannot get metadata for path whose encryption properties are not known until runtime."),
     "bad_pattern": (51141, "Invalid regular expression in 'patternProperties': {pattern} PCRE error string: {error}"),
-    "through_encrypted": (51102, "Invalid operation on path '{path}' which contains an encrypted path prefix."),
     "deterministic_one_type": (31051, "A deterministically encrypted field must have exactly one specified type."),
     "deterministic_pointer": (31169, "A deterministically encrypted field cannot have a keyId represented by a JSON "
         "pointer"),
@@ -106,55 +102,19 @@ ERRORS: dict[str, tuple[int, str]] = {
     "pointer_encrypted": (30017, "keyId pointer '{pointer}' cannot point to an encrypted field"),
     "pointer_not_string": (51115, "keyId pointer '{pointer}' must point to a string"),
     # writes
-    "array_on_prefix": (31006, "An array at path '{path}' would violate the schema"),
-    "id_required": (51130, "_id must be explicitly provided when configured as encrypted"),
-    "timestamp_zero": (
-        51129,
-        "A command that inserts cannot supply Timestamp(0, 0) for an encrypted top-level field at path {path}",
-    ),
     "pipeline_update_schema": (
         31146,
         "Pipelines in updates are not allowed to modify encrypted fields or add fields which are not present "
         "in the schema",
     ),
-    "pipeline_update_upsert_id": (31150, "Pipelines in update are not allowed with an encrypted '_id' and 'upsert: "
-        "true'"),
-    "pipeline_fam_upsert_id": (
-        31151,
-        "Pipelines in findAndModify are not allowed with an encrypted '_id' and 'upsert: true'",
-    ),
-    "update_op": (51150, "{op} not allowed on encrypted values"),
-    "positional": (51149, "Cannot encrypt fields below '$' positional update operator"),
-    "rename_metadata": (51160, "$rename between two encrypted fields must have the same metadata or both be "
-        "unencrypted"),
-    "rename_prefix": (51161, "$rename is not allowed on an object containing encrypted fields"),
-    "set_prefix": (51159, "Cannot $set to a path {path} that is an encrypted prefix to a non-object type"),
     "unknown_modifier": (9, "Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update "
                             "specified as an array"),
     "update_not_object": (9, "Update argument must be either an object or an array"),
     # distinct / validators / indexes / views
-    "distinct_pointer": (51131, "The distinct key is not allowed to be marked for encryption with a non-UUID keyId"),
-    "distinct_random": (
-        31026,
-        "Distinct key is not allowed to be marked for encryption with the randomized encryption algorithm",
-    ),
-    "distinct_collation": (31058, "Distinct key cannot be an encrypted string field if the collation is non-simple"),
-    "distinct_prefix": (31027, "Distinct key is not allowed to be a prefix of an encrypted field"),
-    "validator_compare": (6491100, "Comparison to encrypted fields not supported in collection validator."),
     "validator_schema": (6491101, "validator with $jsonSchema must be identical to FLE 1 jsonSchema parameter."),
-    "partial_filter_compare": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     "bulk_single_namespace": (2, "BulkWrite with automatic encryption supports only a single namespace"),  # markd's
-    "view": (7501300, "Creating a view is not supported with automatic encryption"),
     # match language
-    "null_equality": (51095, "Illegal equality to null predicate for encrypted field: '{path}'"),
-    "regex_in": (51015, "Illegal regex inside $in against an encrypted field: '{path}'"),
-    "null_in": (51120, "Illegal equality to null inside $in against an encrypted field: '{path}'"),
-    "eq_array_prefix": (31007, "$eq to array predicate is illegal for prefix of encrypted path: {expr}"),
-    "in_array_prefix": (31008, "Illegal $in element for prefix '{path}' of encrypted path: {element}"),
-    "unsupported_match": (51094, "Unsupported match expression operator for encryption: {expr}"),
     "elem_match_not_object": (2, "$elemMatch needs an Object"),
-    "elem_match": (6890100, "$elemMatch is unsupported on encrypted fields: {expr}"),
-    "invalid_on_encrypted": (51092, "Invalid match expression operator on encrypted field '{path}': {expr}"),
     "range_on_encrypted": (51118, "Invalid match expression operator on encrypted field '{path}': {expr}"),
     "range_holding_encrypted": (51119, "Invalid match expression operator on encrypted field '{expr}'"),
     "unknown_operator": (2, "unknown operator: {op}"),
@@ -169,59 +129,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "nin_not_array": (2, "$nin needs an array"),
     "not_bad": (2, "$not needs a regex or a document"),
     # aggregation
-    "stage_unsupported": (31011, "Aggregation stage {stage} is not allowed or supported with automatic encryption."),
-    "other_collection": (51204, "Pipeline over an encrypted collection cannot reference additional collections."),
-    "lookup_let": (51208, "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted "
-        "collection."),
-    "lookup_local_child": (51206, "'localField' '{field}' in the $lookup aggregation stage cannot have an encrypted "
-        "child."),
-    "lookup_foreign_child": (
-        51207,
-        "'foreignField' '{field}' in the $lookup aggregation stage cannot have an encrypted child.",
-    ),
-    "lookup_mismatch": (
-        51210,
-        "'localField' '{local} and 'foreignField' '{foreign}' in the $lookup aggregation stage need to be both "
-        "unencypted or be encrypted with the same encryption properties.",
-    ),
-    "lookup_random": (
-        51211,
-        "'localField' '{local} and 'foreignField' '{foreign}' in the $lookup aggregation stage need to be both "
-        "encrypted with deterministic algorithm.",
-    ),
-    "graph_from_child": (51230, "'connectFromField' '{field}' in the $graphLookup aggregation stage cannot have an "
-        "encrypted child."),
-    "graph_to_child": (51231, "'connectToField' '{field}' in the $graphLookup aggregation stage cannot have an "
-        "encrypted child."),
-    "graph_mismatch": (
-        51232,
-        "'connectFromField' '{source}' and 'connectToField' '{target}' in the $graphLookup aggregation stage need "
-        "to be both unencypted or be encrypted with the same encryption properties.",
-    ),
-    "graph_random": (
-        51233,
-        "'connectFromField' '{source}' and 'connectToField' '{target}' in the $graphLookup aggregation stage need "
-        "to be both encrypted  with the deterministic algorithm.",
-    ),
-    "group_key": (
-        51222,
-        "Cannot group on field '{path}' which is encrypted with the random algorithm or whose encryption "
-        "properties are not known until runtime",
-    ),
-    "accumulator": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
-    "add_to_set": (
-        51223,
-        "'{field}' cannot have fields encrypted with the random algorithm or whose encryption properties are "
-        "not known until runtime when used in an $addToSet accumulator.",
-    ),
-    "bucket_auto": (51238, "'groupBy' expression cannot reference encrypted fields or their prefixes."),
-    "geo_near_key": (51212, "'key' field '{field}' in the $geoNear aggregation stage cannot be encrypted."),
-    "sort": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
-    "unwind_random": (31153, "$unwind is not allowed on a field which is encrypted with the randomized algorithm"),
-    "replace_root": (31159, "$replaceRoot cannot have an encrypted field as root"),
-    "stored_source": (6837100, "'returnStoredSource' must be false if collection contains encrypted fields."),
     "pipeline_not_array": (14, "'pipeline' option must be specified as an array"),
     "stage_not_object": (40323, "A pipeline stage specification object must contain exactly one field."),
+    "text_fle2_only": (10112203, "{op} can only be used with FLE2"),
+    "bulk_write_csfle": (2, "The bulkWrite command only supports Queryable Encryption"),
     # aggregation expressions
     "evaluated": (31110, "Encrypted field '{path}' is not allowed to be evaluated by {op}"),
     "compare_enc_plain": (
@@ -245,9 +156,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "compare_evaluated": (31117, "Result of evaluating {op} forbidden from being compared to encrypted fields but is "
                                  "compared to{other}"),
-    "expression_arity": (16020, "Expression {op} takes exactly 2 arguments. {count} were passed in."),
-    "variable": (31121, "Access to variable {name} disallowed"),
-    "prefix_reference": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
     "unknown_expression": (168, "Unrecognized expression '{op}'"),
     # leaf operators mongod's MatchExpressionParser refuses before any encryption analysis (BadValue)
     "type_alias": (2, "Unknown type name alias: {alias}"),
@@ -275,9 +183,8 @@ ERRORS: dict[str, tuple[int, str]] = {
 
 
 def error(entry: str, /, **fields: object) -> CommandError:
-    """The CommandError for table entry `entry`."""
-    code, template = ERRORS[entry]
-    return CommandError(code, template.format(**fields) if fields else template)
+    """The CommandError for `entry`: this table's, else the core's shared one."""
+    return shared_error(entry, ERRORS, **fields)
 
 
 def fail(entry: str, /, **fields: object) -> NoReturn:

@@ -6,6 +6,7 @@ markd names the operator instead of printing the operand: an error reply must no
 
 from __future__ import annotations
 
+from markd.analysis.errors import error as shared_error
 from markd.errors import CommandError
 
 # key -> (code, message template). Templates take keyword arguments only (paths, types, names).
@@ -215,10 +216,25 @@ ERRORS: dict[str, tuple[int, str]] = {
         31026, "Distinct key is not allowed to be marked for encryption with the randomized encryption algorithm"
     ),
     "MALFORMED": (9, "{detail}"),
+    "ADD_BELOW_ENCRYPTED": (51096, "Cannot add a field to an existing encrypted field"),
+    "BOTH_SCHEMAS_MULTI": (9686708, "Cannot specify both jsonSchema and encryptionInformation"),
+    "MULTI_ONLY_AGGREGATE": (9686713, "csfleEncryptionSchemas is only supported for aggregate command."),
+    "TWO_ENCRYPTED": (
+        6334101,
+        "Comparison disallowed between two fields encrypted with Queryable Encryption; fields '{a}' and '{b}' are "
+        "encrypted.",
+    ),
+    "EXPR_CONTEXT_AND": (7020508, "Encrypted expression encountered in not-allowed context"),
+    # the core's keys, in QE's words
+    "pipeline_update_schema": (
+        6329902,
+        "Pipelines in updates are not allowed to modify encrypted fields or add encrypted fields which are not "
+        "present in the schema",
+    ),
+    "bulk_single_namespace": (2, "BulkWrite with Queryable Encryption supports only a single namespace"),
 }
 
 
 def error(key: str, **details: object) -> CommandError:
-    """The CommandError for table row `key`, its message filled with `details` (names, never values)."""
-    code, template = ERRORS[key]
-    return CommandError(code, template.format(**details))
+    """The CommandError for `key`: this table's, else the core's shared one."""
+    return shared_error(key, ERRORS, **details)

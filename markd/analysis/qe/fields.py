@@ -20,7 +20,9 @@ from bson.binary import Binary
 from bson.datetime_ms import DatetimeMS
 
 from markd import bsonvalues
+from markd.analysis import paths
 from markd.analysis.qe.errors import error
+from markd.analysis.schema import EMPTY, Encryption, Schema, SchemaNode, leaf, node
 
 UNINDEXED, EQUALITY, RANGE, TEXT = 1, 2, 3, 4
 
@@ -135,11 +137,21 @@ class QueryConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class EncryptedField:
+class EncryptedField(Encryption):
+    """One encryptedFields entry: a FLE2 field (its ciphertexts are randomized, whatever its queries)."""
+
     path: str
     key_id: Binary
     bson_type: str | None
     queries: tuple[QueryConfig, ...]
+
+    @property
+    def randomized(self) -> bool:
+        return True
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset({self.bson_type}) if self.bson_type else frozenset()
 
     @property
     def algorithm(self) -> int:
@@ -160,65 +172,26 @@ class EncryptedField:
         return config
 
 
-@dataclass(frozen=True, slots=True)
-class Encrypted:
-    """The path is an encrypted field."""
-
-    field: EncryptedField
-
-
-@dataclass(frozen=True, slots=True)
-class Prefix:
-    """The path is a strict prefix of one or more encrypted fields (an object holding them)."""
-
-    path: str
+def build_tree(fields: tuple[EncryptedField, ...]) -> SchemaNode:
+    """The schema tree of a namespace's encrypted fields, built as mongocryptd adds them one by one."""
+    root = EMPTY
+    for field in fields:
+        root = _add(root, paths.split(field.path), field)
+    return root
 
 
-@dataclass(frozen=True, slots=True)
-class Below:
-    """The path goes through an encrypted field (its value is ciphertext: nothing below is addressable)."""
-
-    encrypted_path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Plain:
-    """Nothing encrypted at, above or below the path."""
-
-
-PLAIN = Plain()
-PathInfo = Encrypted | Prefix | Below | Plain
-
-
-@dataclass(frozen=True, slots=True)
-class EncryptedFields:
-    """The parsed encryptedFields of one namespace."""
-
-    namespace: str
-    fields: tuple[EncryptedField, ...]
-
-    @property
-    def encrypts_anything(self) -> bool:
-        return bool(self.fields)
-
-    def lookup(self, path: str) -> PathInfo:
-        """What `path` (dotted) is with respect to the encrypted fields."""
-        for field in self.fields:
-            if field.path == path:
-                return Encrypted(field)
-        for field in self.fields:
-            if path.startswith(field.path + "."):
-                return Below(field.path)
-        for field in self.fields:
-            if field.path.startswith(path + "."):
-                return Prefix(path)
-        return PLAIN
-
-    def children(self, prefix: str) -> tuple[EncryptedField, ...]:
-        """Encrypted fields strictly below `prefix` ('' = all)."""
-        if not prefix:
-            return self.fields
-        return tuple(f for f in self.fields if f.path.startswith(prefix + "."))
+def _add(current: SchemaNode, parts: tuple[str, ...], field: EncryptedField) -> SchemaNode:
+    if current.encrypted is not None:
+        raise error("ADD_BELOW_ENCRYPTED")
+    head = parts[0]
+    existing = current.properties.get(head)
+    if len(parts) == 1:
+        if existing is not None and existing.may_hold_encryption:
+            raise error("ENCRYPTED_PREFIX_OF_ENCRYPTED")
+        replacement = leaf(field)
+    else:
+        replacement = _add(existing if existing is not None else EMPTY, parts[1:], field)
+    return node(None, {**current.properties, head: replacement})
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -417,37 +390,23 @@ def _check_combination(queries: tuple[QueryConfig, ...], path: str) -> None:
             raise error("TEXT_SAME", option=option, path=path)
 
 
-def parse_encrypted_fields(namespace: str, raw: Any) -> EncryptedFields:
-    """Validate one namespace's encryptedFields."""
+def parse_encrypted_fields(raw: Any) -> Schema:
+    """One namespace's encryptedFields, checked as mongocryptd checks them, as a schema tree."""
     if not isinstance(raw, Mapping):
         raise error("SCHEMA_NOT_OBJECT")
     raw_fields = raw.get("fields", [])
     if not isinstance(raw_fields, list):
         raise error("BAD_FIELD", detail="encryptedFields.fields must be an array")
-    fields = tuple(_parse_field(f) for f in raw_fields)
-    seen_paths: set[str] = set()
-    seen_keys: set[bytes] = set()
-    for field in fields:
-        if field.path in seen_paths:
-            raise error("DUPLICATE_PATH")
-        if bytes(field.key_id) in seen_keys:
-            raise error("DUPLICATE_KEY_ID")
-        seen_paths.add(field.path)
-        seen_keys.add(bytes(field.key_id))
-    for field in fields:
-        for other in fields:
-            if other.path.startswith(field.path + "."):
-                raise error("PREFIX_CONFLICT", a=field.path, b=other.path)
-    return EncryptedFields(namespace, fields)
+    return Schema(build_tree(tuple(_parse_field(f) for f in raw_fields)))
 
 
 @dataclass(frozen=True, slots=True)
 class EncryptionInformation:
     """`encryptionInformation.schema`: encryptedFields per namespace."""
 
-    schemas: Mapping[str, EncryptedFields]
+    schemas: Mapping[str, Schema]
 
-    def for_namespace(self, namespace: str) -> EncryptedFields:
+    def for_namespace(self, namespace: str) -> Schema:
         found = self.schemas.get(namespace)
         if found is None:
             if len(self.schemas) == 1:
@@ -472,7 +431,7 @@ def _parse_cached(encoded: bytes) -> EncryptionInformation:
         raise error("SCHEMA_TYPE")
     if not schema:
         raise error("ONE_NAMESPACE")
-    return EncryptionInformation({ns: parse_encrypted_fields(ns, value) for ns, value in schema.items()})
+    return EncryptionInformation({ns: parse_encrypted_fields(value) for ns, value in schema.items()})
 
 
 def parse_encryption_information(raw: Any) -> EncryptionInformation:

@@ -19,20 +19,7 @@ from bson.binary import Binary
 
 from markd import bsonvalues
 from markd.analysis.csfle.errors import fail
-from markd.analysis.schema import (
-    EMPTY,
-    NOT_ENCRYPTED,
-    PREFIX,
-    UNKNOWN,
-    UNKNOWN_NODE,
-    Encryption,
-    Metadata,
-    Schema,
-    SchemaNode,
-    lookup,
-    node,
-    subtree,
-)
+from markd.analysis.schema import Encryption, Schema, SchemaNode, node
 
 DETERMINISTIC_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
 RANDOM_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Random"
@@ -98,17 +85,14 @@ class Encrypted(Encryption):
         return isinstance(self.key, str)
 
 
-EncryptionSchema = Schema
-
-
 # -- parsing -------------------------------------------------------------------------------------------
 
-_CACHE: OrderedDict[bytes, EncryptionSchema] = OrderedDict()
+_CACHE: OrderedDict[bytes, Schema] = OrderedDict()
 _CACHE_SIZE = 256
 _STATS = {"hits": 0, "misses": 0}
 
 
-def parse(schema: Mapping[str, Any], remote: bool) -> EncryptionSchema:
+def parse(schema: Mapping[str, Any], remote: bool) -> Schema:
     """The EncryptionSchema for a jsonSchema, validated as mongocryptd does; cached by its bytes."""
     key = bsonvalues.encode({"s": schema, "r": remote})
     cached = _CACHE.get(key)
@@ -118,7 +102,7 @@ def parse(schema: Mapping[str, Any], remote: bool) -> EncryptionSchema:
         return cached
     _STATS["misses"] += 1
     _check_json_schema(schema)
-    parsed = EncryptionSchema(_build(schema, remote, allow_encrypt=True, inherited={}, top_level=True), remote)
+    parsed = Schema(_build(schema, remote, allow_encrypt=True, inherited={}, top_level=True), remote)
     _CACHE[key] = parsed
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -354,7 +338,3 @@ def _build(schema: Mapping[str, Any], remote: bool, *, allow_encrypt: bool, inhe
                                           allow_random=not (top_level and compiled.search("_id")))))
     return node(None, properties, tuple(patterns), additional_node)
 
-
-# Re-exported for the CSFLE walkers while they move to the shared core.
-__all__ = ["EMPTY", "NOT_ENCRYPTED", "PREFIX", "UNKNOWN", "UNKNOWN_NODE", "Encrypted", "EncryptionSchema", "Metadata",
-           "SchemaNode", "lookup", "node", "parse", "subtree"]
