@@ -125,6 +125,46 @@ def regex_options(value: Regex) -> str:  # type: ignore[type-arg]
     return "".join(letter for letter, flag in _REGEX_FLAGS if value.flags & flag)
 
 
+class DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A decoded document that named a field more than once, or holds one that did.
+
+    BSON allows a name twice in one document; a dict keeps the last value.  The names given twice
+    (`duplicates`) and whether a nested document had some (`nested`) are kept, so the analysis can
+    refuse what it would otherwise read last-one-wins.
+    """
+
+    __slots__ = ("duplicates", "nested")
+
+    def __init__(self, *args: Any, duplicates: tuple[str, ...] = (), nested: bool = False) -> None:
+        super().__init__(*args)
+        self.duplicates = duplicates
+        self.nested = nested
+
+
+def has_duplicates(document: Any) -> bool:
+    """True when `document` (a decoded command) named some field twice, at any depth."""
+    return isinstance(document, DuplicateKeys)
+
+
+def first_duplicate(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first name given twice in `value` (array elements add no component)."""
+    if isinstance(value, DuplicateKeys):
+        if value.duplicates:
+            return f"{path}.{value.duplicates[0]}" if path else value.duplicates[0]
+        for name, item in value.items():
+            found = first_duplicate(item, f"{path}.{name}" if path else name)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = first_duplicate(item, path)
+            if found is not None:
+                return found
+    elif isinstance(value, Code) and value.scope is not None:
+        return first_duplicate(value.scope, path)
+    return None
+
+
 def decode(data: bytes | memoryview) -> dict[str, Any]:
     """BSON bytes to a dict whose values re-encode to the same bytes."""
     document = bson.decode(data, CODEC_OPTIONS)
@@ -195,6 +235,8 @@ def _element_end(data: bytes, kind: int, offset: int) -> int:
 def _decode_document(data: bytes, start: int, is_array: bool = False) -> dict[str, Any]:
     end = start + _INT32.unpack_from(data, start)[0] - 1
     result: dict[str, Any] = {}
+    duplicates: list[str] = []
+    nested = False
     offset = start + 4
     while offset < end:
         kind = data[offset]
@@ -203,6 +245,8 @@ def _decode_document(data: bytes, start: int, is_array: bool = False) -> dict[st
         name = (str(len(result)) if is_array else data[offset + 1 : name_end].decode("utf-8"))
         value_start = name_end + 1
         value_end = _element_end(data, kind, value_start)
+        if name in result:
+            duplicates.append(name)
         if kind == 0x03:
             result[name] = _decode_document(data, value_start)
         elif kind == 0x0B:
@@ -232,7 +276,14 @@ def _decode_document(data: bytes, start: int, is_array: bool = False) -> dict[st
             element = bytes([kind]) + b"k\x00" + data[value_start:value_end]
             single = _INT32.pack(len(element) + 5) + element + b"\x00"
             result[name] = bson.decode(single, CODEC_OPTIONS)["k"]
+        value = result[name]
+        if isinstance(value, DuplicateKeys) or (isinstance(value, list) and any(
+                isinstance(item, DuplicateKeys) for item in value)) or (
+                isinstance(value, Code) and isinstance(value.scope, DuplicateKeys)):
+            nested = True
         offset = value_end
+    if duplicates or nested:
+        return DuplicateKeys(result, duplicates=tuple(duplicates), nested=nested)
     return result
 
 
@@ -314,6 +365,7 @@ def bson_type(value: Any) -> str:
 __all__ = [
     "CODEC_OPTIONS",
     "DBPointer",
+    "DuplicateKeys",
     "ExactRegex",
     "Symbol",
     "Undefined",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from markd import bsonvalues
 from markd.errors import CommandError
 
 # Every command libmongocrypt sends to mongocryptd for marking.
@@ -35,6 +36,7 @@ MARKING_COMMANDS = frozenset(
 )
 
 CSFLE_FIELDS = ("jsonSchema", "isRemoteSchema", "csfleEncryptionSchemas")
+RULE_FIELDS = frozenset({*CSFLE_FIELDS, "encryptionInformation"})
 QE_FIELD = "encryptionInformation"
 DEFAULT_VERBOSITY = "allPlansExecution"
 # Commands whose result only carries a verdict (libmongocrypt forwards its own, translated, command).
@@ -99,6 +101,13 @@ def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database
         raise CommandError(40413, f"BSON field '{name}.{duplicates[0]}' is a duplicate field")
     scheme = _scheme(parameters)
     rules = scheme.read_rules(parameters, name, _namespace(command, name, database))
+    if bsonvalues.has_duplicates(command):
+        # The rules were read (and refused their own repeated names); anywhere else a name given twice
+        # would be read last-one-wins, as a dict holds it: refused.
+        repeated = bsonvalues.first_duplicate(bsonvalues.DuplicateKeys(
+            {k: v for k, v in command.items() if k not in RULE_FIELDS}, nested=True))
+        if repeated is not None:
+            raise CommandError(40413, f"BSON field '{name}.{repeated}' is a duplicate field")
     if name == "aggregate":
         commands.check_involved_collections(command.get("pipeline"), rules, scheme, database)
     result, analysis = commands.analyse(command, name, scheme, rules, database)
@@ -129,7 +138,13 @@ def _explain(command: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     rule_fields = (*CSFLE_FIELDS, QE_FIELD)
     parameters = {**{k: v for k, v in inner.items() if k in rule_fields},
                   **{k: v for k, v in command.items() if k in rule_fields}}
-    analysed = {**{k: v for k, v in inner.items() if k != "$db"}, **parameters}
+    analysed: dict[str, Any] = {**{k: v for k, v in inner.items() if k != "$db"}, **parameters}
+    if bsonvalues.has_duplicates(command):
+        repeated = getattr(inner, "duplicates", ()) or getattr(command, "duplicates", ())
+        if repeated:
+            raise CommandError(40413, f"BSON field '{explained if repeated is inner.duplicates else 'explain'}."
+                                      f"{repeated[0]}' is a duplicate field")
+        analysed = bsonvalues.DuplicateKeys(analysed, nested=True)
     result, marked, requires = _analyse(analysed, analysed, database)
     outer: dict[str, Any] = {"explain": result, "verbosity": command.get("verbosity", DEFAULT_VERBOSITY)}
     for key, value in command.items():

@@ -194,7 +194,9 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
         for name, section in sequences:
             if "." in name or name in command:
                 raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
-            command[name] = bsonvalues.decode_sequence(section)
+            command[name] = documents = bsonvalues.decode_sequence(section)
+            if not bsonvalues.has_duplicates(command) and any(map(bsonvalues.has_duplicates, documents)):
+                command = bsonvalues.DuplicateKeys(command, nested=True)
     except (ValueError, InvalidBSON, struct.error, IndexError) as exc:
         return OpMsg(request_id, flags, {}, CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))

@@ -39,6 +39,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "bad_field_type": (14, "BSON field '{field}' is the wrong type '{actual}', expected type '{expected}'"),
     # schema
     "unknown_keyword": (9, "Unknown $jsonSchema keyword: {keyword}"),
+    "duplicate_keyword": (9, "Duplicate $jsonSchema keyword: {keyword}"),
+    # markd's own: mongocryptd keeps the last of two same-named properties, mongod checks both
+    "duplicate_property": (9, "Duplicate $jsonSchema property in '{keyword}': {name}"),
+    "duplicate_value": (9, "Duplicate field name in the value of $jsonSchema keyword '{keyword}'"),
+    "idl_duplicate": (40413, "BSON field '{field}' is a duplicate field"),
     "encrypt_with_bsontype": (
         9,
         "$jsonSchema keyword 'encrypt' cannot be used in conjunction with 'bsonType', "

@@ -94,6 +94,9 @@ _STATS = {"hits": 0, "misses": 0}
 
 def parse(schema: Mapping[str, Any], remote: bool) -> Schema:
     """The EncryptionSchema for a jsonSchema, validated as mongocryptd does; cached by its bytes."""
+    if bsonvalues.has_duplicates(schema):
+        # Checked before the cache: its key is the schema re-encoded, where a repeated name is gone.
+        _refuse_duplicates(schema)
     key = bsonvalues.encode({"s": schema, "r": remote})
     cached = _CACHE.get(key)
     if cached is not None:
@@ -137,6 +140,35 @@ def _subschemas(schema: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if isinstance(dependencies, Mapping):
         found.extend(("dependencies", sub) for sub in dependencies.values() if isinstance(sub, Mapping))
     return found
+
+
+SCHEMA_MAPS = ("properties", "patternProperties", "dependencies")
+SUBSCHEMAS = ("items", "additionalItems", "additionalProperties", "not", "allOf", "anyOf", "oneOf")
+
+
+def _refuse_duplicates(value: Any, keyword: str = "") -> None:
+    """A name given twice anywhere in a schema: mongod refuses a repeated keyword; a repeated property
+    (mongocryptd keeps the last one) and any other repeated name are refused too, never read last-wins."""
+    repeated = getattr(value, "duplicates", ())
+    if isinstance(value, Mapping):
+        if repeated:
+            if keyword in ("", *SUBSCHEMAS) or keyword.startswith("property:"):
+                fail("duplicate_keyword", keyword=repeated[0])
+            if keyword in SCHEMA_MAPS:
+                fail("duplicate_property", keyword=keyword, name=repeated[0])
+            if keyword in ("encrypt", "encryptMetadata"):
+                fail("idl_duplicate", field=f"{keyword}.{repeated[0]}")
+            fail("duplicate_value", keyword=keyword)
+        for name, item in value.items():
+            if keyword in SCHEMA_MAPS:
+                _refuse_duplicates(item, f"property:{name}")
+            elif keyword in ("", *SUBSCHEMAS) or keyword.startswith("property:"):
+                _refuse_duplicates(item, name)
+            else:
+                _refuse_duplicates(item, keyword)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_duplicates(item, keyword if keyword not in ("items", "allOf", "anyOf", "oneOf") else "not")
 
 
 def _check_json_schema(schema: Any) -> None:

@@ -438,6 +438,9 @@ def parse_encryption_information(raw: Any) -> EncryptionInformation:
     """Parse (or fetch from the cache) a command's encryptionInformation."""
     if not isinstance(raw, Mapping):
         raise error("INFO_NOT_OBJECT")
+    if bsonvalues.has_duplicates(raw):
+        # Checked before the cache: its key is the document re-encoded, where a repeated name is gone.
+        _refuse_duplicates(raw)
     encoded = bsonvalues.encode({"i": raw})
     before = _parse_cached.cache_info().hits
     parsed = _parse_cached(encoded)
@@ -450,3 +453,33 @@ def parse_encryption_information(raw: Any) -> EncryptionInformation:
 
 def cache_stats() -> tuple[int, int]:
     return _stats["hits"], _stats["misses"]
+
+
+def _refuse_duplicates(information: Mapping[str, Any]) -> None:
+    """A name given twice in encryptionInformation is refused (the IDL's duplicate-field error), never read
+    last-wins; a namespace given twice is two namespaces where one is expected (6327503)."""
+
+    def check(value: Any, context: str) -> None:
+        repeated = getattr(value, "duplicates", ())
+        if repeated:
+            raise error("DUPLICATE_FIELD", field=f"{context}.{repeated[0]}")
+
+    check(information, "EncryptInformation")
+    schema = information.get("schema")
+    if not isinstance(schema, Mapping):
+        return
+    if getattr(schema, "duplicates", ()):
+        raise error("ONE_NAMESPACE")
+    for config in schema.values():
+        if not isinstance(config, Mapping):
+            continue
+        check(config, "EncryptedFieldConfig")
+        fields = config.get("fields")
+        for field in fields if isinstance(fields, list) else ():
+            check(field, "EncryptedFieldConfig.fields")
+            queries = field.get("queries") if isinstance(field, Mapping) else None
+            for query in queries if isinstance(queries, list) else [queries]:
+                check(query, "EncryptedFieldConfig.fields.queries")
+    repeated = bsonvalues.first_duplicate(information, "EncryptInformation")
+    if repeated is not None:
+        raise error("DUPLICATE_FIELD", field=repeated)
