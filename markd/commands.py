@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import markd
-from markd import analysis
+from markd import analysis, limits
 from markd.errors import CommandError
 from markd.wire.codec import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
@@ -63,6 +63,7 @@ class Dispatcher:
                 reply["helloOk"] = True
             return reply
         if name in analysis.MARKING_COMMANDS:
+            limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
             return analysis.mark_command(command)
         if name in ("buildInfo", "buildinfo"):
             return build_info()

@@ -48,6 +48,7 @@ _WRITE_HIGH_WATER = 4 * 1024 * 1024
 # At shutdown: how long requests already sent get to be read and answered, and the hard limit.
 _GRACE_SECS = 0.05
 _DRAIN_SECS = 5.0
+_STACK_FRAMES = 12
 
 
 class AlreadyRunning(Exception):
@@ -185,7 +186,7 @@ class MarkdProtocol(asyncio.Protocol):
 
 def _where(exc: BaseException) -> dict[str, str]:
     """An exception's type and stack, without its message: messages may quote a document's values."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = traceback.extract_tb(exc.__traceback__)[-_STACK_FRAMES:]  # the innermost: where it broke
     return {"error": type(exc).__name__,
             "stack": " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in reversed(frames))}
 

@@ -17,7 +17,7 @@ import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON
 
-from markd import bsonvalues
+from markd import bsonvalues, limits
 from markd.errors import CommandError
 from markd.wire.crc32c import crc32c
 
@@ -189,13 +189,24 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 raise ValueError(f"Unknown section kind {kind}")
         if body is None:
             raise ValueError("OP_MSG does not contain a body")
-        # One decode per section, which also validates every nested document and string.
+        # One decode per section, which also validates every nested document and string; then
+        # mongod's depth limit, per document as mongod reads them, before anything recurses into them.
         command = bsonvalues.decode(body)
+        limits.check_bson_depth(command, len(body))
         for name, section in sequences:
             if "." in name or name in command:
                 raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
-            command[name] = bsonvalues.decode_sequence(section)
-    except (ValueError, InvalidBSON, struct.error, IndexError) as exc:
+            documents = bsonvalues.decode_sequence(section)
+            if len(section) >= limits.MIN_BYTES_TOO_DEEP:
+                for document in documents:
+                    limits.check_bson_depth(document)
+            command[name] = documents
+    except CommandError as exc:
+        return OpMsg(request_id, flags, {}, exc)
+    except (ValueError, InvalidBSON, struct.error, IndexError, RecursionError) as exc:
+        if isinstance(exc, RecursionError) or (isinstance(exc, InvalidBSON) and "maximum recursion depth" in str(exc)):
+            # pymongo's decoder gives up on nesting deeper than the interpreter's recursion limit.
+            return OpMsg(request_id, flags, {}, limits.too_deep_error())
         return OpMsg(request_id, flags, {}, CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
 
