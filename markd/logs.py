@@ -7,6 +7,7 @@ from a document.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import logging.handlers
@@ -97,9 +98,22 @@ def _keep_previous_log(logpath: str) -> bool:
         return False
 
 
+LOG_FILE_MODE = 0o640
+
+
+class _OwnerGroupFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler whose files (the first, and each one reopened after a rotation) are
+    created 0640, never world-readable whatever the umask."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if self.mode.startswith("a") else os.O_TRUNC)
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def _file_handler(logpath: str, mode: str) -> logging.Handler:
     # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
-    handler = logging.handlers.WatchedFileHandler(logpath, mode=mode, encoding="utf-8")
+    handler = _OwnerGroupFileHandler(logpath, mode=mode, encoding="utf-8")
     handler.mode = "a"  # whatever reopens it later (a move noticed, SIGHUP) must never truncate
     return handler
 

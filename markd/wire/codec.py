@@ -92,6 +92,26 @@ def read_header(header: bytes | memoryview) -> tuple[int, int, int, int]:
     return length, request_id, response_to, op_code
 
 
+_COMPRESSED_PREFIX = struct.Struct("<iiB")  # originalOpcode, uncompressedSize, compressorId
+
+
+def frame_cost(header: bytes | bytearray | memoryview) -> int | None:
+    """The memory a frame will take, from its first bytes: its length, and for OP_COMPRESSED also its
+    declared uncompressed size (both exist while it inflates). None until enough bytes are there.
+    ProtocolError for a declared size no message may have, before a byte of it is inflated."""
+    if len(header) < HEADER_SIZE:
+        return None
+    length, _, _, op_code = read_header(header[:HEADER_SIZE])
+    if op_code != OP_COMPRESSED:
+        return length
+    if len(header) < HEADER_SIZE + _COMPRESSED_PREFIX.size:
+        return None if length >= HEADER_SIZE + _COMPRESSED_PREFIX.size else length
+    uncompressed_size = _COMPRESSED_PREFIX.unpack_from(header, HEADER_SIZE)[1]
+    if uncompressed_size < 0 or uncompressed_size + HEADER_SIZE > MAX_MESSAGE_SIZE:
+        raise ProtocolError("OP_COMPRESSED uncompressedSize is invalid")
+    return length + HEADER_SIZE + uncompressed_size
+
+
 class FrameReader:
     """Accumulates stream bytes and hands out whole frames."""
 
@@ -104,6 +124,10 @@ class FrameReader:
     def pending(self) -> int:
         """Bytes received that do not yet form a whole frame."""
         return len(self._buffer)
+
+    def head_cost(self) -> int | None:
+        """`frame_cost` of the frame being received, once its header is in."""
+        return frame_cost(self._buffer[: HEADER_SIZE + _COMPRESSED_PREFIX.size]) if self._buffer else None
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
