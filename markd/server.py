@@ -112,6 +112,7 @@ class InFlightBudget:
         self.peak = 0
         self.waits = 0
         self._waiting: collections.OrderedDict[MarkdProtocol, None] = collections.OrderedDict()
+        self._admitting = False
 
     def fits(self, cost: int) -> bool:
         if self.used == 0:
@@ -140,9 +141,21 @@ class InFlightBudget:
         return len(self._waiting)
 
     def _admit(self) -> None:
+        # An admitted connection may answer at once and give budget back: no nested pass.
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            self._admit_pass()
+        finally:
+            self._admitting = False
+
+    def _admit_pass(self) -> None:
         # Small requests first (they never wait long), then large ones in arrival order.
         for small_pass in (True, False):
             for connection in list(self._waiting):
+                if connection not in self._waiting:
+                    continue
                 cost = connection.head_cost()
                 if cost is None or (cost <= INLINE_MAX_BYTES) != small_pass:
                     continue
@@ -162,12 +175,16 @@ class MarkdProtocol(asyncio.Protocol):
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo(0, "", True)
-        self.queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.queue: collections.deque[tuple[bytes, int]] = collections.deque()  # admitted, in order
         self.queued_bytes = 0
+        # Frames received whole whose declared size the budget cannot take yet (a small zlib frame that
+        # inflates to 48 MB): they wait, after `queue`, until it can.
+        self.unadmitted: collections.deque[tuple[bytes, int]] = collections.deque()
         self.head_reserved = 0  # budget taken for the frame being received
         self.reply_held = 0  # budget taken for replies not yet flushed to the socket
         self.out: list[bytes] = []
         self.busy = False  # a request of this connection is in an analysis process
+        self.active = False  # it has sent a whole request
         self.in_ready = False
         self.closed = False
         self.write_paused = False
@@ -196,6 +213,7 @@ class MarkdProtocol(asyncio.Protocol):
         budget.forget(self)
         budget.give(self.queued_bytes + self.head_reserved + self.reply_held)
         self.queue.clear()
+        self.unadmitted.clear()
         self.queued_bytes = self.head_reserved = self.reply_held = 0
         self.out.clear()
         self._cancel_frame_timer()
@@ -229,7 +247,15 @@ class MarkdProtocol(asyncio.Protocol):
                 if self.head_reserved:  # this frame's bytes were admitted when its header came in
                     budget.give(self.head_reserved)
                     self.head_reserved = 0
-                budget.take(cost)
+                    budget.take(cost)
+                elif self.unadmitted or not budget.fits(cost):
+                    self.unadmitted.append((frame, cost))
+                    if not self.waiting_budget:
+                        self.waiting_budget = True
+                        budget.wait(self)
+                    continue
+                else:
+                    budget.take(cost)
                 self.queue.append((frame, cost))
                 self.queued_bytes += cost
             self._admit_head()
@@ -237,6 +263,7 @@ class MarkdProtocol(asyncio.Protocol):
             self.drop(str(exc))
             return
         if frames:
+            self.active = True
             # The half-sent-frame clock starts again with each frame the client finishes.
             self._cancel_frame_timer()
         self._arm_frame_timer()
@@ -246,6 +273,9 @@ class MarkdProtocol(asyncio.Protocol):
 
     # the budget --------------------------------------------------------------------------------
     def head_cost(self) -> int | None:
+        """The cost of what this connection waits to have admitted next."""
+        if self.unadmitted:
+            return self.unadmitted[0][1]
         try:
             return self.reader.head_cost()
         except ProtocolError:
@@ -266,13 +296,31 @@ class MarkdProtocol(asyncio.Protocol):
             self.server.budget.wait(self)
 
     def admitted(self, cost: int) -> None:
-        """The budget has room for the frame this connection waits to receive."""
+        """The budget has room for the frame this connection waits to receive (or has received)."""
         if self.closed:
             return
-        self.server.budget.take(cost)
-        self.head_reserved = cost
+        budget = self.server.budget
+        budget.take(cost)
         self.waiting_budget = False
+        if not self.unadmitted:
+            self.head_reserved = cost
+            self._update_reading()
+            return
+        self.queue.append(self.unadmitted.popleft())
+        self.queued_bytes += cost
+        while self.unadmitted:
+            next_cost = self.unadmitted[0][1]
+            if not budget.fits(next_cost):
+                self.waiting_budget = True
+                budget.wait(self)
+                break
+            budget.take(next_cost)
+            self.queue.append(self.unadmitted.popleft())
+            self.queued_bytes += next_cost
+        if not self.waiting_budget:
+            self._admit_head()
         self._update_reading()
+        self.server.schedule(self)
 
     def sync_reply_held(self) -> None:
         """Count the replies still in the transport's buffer against the budget."""
@@ -299,7 +347,8 @@ class MarkdProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """Nothing received, queued, being answered or unsent: safe to close to make room."""
-        return not (self.reader.pending or self.queue or self.busy or self.out or self.reply_held)
+        return not (self.reader.pending or self.queue or self.unadmitted or self.busy or self.out
+                    or self.reply_held)
 
     def serve_one(self) -> None:
         """Answer the next request: here if it is small, else in an analysis process."""
@@ -369,7 +418,8 @@ class MarkdProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.closed:
             return False
-        return bool(self.reader.pending or self.queue or self.busy or transport.get_write_buffer_size())
+        return bool(self.reader.pending or self.queue or self.unadmitted or self.busy
+                    or transport.get_write_buffer_size())
 
     # helpers -----------------------------------------------------------------------------------
     def _update_reading(self) -> None:
@@ -380,9 +430,11 @@ class MarkdProtocol(asyncio.Protocol):
         if pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()
+            self._cancel_frame_timer()  # markd stopped reading: a half-received frame is not the client's stall
         elif not pause and self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
+            self._arm_frame_timer()
 
     def drop(self, reason: str) -> None:
         log.info("closing connection after a bad message",
@@ -399,7 +451,7 @@ class MarkdProtocol(asyncio.Protocol):
 
     def _arm_frame_timer(self) -> None:
         """A client that sends part of a frame and stalls is dropped after frame_timeout_secs."""
-        if self.reader.pending and not self.waiting_budget:
+        if self.reader.pending and not self._reading_paused:
             if self._frame_timer is None and self.server.settings.frame_timeout_secs > 0:
                 loop = asyncio.get_running_loop()
                 self._frame_timer = loop.call_later(self.server.settings.frame_timeout_secs,
@@ -414,7 +466,7 @@ class MarkdProtocol(asyncio.Protocol):
 
     def _frame_timed_out(self) -> None:
         self._frame_timer = None
-        if self.reader.pending and not self.waiting_budget:  # waiting on markd's budget is not the client's fault
+        if self.reader.pending and not self._reading_paused:
             self.drop(f"incomplete message for {self.server.settings.frame_timeout_secs:g}s")
 
     def _cancel_write_timer(self) -> None:
@@ -489,9 +541,11 @@ class MarkdServer:
 
     # connections -------------------------------------------------------------------------------
     def admit(self, connection: MarkdProtocol) -> bool:
-        """Make room for a new connection: at the limit, close the longest-idle one (or refuse this one)."""
+        """Make room for a new connection: at the limit, close an idle one (or refuse this one)."""
         if len(self.connections) >= self.max_conns:
-            victim = next((other for other in self.connections if other.idle), None)
+            # Connections that never sent a request go first (an idle flood), then the longest idle.
+            victim = next((other for other in self.connections if other.idle and not other.active), None)
+            victim = victim or next((other for other in self.connections if other.idle), None)
             if victim is None:
                 self.refused += 1
                 self._log_refused(limit=self.max_conns, remote=connection.info.peer)
