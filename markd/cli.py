@@ -53,10 +53,22 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
 @click.option("-v", "--verbose", "verbosity", count=True, help="Debug logging (per command).")
 @click.option("--config", "-f", "config_file", type=click.Path(dir_okay=False),
               help="YAML config file (mongod's format).")
-@click.option("--maxConns", "max_conns", type=int, help="Maximum open connections [10000].")
+@click.option("--maxConns", "max_conns", type=int,
+              help="Maximum open connections [80% of the file descriptor limit]; at the limit the longest-idle "
+              "connection is closed to admit a new one.")
 @click.option("--frameTimeoutSecs", "frame_timeout_secs", type=float,
-              help="Drop a client that leaves a message half-sent this long [30].")
+              help="Drop a client that leaves a message half-sent, or a reply unread, this long [30].")
 @click.option("--metricsPort", "metrics_port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option("--metricsBindIp", "metrics_bind_ip", help="Address of the metrics port [127.0.0.1].")
+@click.option("--inFlightBudgetMB", "in_flight_budget_mb", type=int,
+              help="Megabytes of requests and replies held at once, all clients together [256].")
+@click.option("--schemaCacheMB", "schema_cache_mb", type=int, help="Megabytes of parsed schemas kept [64].")
+@click.option("--analysisProcesses", "analysis_processes", type=int,
+              help="Processes that analyse large requests off the event loop [1]; 0 analyses them in line.")
+@click.option("--tlsHandshakeTimeoutSecs", "tls_handshake_timeout_secs", type=float,
+              help="Drop a TLS client that has not finished its handshake this long [10].")
+@click.option("--disableShutdownCommand", "disable_shutdown_command", is_flag=True, default=None,
+              help="Refuse the shutdown command (shared hosts).")
 @click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
 @click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
 @click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")

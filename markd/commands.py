@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import markd
-from markd import analysis
+from markd import analysis, limits
 from markd.errors import CommandError
 from markd.wire.codec import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
@@ -30,6 +30,36 @@ ADMIN_COMMANDS = frozenset({"buildInfo", "buildinfo", "getCmdLineOpts", "ping", 
 UNKNOWN_COMMAND = "(unknown)"
 
 
+class ShutdownCommand(Exception):
+    """The shutdown command was accepted: as mongocryptd, no reply; the server stops."""
+
+
+class NeedsServer(Exception):
+    """A command only the server process can answer (raised where it runs elsewhere)."""
+
+
+# Options mongod redacts in getCmdLineOpts (its `redact: true` options); markd accepts none of them, but a
+# driver's spawn arguments or an operator's copy of a mongod command line may carry them.
+_REDACTED_OPTIONS = frozenset(name.lower() for name in (
+    "tlsCertificateKeyFilePassword", "tlsClusterPassword", "sslPEMKeyPassword", "sslClusterPassword",
+    "kmipClientCertificatePassword", "ldapQueryPassword",
+))
+
+
+def censored_argv(argv: list[str]) -> list[str]:
+    """argv as mongod's getCmdLineOpts shows it: the value of a password option replaced by <password>."""
+    censored = list(argv)
+    for index, argument in enumerate(censored):
+        switch, equals, _ = argument.partition("=")
+        if switch.lstrip("-").lower() not in _REDACTED_OPTIONS or not switch.startswith("-"):
+            continue
+        if equals:
+            censored[index] = f"{switch}=<password>"
+        elif index + 1 < len(censored):
+            censored[index + 1] = "<password>"
+    return censored
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     connection_id: int
@@ -43,7 +73,7 @@ class Dispatcher:
 
     argv: list[str]
     parsed_options: dict[str, Any]
-    on_shutdown: Callable[[], None] = lambda: None
+    shutdown_enabled: bool = True  # --disableShutdownCommand turns it off (shared hosts)
     extra_commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
 
     def reported_name(self, name: str) -> str:
@@ -63,19 +93,27 @@ class Dispatcher:
                 reply["helloOk"] = True
             return reply
         if name in analysis.MARKING_COMMANDS:
+            limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
             return analysis.mark_command(command)
         if name in ("buildInfo", "buildinfo"):
             return build_info()
         if name == "getCmdLineOpts":
-            return {"argv": self.argv, "parsed": self.parsed_options, "ok": 1.0}
+            if command.get("$db") != "admin":  # an admin-only command in mongod
+                raise CommandError(13, "getCmdLineOpts may only be run against the admin database.",
+                                   "Unauthorized")
+            return {"argv": censored_argv(self.argv), "parsed": self.parsed_options, "ok": 1.0}
         if name in ("ping", "endSessions"):
             return {"ok": 1.0}
         if name == "shutdown":
+            # mongocryptd's shutdown runs on any database and never replies (the process exits). It has
+            # no auth and listens on localhost only, so markd also refuses it from another host.
+            if not self.shutdown_enabled:
+                raise CommandError(13, "shutdown is disabled on this markd (--disableShutdownCommand)",
+                                   "Unauthorized")
             if not connection.is_local:
                 raise CommandError(13, "shutdown must run from localhost when running db without auth",
                                    "Unauthorized")
-            self.on_shutdown()
-            return {"ok": 1.0}
+            raise ShutdownCommand
         handler = self.extra_commands.get(name)
         if handler is not None:
             return handler(command)

@@ -47,9 +47,17 @@ class Settings:
     log_format: str = "text"  # text | json
     verbosity: int = 0
     quiet: bool = False
-    max_conns: int = 10_000
+    max_conns: int | None = None  # None: what the file descriptor limit allows (markd.server.default_max_conns)
     frame_timeout_secs: float = 30.0
     metrics_port: int | None = None
+    metrics_bind_ip: str = "127.0.0.1"  # the metrics port stays on loopback unless this says otherwise
+    # Bytes of requests and replies held at once, all connections together (a compressed request counts
+    # at its declared size). Sized for a sidecar.
+    in_flight_budget_mb: int = 256
+    schema_cache_mb: int = 64  # parsed-schema caches, bounded by bytes as well as entries
+    analysis_processes: int = 1  # processes that answer large requests off the event loop (0: none)
+    tls_handshake_timeout_secs: float = 10.0
+    disable_shutdown_command: bool = False
     tls_mode: str = "disabled"  # disabled | requireTLS
     tls_certificate_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -99,6 +107,12 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("systemLog", "format"): ("log_format", str),
     ("markd", "metricsPort"): ("metrics_port", int),
     ("markd", "frameTimeoutSecs"): ("frame_timeout_secs", float),
+    ("markd", "metricsBindIp"): ("metrics_bind_ip", str),
+    ("markd", "inFlightBudgetMB"): ("in_flight_budget_mb", int),
+    ("markd", "schemaCacheMB"): ("schema_cache_mb", int),
+    ("markd", "analysisProcesses"): ("analysis_processes", int),
+    ("markd", "tlsHandshakeTimeoutSecs"): ("tls_handshake_timeout_secs", float),
+    ("markd", "disableShutdownCommand"): ("disable_shutdown_command", bool),
 }
 
 

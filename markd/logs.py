@@ -7,6 +7,7 @@ from a document.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import logging.handlers
@@ -16,6 +17,23 @@ from typing import Any
 
 LOGGER_NAME = "markd"
 log = logging.getLogger(LOGGER_NAME)
+# No log line is longer than this (a deep stack or a long namespace must not write 30 KB lines).
+MAX_LINE_CHARS = 2048
+MAX_ATTR_CHARS = 512
+
+
+def _short(value: Any) -> Any:
+    """An attribute value cut to MAX_ATTR_CHARS characters (numbers and booleans stay as they are)."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    text = str(value)
+    return text if len(text) <= MAX_ATTR_CHARS else text[:MAX_ATTR_CHARS] + f"...({len(text)} chars)"
+
+
+def bounded(line: str) -> str:
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    return line[: MAX_LINE_CHARS - 40] + f"...(truncated, {len(line)} chars)"
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,10 +50,15 @@ class JsonFormatter(logging.Formatter):
         }
         attr = getattr(record, "attr", None)
         if attr:
-            entry["attr"] = attr
+            entry["attr"] = {key: _short(value) for key, value in attr.items()}
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exc"] = _short(self.formatException(record.exc_info))
+        line = json.dumps(entry, default=str)
+        if len(line) > MAX_LINE_CHARS:  # still valid JSON: the attributes give way to a note
+            entry["attr"] = {"truncated": len(line)}
+            entry.pop("exc", None)
+            line = json.dumps(entry, default=str)
+        return bounded(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -43,8 +66,8 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         attr = getattr(record, "attr", None)
         if attr:
-            text += " " + " ".join(f"{key}={value}" for key, value in attr.items())
-        return text
+            text += " " + " ".join(f"{key}={_short(value)}" for key, value in attr.items())
+        return bounded(text)
 
 
 _STAMP = "%Y-%m-%dT%H-%M-%S"
@@ -75,9 +98,22 @@ def _keep_previous_log(logpath: str) -> bool:
         return False
 
 
+LOG_FILE_MODE = 0o640
+
+
+class _OwnerGroupFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler whose files (the first, and each one reopened after a rotation) are
+    created 0640, never world-readable whatever the umask."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if self.mode.startswith("a") else os.O_TRUNC)
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def _file_handler(logpath: str, mode: str) -> logging.Handler:
     # Watched: when logrotate (or an operator) moves or deletes the file, the next line reopens it.
-    handler = logging.handlers.WatchedFileHandler(logpath, mode=mode, encoding="utf-8")
+    handler = _OwnerGroupFileHandler(logpath, mode=mode, encoding="utf-8")
     handler.mode = "a"  # whatever reopens it later (a move noticed, SIGHUP) must never truncate
     return handler
 

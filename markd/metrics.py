@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import markd
@@ -26,6 +27,8 @@ class Metrics:
         self.open_connections = 0
         self.total_connections = 0
         self.protocol_errors = 0
+        # The server's resource figures (in-flight bytes, connection limit, analysis processes).
+        self.extra: Callable[[], dict[str, Any]] | None = None
 
     def command_done(self, name: str, outcome: str, seconds: float = 0.0, marking: bool = False) -> None:
         """Count one command; only marking commands feed the latency histogram (handshakes would drown it)."""
@@ -61,6 +64,7 @@ class Metrics:
                 "sumSecs": self.latency_sum,
             },
             "schemaCache": {"hits": hits, "misses": misses},
+            **(self.extra() if self.extra is not None else {}),
         }
 
     def command_reply(self, _command: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +108,21 @@ class Metrics:
             "# TYPE markd_schema_cache_misses_total counter",
             f"markd_schema_cache_misses_total {snap['schemaCache']['misses']}",
         ]
+        if "inFlight" in snap:
+            lines += [
+                "# HELP markd_in_flight_bytes Bytes of requests and replies held now.",
+                "# TYPE markd_in_flight_bytes gauge",
+                f"markd_in_flight_bytes {snap['inFlight']['bytes']}",
+                "# HELP markd_connections_evicted_total Idle connections closed to admit new ones at maxConns.",
+                "# TYPE markd_connections_evicted_total counter",
+                f"markd_connections_evicted_total {snap['connectionLimit']['evicted']}",
+                "# HELP markd_connections_refused_total Connections refused at maxConns (none idle to close).",
+                "# TYPE markd_connections_refused_total counter",
+                f"markd_connections_refused_total {snap['connectionLimit']['refused']}",
+                "# HELP markd_offloaded_requests_total Requests answered by an analysis process.",
+                "# TYPE markd_offloaded_requests_total counter",
+                f"markd_offloaded_requests_total {snap['analysisProcesses']['requests']}",
+            ]
         return "\n".join(lines) + "\n"
 
 

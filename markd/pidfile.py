@@ -6,6 +6,7 @@ keeps running, the others see it held and exit.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,7 +25,8 @@ class PidFile:
         """Open and lock; PidFileLocked if another process holds it, OSError if it cannot be opened."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Owner-only from creation (the umask can only narrow it); an existing file is narrowed too.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -33,6 +35,8 @@ class PidFile:
         except OSError:
             os.close(fd)
             raise
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)
         self._fd = fd
 
     def write(self, port: int, domain_socket: str | None) -> None:

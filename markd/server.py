@@ -1,50 +1,67 @@
-"""The asyncio layer: listeners, one thin Protocol per connection, idle and signal shutdown.
+"""The asyncio layer: listeners, one thin Protocol per connection, fairness, budgets and shutdown.
 
-Everything that decides what to answer lives in the sans-IO core (`markd.wire`, `markd.commands`,
-`markd.analysis`); this module only moves bytes and keeps time.
+Everything that decides what to answer lives in the sans-IO core (`markd.core`, `markd.wire`,
+`markd.commands`, `markd.analysis`); this module only moves bytes, keeps time and shares the process
+fairly between connections:
+
+- Requests up to `INLINE_MAX_BYTES` are answered on the event loop, round-robin between connections,
+  at most `SLICE_SECS` of them before the loop looks at its sockets again; one connection's
+  pipelined requests are answered in order but interleaved with everyone else's.
+- Larger requests (and small ones whose rule patterns overrun their slice) go to the analysis
+  processes (`markd.pool`), so one big analysis never blocks the loop nor holds its GIL.
+- Every request and reply held counts against one in-flight budget (`--inFlightBudgetMB`); a request
+  that does not fit waits, unread, in the kernel's socket buffer. Large requests may use three
+  quarters of it, so they cannot starve small ones.
+- A client that does not read its replies stops being read and served (back-pressure) and is dropped
+  after `--frameTimeoutSecs`; at `--maxConns`, the longest-idle connection makes room for a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import ipaddress
-import logging
 import os
+import resource
 import signal
 import socket
 import ssl
 import stat
+import sys
 import time
-import traceback
 from typing import Any
 
-import bson
-from bson.errors import InvalidBSON
-
 import markd
-from markd import bsonvalues, logs
-from markd.analysis import MARKING_COMMANDS
-from markd.commands import UNKNOWN_COMMAND, ConnectionInfo, Dispatcher
+from markd import cache, core, limits, logs, memory
+from markd.analysis.patterns import SliceExpired
+from markd.commands import ConnectionInfo, Dispatcher
 from markd.config import Settings
-from markd.errors import CommandError
 from markd.logs import log
 from markd.metrics import Metrics
 from markd.pidfile import PidFile, PidFileLocked
-from markd.wire import (
-    FrameReader,
-    OpMsg,
-    OpQuery,
-    ProtocolError,
-    encode_op_msg,
-    encode_op_reply,
-    parse_message,
-)
+from markd.pool import AnalysisPool
+from markd.wire import FrameReader, ProtocolError, frame_cost
 
-_HANDSHAKE_NAMES = ("hello", "isMaster", "ismaster")
-# Stop reading from a client whose replies pile up unread beyond this.
-_WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Requests whose cost (frame_cost) is at most this are answered on the event loop.
+INLINE_MAX_BYTES = 16 * 1024
+# The most the loop spends answering requests before it polls its sockets again.
+SLICE_SECS = 0.002
+# Pattern matching an inline request may do before it is handed to an analysis process.
+PATTERN_SLICE_SECS = 0.001
+# Stop serving (and reading) a client whose replies pile up unread beyond this.
+_WRITE_HIGH_WATER = 256 * 1024
+# Stop reading a client whose received requests wait unanswered beyond this.
+_QUEUE_HIGH_WATER = 1024 * 1024
+# Large requests may hold at most this share of the in-flight budget; the rest is for small ones.
+_LARGE_SHARE = 0.75
+_BUDGET_SWEEP_SECS = 0.25
+_LOG_INTERVAL_SECS = 10.0
+# maxConns by default: this share of the file descriptor limit (as mongod), which markd raises to
+# its hard limit, up to _FD_TARGET.
+_CONNS_PER_FD = 0.8
+_FD_TARGET = 65_536
 # At shutdown: how long requests already sent get to be read and answered, and the hard limit.
 _GRACE_SECS = 0.05
 _DRAIN_SECS = 5.0
@@ -54,117 +71,387 @@ class AlreadyRunning(Exception):
     """Another markd holds the pid file, the port or the socket: this one is not needed."""
 
 
-def _command_name(command: dict[str, Any]) -> str:
-    return next(iter(command), "")
+def default_max_conns() -> int:
+    """What the file descriptor limit allows: its soft limit raised to the hard one (up to _FD_TARGET), 80%."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = _FD_TARGET if hard == resource.RLIM_INFINITY else min(hard, _FD_TARGET)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
+    usable = _FD_TARGET if soft == resource.RLIM_INFINITY else soft
+    return max(int(usable * _CONNS_PER_FD), 1)
 
 
-def _namespace(command: dict[str, Any]) -> str:
-    name = _command_name(command)
-    target = command.get(name)
-    database = command.get("$db", "")
-    if name == "explain" and isinstance(target, dict):
-        inner = _command_name(target)
-        database = target.get("$db", database)
-        target = target.get(inner)
-    return f"{database}.{target}" if isinstance(target, str) else str(database)
+class Throttled:
+    """A warning logged at most once per interval, with how many were held back since the last one."""
+
+    def __init__(self, message: str, interval: float = _LOG_INTERVAL_SECS) -> None:
+        self.message = message
+        self.interval = interval
+        self.last = -interval
+        self.held_back = 0
+
+    def __call__(self, **attr: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.held_back += 1
+            return
+        log.warning(self.message, extra={"attr": {**attr, "sinceLastLogged": self.held_back,
+                                                  "intervalSecs": self.interval}})
+        self.last = now
+        self.held_back = 0
+
+
+class InFlightBudget:
+    """Bytes of requests and replies held, against one limit; waiters are admitted in arrival order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self.used = 0
+        self.peak = 0
+        self.waits = 0
+        self._waiting: collections.OrderedDict[MarkdProtocol, None] = collections.OrderedDict()
+        self._admitting = False
+
+    def fits(self, cost: int) -> bool:
+        if self.used == 0:
+            return True  # a message larger than the whole budget still gets through, alone
+        cap = self.limit * _LARGE_SHARE if cost > INLINE_MAX_BYTES else self.limit
+        return self.used + cost <= cap
+
+    def take(self, amount: int) -> None:
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+
+    def give(self, amount: int) -> None:
+        self.used -= amount
+        if self._waiting and amount > 0:
+            self._admit()
+
+    def wait(self, connection: MarkdProtocol) -> None:
+        self.waits += 1
+        self._waiting[connection] = None
+
+    def forget(self, connection: MarkdProtocol) -> None:
+        self._waiting.pop(connection, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _admit(self) -> None:
+        # An admitted connection may answer at once and give budget back: no nested pass.
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            self._admit_pass()
+        finally:
+            self._admitting = False
+
+    def _admit_pass(self) -> None:
+        # Small requests first (they never wait long), then large ones in arrival order.
+        for small_pass in (True, False):
+            for connection in list(self._waiting):
+                if connection not in self._waiting:
+                    continue
+                cost = connection.head_cost()
+                if cost is None or (cost <= INLINE_MAX_BYTES) != small_pass:
+                    continue
+                if not self.fits(cost):
+                    if not small_pass:
+                        return  # keep arrival order among large requests
+                    continue
+                del self._waiting[connection]
+                connection.admitted(cost)
 
 
 class MarkdProtocol(asyncio.Protocol):
-    """One client connection: frames in, replies out, with back-pressure both ways."""
+    """One client connection: frames in (as the budget allows), replies out, in order."""
 
     def __init__(self, server: MarkdServer) -> None:
         self.server = server
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo(0, "", True)
+        self.queue: collections.deque[tuple[bytes, int]] = collections.deque()  # admitted, in order
+        self.queued_bytes = 0
+        # Frames received whole whose declared size the budget cannot take yet (a small zlib frame that
+        # inflates to 48 MB): they wait, after `queue`, until it can.
+        self.unadmitted: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.head_reserved = 0  # budget taken for the frame being received
+        self.reply_held = 0  # budget taken for replies not yet flushed to the socket
+        self.out: list[bytes] = []
+        self.busy = False  # a request of this connection is in an analysis process
+        self.active = False  # it has sent a whole request
+        self.in_ready = False
+        self.closed = False
+        self.write_paused = False
+        self.waiting_budget = False
         self._reading_paused = False
-        self._writing_paused = False
         self._frame_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         server = self.server
-        peer = transport.get_extra_info("peername")
-        peer_text, is_local = _describe_peer(peer)
+        peer_text, is_local = _describe_peer(transport.get_extra_info("peername"))
         self.info = ConnectionInfo(server.next_connection_id(), peer_text, is_local)
-        if len(server.connections) >= server.settings.max_conns:
-            log.warning("connection refused because too many open connections",
-                        extra={"attr": {"limit": server.settings.max_conns, "remote": peer_text}})
+        if not server.admit(self):
             transport.abort()
+            self.closed = True
             return
-        server.connections.add(self)
-        server.metrics.connection_opened()
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         log.debug("connection accepted", extra={"attr": {"conn": self.info.connection_id, "remote": peer_text}})
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self in self.server.connections:
-            self.server.connections.discard(self)
-            self.server.metrics.connection_closed()
+        self.closed = True
+        self.server.release(self)
+        budget = self.server.budget
+        budget.forget(self)
+        budget.give(self.queued_bytes + self.head_reserved + self.reply_held)
+        self.queue.clear()
+        self.unadmitted.clear()
+        self.queued_bytes = self.head_reserved = self.reply_held = 0
+        self.out.clear()
         self._cancel_frame_timer()
+        self._cancel_write_timer()
         log.debug("connection ended", extra={"attr": {"conn": self.info.connection_id}})
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self.write_paused = True
+        self._update_reading()
+        if self._write_timer is None and self.server.settings.frame_timeout_secs > 0:
+            self._write_timer = asyncio.get_running_loop().call_later(
+                self.server.settings.frame_timeout_secs, self._write_timed_out)
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
-        if self.transport is not None and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self.write_paused = False
+        self._cancel_write_timer()
+        self.sync_reply_held()
+        self._update_reading()
+        self.server.schedule(self)
 
     def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.closed:
             return
+        server = self.server
+        server.touch(self)
+        budget = server.budget
         try:
             frames = self.reader.feed(data)
+            for frame in frames:
+                cost = frame_cost(frame) or len(frame)
+                if self.head_reserved:  # this frame's bytes were admitted when its header came in
+                    budget.give(self.head_reserved)
+                    self.head_reserved = 0
+                    budget.take(cost)
+                elif self.unadmitted or not budget.fits(cost):
+                    self.unadmitted.append((frame, cost))
+                    if not self.waiting_budget:
+                        self.waiting_budget = True
+                        budget.wait(self)
+                    continue
+                else:
+                    budget.take(cost)
+                self.queue.append((frame, cost))
+                self.queued_bytes += cost
+            self._admit_head()
         except ProtocolError as exc:
-            self._drop(str(exc))
+            self.drop(str(exc))
             return
-        for frame in frames:
-            if transport.is_closing():
-                return
-            try:
-                reply = self.server.handle_frame(frame, self.info)
-            except ProtocolError as exc:
-                self._drop(str(exc))
-                return
-            except Exception as exc:  # a bug must cost this connection, never the daemon
-                log.error("internal error while reading a message",
-                          extra={"attr": {"conn": self.info.connection_id, **_where(exc)}})
-                self._drop("internal error")
-                return
-            if reply:
-                transport.write(reply)
         if frames:
+            self.active = True
             # The half-sent-frame clock starts again with each frame the client finishes.
             self._cancel_frame_timer()
         self._arm_frame_timer()
+        self._update_reading()
+        if frames:
+            server.schedule(self)
+
+    # the budget --------------------------------------------------------------------------------
+    def head_cost(self) -> int | None:
+        """The cost of what this connection waits to have admitted next."""
+        if self.unadmitted:
+            return self.unadmitted[0][1]
+        try:
+            return self.reader.head_cost()
+        except ProtocolError:
+            return None
+
+    def _admit_head(self) -> None:
+        """Take budget for the frame being received, or stop reading until it fits."""
+        if self.head_reserved or self.waiting_budget or not self.reader.pending:
+            return
+        cost = self.reader.head_cost()
+        if cost is None:
+            return
+        if self.server.budget.fits(cost):
+            self.server.budget.take(cost)
+            self.head_reserved = cost
+        else:
+            self.waiting_budget = True
+            self.server.budget.wait(self)
+
+    def admitted(self, cost: int) -> None:
+        """The budget has room for the frame this connection waits to receive (or has received)."""
+        if self.closed:
+            return
+        budget = self.server.budget
+        budget.take(cost)
+        self.waiting_budget = False
+        if not self.unadmitted:
+            self.head_reserved = cost
+            self._update_reading()
+            return
+        self.queue.append(self.unadmitted.popleft())
+        self.queued_bytes += cost
+        while self.unadmitted:
+            next_cost = self.unadmitted[0][1]
+            if not budget.fits(next_cost):
+                self.waiting_budget = True
+                budget.wait(self)
+                break
+            budget.take(next_cost)
+            self.queue.append(self.unadmitted.popleft())
+            self.queued_bytes += next_cost
+        if not self.waiting_budget:
+            self._admit_head()
+        self._update_reading()
+        self.server.schedule(self)
+
+    def sync_reply_held(self) -> None:
+        """Count the replies still in the transport's buffer against the budget."""
+        if self.transport is None or self.closed:
+            return
+        size = self.transport.get_write_buffer_size()
+        if size != self.reply_held:
+            delta = size - self.reply_held
+            self.reply_held = size
+            if delta > 0:
+                self.server.budget.take(delta)
+            else:
+                self.server.budget.give(-delta)
+        if size:
+            self.server.reply_watch.add(self)
+        else:
+            self.server.reply_watch.discard(self)
+
+    # serving -----------------------------------------------------------------------------------
+    @property
+    def servable(self) -> bool:
+        return bool(self.queue) and not (self.busy or self.write_paused or self.closed)
 
     @property
-    def busy(self) -> bool:
-        """A frame half received or a reply not yet flushed: shutdown waits for it."""
+    def idle(self) -> bool:
+        """Nothing received, queued, being answered or unsent: safe to close to make room."""
+        return not (self.reader.pending or self.queue or self.unadmitted or self.busy or self.out
+                    or self.reply_held)
+
+    def serve_one(self) -> None:
+        """Answer the next request: here if it is small, else in an analysis process."""
+        frame, cost = self.queue.popleft()
+        self.queued_bytes -= cost
+        server = self.server
+        if cost > INLINE_MAX_BYTES and server.pool is not None:
+            self._off_loop(frame, cost)
+            return
+        try:
+            outcome = core.process_frame(frame, self.info, server.dispatcher,
+                                         PATTERN_SLICE_SECS if server.pool is not None else None)
+        except SliceExpired:
+            self._off_loop(frame, cost)
+            return
+        self.finish(outcome, cost)
+
+    def _off_loop(self, frame: bytes, cost: int) -> None:
+        assert self.server.pool is not None
+        self.busy = True
+        self.queued_bytes += cost  # still held until answered
+        self.server.offloaded += 1
+        task = asyncio.get_running_loop().create_task(self.server.pool.run(frame, self.info))
+        task.add_done_callback(lambda done: self._answered(done, cost))
+
+    def _answered(self, task: asyncio.Task[core.Outcome], cost: int) -> None:
+        self.busy = False
+        if self.closed:  # connection_lost already gave back what was queued, this request included
+            return
+        self.queued_bytes -= cost
+        if task.cancelled():
+            self.server.budget.give(cost)
+            return
+        self.finish(task.result(), cost)
+        self.flush()
+        self._update_reading()
+        self.server.schedule(self)
+
+    def finish(self, outcome: core.Outcome, cost: int) -> None:
+        server = self.server
+        server.last_activity = time.monotonic()
+        server.budget.give(cost)
+        server.record(outcome, self.info)
+        if outcome.close_reason is not None:
+            self.drop(outcome.close_reason)
+            return
+        if outcome.shutdown:
+            server.shutdown_command(self)
+            return
+        if outcome.needs_server:
+            outcome = server.answer_here(outcome)
+        if outcome.reply:
+            self.out.append(outcome.reply)
+
+    def flush(self) -> None:
+        if not self.out or self.closed or self.transport is None:
+            self.out.clear()
+            return
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out.clear()
+        self.transport.write(data)
+        self.sync_reply_held()
+
+    @property
+    def pending_work(self) -> bool:
+        """A frame half received, requests queued or being answered, or a reply not yet flushed."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.closed:
             return False
-        return bool(self.reader.pending or transport.get_write_buffer_size())
+        return bool(self.reader.pending or self.queue or self.unadmitted or self.busy
+                    or transport.get_write_buffer_size())
 
     # helpers -----------------------------------------------------------------------------------
-    def _drop(self, reason: str) -> None:
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            return
+        pause = self.write_paused or self.waiting_budget or self.queued_bytes > _QUEUE_HIGH_WATER
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+            self._cancel_frame_timer()  # markd stopped reading: a half-received frame is not the client's stall
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+            self._arm_frame_timer()
+
+    def drop(self, reason: str) -> None:
         log.info("closing connection after a bad message",
                  extra={"attr": {"conn": self.info.connection_id, "reason": reason}})
         self.server.metrics.protocol_error()
-        if self.transport is not None:
-            self.transport.abort()
+        self.close(abort=True)
+
+    def close(self, abort: bool = False) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def _arm_frame_timer(self) -> None:
         """A client that sends part of a frame and stalls is dropped after frame_timeout_secs."""
-        if self.reader.pending:
+        if self.reader.pending and not self._reading_paused:
             if self._frame_timer is None and self.server.settings.frame_timeout_secs > 0:
                 loop = asyncio.get_running_loop()
                 self._frame_timer = loop.call_later(self.server.settings.frame_timeout_secs,
@@ -179,15 +466,22 @@ class MarkdProtocol(asyncio.Protocol):
 
     def _frame_timed_out(self) -> None:
         self._frame_timer = None
-        if self.reader.pending:
-            self._drop(f"incomplete message for {self.server.settings.frame_timeout_secs:g}s")
+        if self.reader.pending and not self._reading_paused:
+            self.drop(f"incomplete message for {self.server.settings.frame_timeout_secs:g}s")
 
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
-def _where(exc: BaseException) -> dict[str, str]:
-    """An exception's type and stack, without its message: messages may quote a document's values."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return {"error": type(exc).__name__,
-            "stack": " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in reversed(frames))}
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if self.write_paused:
+            log.info("closing a connection that does not read its replies",
+                     extra={"attr": {"conn": self.info.connection_id,
+                                     "unreadBytes": self.reply_held,
+                                     "secs": self.server.settings.frame_timeout_secs}})
+            self.close(abort=True)
 
 
 def _describe_peer(peer: Any) -> tuple[str, bool]:
@@ -202,15 +496,36 @@ def _describe_peer(peer: Any) -> tuple[str, bool]:
 
 
 class MarkdServer:
-    """Holds the listeners, the dispatcher and the shutdown machinery."""
+    """Holds the listeners, the dispatcher, the scheduler, the budget and the shutdown machinery."""
 
     def __init__(self, settings: Settings, argv: list[str], parsed_options: dict[str, Any],
                  pidfile: PidFile | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(argv=argv, parsed_options=parsed_options, on_shutdown=self.request_shutdown,
+        self.dispatcher = Dispatcher(argv=argv, parsed_options=parsed_options,
+                                     shutdown_enabled=not settings.disable_shutdown_command,
                                      extra_commands={"getMarkdMetrics": self.metrics.command_reply})
-        self.connections: set[MarkdProtocol] = set()
+        self.max_conns = settings.max_conns if settings.max_conns is not None else default_max_conns()
+        # Ordered by last activity: the first idle one is the longest idle.
+        self.connections: collections.OrderedDict[MarkdProtocol, None] = collections.OrderedDict()
+        self.budget = InFlightBudget(settings.in_flight_budget_mb * 1024 * 1024)
+        self.reply_watch: set[MarkdProtocol] = set()
+        self.ready: collections.deque[MarkdProtocol] = collections.deque()
+        self.pool: AnalysisPool | None = None
+        if settings.analysis_processes > 0:
+            self.pool = AnalysisPool(settings.analysis_processes, {
+                "argv": argv, "parsed": parsed_options, "shutdown_enabled": not settings.disable_shutdown_command,
+                "schema_cache_bytes": settings.schema_cache_mb * 1024 * 1024,
+                "server_commands": ["getMarkdMetrics"]})
+        self.offloaded = 0
+        self.evicted = 0
+        self.refused = 0
+        self._pumping = False
+        self._pump_handle: asyncio.Handle | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._log_refused = Throttled("connection refused because too many open connections")
+        self._log_evicted = Throttled("too many open connections: closed the longest-idle one to admit a new one")
+        self.metrics.extra = self.resource_snapshot
         self.servers: list[asyncio.AbstractServer] = []
         # The CLI takes the pid file before it opens the log, so a losing racer never truncates the winner's log.
         self.pidfile = pidfile or (PidFile(settings.pidfile) if settings.pidfile else None)
@@ -224,69 +539,121 @@ class MarkdServer:
         self._connection_ids += 1
         return self._connection_ids
 
-    # the pure-ish core call --------------------------------------------------------------------
-    def handle_frame(self, frame: bytes, connection: ConnectionInfo) -> bytes | None:
-        """One frame in, the reply frame (or None for moreToCome) out."""
-        self.last_activity = time.monotonic()
-        message = parse_message(frame)
-        started = time.perf_counter()
-        if isinstance(message, OpQuery):
-            return self._handle_op_query(message, connection)
-        assert isinstance(message, OpMsg)
-        name = "?"
-        namespace = ""
-        outcome = "ok"
-        try:
-            if message.error is not None:
-                raise message.error
-            command = message.command
-            name = self.dispatcher.reported_name(_command_name(command))
-            namespace = _namespace(command) if name != UNKNOWN_COMMAND else str(command.get("$db", ""))
-            if "$db" not in command:
-                raise CommandError(40571, "OP_MSG requests require a $db argument")
-            reply = self.dispatcher.handle(command, connection)
-            body = bsonvalues.encode(reply)
-        except CommandError as exc:
-            outcome = exc.code_name
-            body = bson.encode(exc.to_reply())
-        except InvalidBSON as exc:
-            outcome = "InvalidBSON"
-            body = bson.encode(CommandError(22, str(exc)).to_reply())
-        except Exception as exc:  # a bug must cost one command, never the daemon
-            log.error("internal error while handling a command", extra={"attr": {"command": name, **_where(exc)}})
-            outcome = "InternalError"
-            body = bson.encode(CommandError(1, f"markd internal error: {type(exc).__name__}").to_reply())
-        elapsed = time.perf_counter() - started
-        self.metrics.command_done(name, outcome, elapsed, marking=name in MARKING_COMMANDS)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("command", extra={"attr": {
-                "conn": connection.connection_id, "command": name, "ns": namespace, "outcome": outcome,
-                "durationMicros": int(elapsed * 1e6), "requestBytes": len(frame), "replyBytes": len(body)}})
-        if message.more_to_come:
-            return None
-        return encode_op_msg(message.request_id, body)
+    # connections -------------------------------------------------------------------------------
+    def admit(self, connection: MarkdProtocol) -> bool:
+        """Make room for a new connection: at the limit, close an idle one (or refuse this one)."""
+        if len(self.connections) >= self.max_conns:
+            # Connections that never sent a request go first (an idle flood), then the longest idle.
+            victim = next((other for other in self.connections if other.idle and not other.active), None)
+            victim = victim or next((other for other in self.connections if other.idle), None)
+            if victim is None:
+                self.refused += 1
+                self._log_refused(limit=self.max_conns, remote=connection.info.peer)
+                return False
+            self.evicted += 1
+            self._log_evicted(limit=self.max_conns)
+            self.release(victim)
+            victim.close(abort=True)
+        self.connections[connection] = None
+        self.metrics.connection_opened()
+        return True
 
-    def _handle_op_query(self, message: OpQuery, connection: ConnectionInfo) -> bytes:
+    def release(self, connection: MarkdProtocol) -> None:
+        if self.connections.pop(connection, False) is None:
+            self.metrics.connection_closed()
+        self.reply_watch.discard(connection)
+
+    def touch(self, connection: MarkdProtocol) -> None:
+        if connection in self.connections:
+            self.connections.move_to_end(connection)
+
+    # the scheduler: round-robin, in slices -----------------------------------------------------
+    def schedule(self, connection: MarkdProtocol) -> None:
+        if connection.in_ready or not connection.servable:
+            return
+        connection.in_ready = True
+        self.ready.append(connection)
+        if not self._pumping and self._pump_handle is None:
+            self.pump()
+
+    def pump(self) -> None:
+        """Answer ready connections one request at a time, round-robin, for at most SLICE_SECS."""
+        self._pump_handle = None
+        self._pumping = True
+        served: dict[MarkdProtocol, None] = {}
+        deadline = time.perf_counter() + SLICE_SECS
         try:
-            query = bsonvalues.decode(message.query)
-        except InvalidBSON as exc:
-            raise ProtocolError("invalid OP_QUERY: InvalidBSON") from exc
-        # Drivers wrap a legacy command with read preference as {$query: {...}}.
-        if "$query" in query and isinstance(query["$query"], dict):
-            query = query["$query"]
-        name = self.dispatcher.reported_name(_command_name(query))
-        if message.collection.endswith(".$cmd") and name in _HANDSHAKE_NAMES:
-            reply = self.dispatcher.handle(query, connection)
-            self.metrics.command_done(name, "ok")
-        else:
-            reply = CommandError(
-                352,
-                f"Unsupported OP_QUERY command: {_command_name(query)}. The client driver may require an upgrade. "
-                "For more details see https://dochub.mongodb.org/core/legacy-opcode-removal",
-                "UnsupportedOpQueryCommand",
-            ).to_reply()
-            self.metrics.command_done(name, "UnsupportedOpQueryCommand")
-        return encode_op_reply(message.request_id, bson.encode(reply))
+            while self.ready and time.perf_counter() < deadline:
+                connection = self.ready.popleft()
+                connection.in_ready = False
+                if not connection.servable:
+                    continue
+                connection.serve_one()
+                served[connection] = None
+                if connection.servable:
+                    connection.in_ready = True
+                    self.ready.append(connection)
+        finally:
+            self._pumping = False
+        for connection in served:
+            connection.flush()
+            connection._update_reading()
+        if self.ready:
+            self._pump_handle = asyncio.get_running_loop().call_soon(self.pump)
+
+    # outcomes ----------------------------------------------------------------------------------
+    def record(self, outcome: core.Outcome, connection: ConnectionInfo) -> None:
+        if outcome.close_reason is None and not outcome.needs_server:
+            self.metrics.command_done(outcome.name, outcome.outcome, outcome.seconds, marking=outcome.marking)
+        core.log_outcome(log, outcome, connection)
+
+    def answer_here(self, outcome: core.Outcome) -> core.Outcome:
+        """A command an analysis process handed back (getMarkdMetrics): the state is here."""
+        self.metrics.command_done(outcome.name, "ok")
+        return core.reply_to(outcome, self.metrics.command_reply({}))
+
+    def shutdown_command(self, connection: MarkdProtocol) -> None:
+        # As mongocryptd: no reply, the daemon exits (markd still answers what other clients had sent).
+        log.info("terminating, shutdown command received", extra={"attr": {"conn": connection.info.connection_id}})
+        connection.close()
+        self.request_shutdown("shutdown command")
+
+    def handle_frame(self, frame: bytes, connection: ConnectionInfo) -> bytes | None:
+        """One frame in, the reply frame (or None) out, in line: for tests and tools without sockets."""
+        self.last_activity = time.monotonic()
+        outcome = core.process_frame(frame, connection, self.dispatcher)
+        self.record(outcome, connection)
+        if outcome.close_reason is not None:
+            raise ProtocolError(outcome.close_reason)
+        if outcome.shutdown:
+            self.request_shutdown("shutdown command")
+            return None
+        if outcome.needs_server:
+            outcome = self.answer_here(outcome)
+        return outcome.reply
+
+    def resource_snapshot(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            "inFlight": {"bytes": self.budget.used, "peakBytes": self.budget.peak, "limitBytes": self.budget.limit,
+                         "waiting": self.budget.waiting, "waits": self.budget.waits},
+            "connectionLimit": {"maxConns": self.max_conns, "evicted": self.evicted, "refused": self.refused},
+            "analysisProcesses": {"running": pool.processes if pool else 0, "started": pool.started if pool else 0,
+                                  "recycled": pool.recycled if pool else 0, "requests": self.offloaded},
+        }
+
+    async def _sweep(self) -> None:
+        """Replies drain without telling us: recount them now and then (and give memory back when idle)."""
+        trimmed = True
+        while True:
+            await asyncio.sleep(_BUDGET_SWEEP_SECS)
+            for connection in list(self.reply_watch):
+                connection.sync_reply_held()
+            if self.budget.used > INLINE_MAX_BYTES * 64:
+                trimmed = False
+            elif not trimmed and self.budget.used == 0:
+                memory.trim()
+                trimmed = True
 
     # lifecycle ---------------------------------------------------------------------------------
     def request_shutdown(self, reason: str = "shutdown command") -> None:
@@ -299,6 +666,9 @@ class MarkdServer:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        memory.tune_allocator()
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), limits.RECURSION_LIMIT))
+        cache.configure(max_bytes=settings.schema_cache_mb * 1024 * 1024)
         # Before anything listens: a signal that arrives once a client can connect must mean a clean stop.
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_shutdown, signal.Signals(signum).name)
@@ -318,6 +688,7 @@ class MarkdServer:
                     server = await loop.create_server(
                         lambda: MarkdProtocol(self), host=address, port=settings.port, family=family,
                         reuse_address=True, ssl=ssl_context, backlog=1024,
+                        ssl_handshake_timeout=settings.tls_handshake_timeout_secs if ssl_context else None,
                     )
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
@@ -328,7 +699,7 @@ class MarkdServer:
                 self.servers.append(await self._listen_unix(settings.socket_path))
             if settings.metrics_port is not None:
                 self.servers.append(await loop.create_server(
-                    lambda: MetricsHttpProtocol(self.metrics), host=settings.listen_addresses[0],
+                    lambda: MetricsHttpProtocol(self.metrics), host=settings.metrics_bind_ip,
                     port=settings.metrics_port, reuse_address=True))
         except BaseException:
             self._close_listeners()
@@ -342,6 +713,11 @@ class MarkdServer:
             if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
                 log.warning("listening on a non-loopback address: anyone who can reach it can use this daemon",
                             extra={"attr": {"address": address, "tls": settings.tls_mode}})
+        for address in self.metrics_addresses:
+            if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+                log.warning("metrics port on a non-loopback address: anyone who can reach it can read markd's "
+                            "metrics", extra={"attr": {"address": address, "port": settings.metrics_port}})
+        self._sweeper = asyncio.create_task(self._sweep())
 
     @property
     def bound_addresses(self) -> list[str]:
@@ -349,6 +725,12 @@ class MarkdServer:
         return [str(sock.getsockname()[0]) for server in self.servers for sock in server.sockets
                 if sock.family in (socket.AF_INET, socket.AF_INET6)
                 and sock.getsockname()[1] != self.settings.metrics_port]
+
+    @property
+    def metrics_addresses(self) -> list[str]:
+        return [str(sock.getsockname()[0]) for server in self.servers for sock in server.sockets
+                if sock.family in (socket.AF_INET, socket.AF_INET6)
+                and self.settings.metrics_port is not None and sock.getsockname()[1] == self.settings.metrics_port]
 
     @property
     def bound_port(self) -> int:
@@ -394,6 +776,8 @@ class MarkdServer:
             "version": markd.__version__, "pid": os.getpid(), "port": self.bound_port,
             "addresses": ",".join(self.settings.listen_addresses), "unixSocket": self.socket_path or "",
             "idleShutdownTimeoutSecs": self.settings.idle_shutdown_secs,
+            "maxConns": self.max_conns, "inFlightBudgetMB": self.settings.in_flight_budget_mb,
+            "analysisProcesses": self.settings.analysis_processes,
             "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or ""}})
         notify_systemd("READY=1", f"STATUS=serving on port {self.bound_port}", f"MAINPID={os.getpid()}")
         await self._stop.wait()
@@ -422,11 +806,15 @@ class MarkdServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _DRAIN_SECS
         await asyncio.sleep(_GRACE_SECS)
-        while loop.time() < deadline and any(connection.busy for connection in self.connections):
+        while loop.time() < deadline and any(connection.pending_work for connection in self.connections):
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.pool is not None:
+            await self.pool.close()
         await self._wait_listeners_closed()
         if self.socket_path:
             with contextlib.suppress(OSError):

@@ -344,32 +344,23 @@ def test_tls_without_certificate_file_is_a_clear_startup_error():
 
 
 # limits and exposure ----------------------------------------------------------------------------
-def test_max_connections_refuses_extra_connections_only():
+def test_at_max_connections_the_longest_idle_connection_makes_room():
     with MarkdProcess(args=["--maxConns", "4"]) as daemon:
         held = [RawConnection(daemon.port) for _ in range(4)]
         try:
             for connection in held:
                 assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
-            with RawConnection(daemon.port) as extra:
-                assert extra.is_closed_by_peer(timeout=3)
-            for connection in held:  # the ones inside the limit are unharmed
+            for connection in held[1:]:  # held[0] is now the longest idle
                 assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
-            held.pop().close()
-            deadline_connection = None
-            for _ in range(50):  # the freed slot is reusable once markd has seen the close
-                candidate = RawConnection(daemon.port)
-                try:
-                    candidate.command({"ping": 1, "$db": "admin"})
-                    deadline_connection = candidate
-                    break
-                except (ConnectionError, OSError):
-                    candidate.close()
-            assert deadline_connection is not None
-            deadline_connection.close()
+            with RawConnection(daemon.port) as newcomer:
+                assert newcomer.command({"ping": 1, "$db": "admin"})["ok"] == 1  # admitted, not reset
+                assert held[0].is_closed_by_peer(timeout=5)  # the longest-idle one was closed for it
+                for connection in held[1:]:
+                    assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
         finally:
             for connection in held:
                 connection.close()
-        assert "too many open connections" in daemon.log_text()
+        assert "closed the longest-idle one to admit a new one" in daemon.wait_for_log("longest-idle")
 
 
 def test_oversized_document_in_a_readable_frame_is_an_error_reply():

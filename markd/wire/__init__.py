@@ -9,6 +9,7 @@ from markd.wire.codec import (
     ProtocolError,
     encode_op_msg,
     encode_op_reply,
+    frame_cost,
     parse_message,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "ProtocolError",
     "encode_op_msg",
     "encode_op_reply",
+    "frame_cost",
     "parse_message",
 ]

@@ -17,7 +17,7 @@ import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON
 
-from markd import bsonvalues
+from markd import bsonvalues, limits
 from markd.errors import CommandError
 from markd.wire.crc32c import crc32c
 
@@ -92,6 +92,26 @@ def read_header(header: bytes | memoryview) -> tuple[int, int, int, int]:
     return length, request_id, response_to, op_code
 
 
+_COMPRESSED_PREFIX = struct.Struct("<iiB")  # originalOpcode, uncompressedSize, compressorId
+
+
+def frame_cost(header: bytes | bytearray | memoryview) -> int | None:
+    """The memory a frame will take, from its first bytes: its length, and for OP_COMPRESSED also its
+    declared uncompressed size (both exist while it inflates). None until enough bytes are there.
+    ProtocolError for a declared size no message may have, before a byte of it is inflated."""
+    if len(header) < HEADER_SIZE:
+        return None
+    length, _, _, op_code = read_header(header[:HEADER_SIZE])
+    if op_code != OP_COMPRESSED:
+        return length
+    if len(header) < HEADER_SIZE + _COMPRESSED_PREFIX.size:
+        return None if length >= HEADER_SIZE + _COMPRESSED_PREFIX.size else length
+    uncompressed_size = _COMPRESSED_PREFIX.unpack_from(header, HEADER_SIZE)[1]
+    if uncompressed_size < 0 or uncompressed_size + HEADER_SIZE > MAX_MESSAGE_SIZE:
+        raise ProtocolError("OP_COMPRESSED uncompressedSize is invalid")
+    return length + HEADER_SIZE + uncompressed_size
+
+
 class FrameReader:
     """Accumulates stream bytes and hands out whole frames."""
 
@@ -104,6 +124,10 @@ class FrameReader:
     def pending(self) -> int:
         """Bytes received that do not yet form a whole frame."""
         return len(self._buffer)
+
+    def head_cost(self) -> int | None:
+        """`frame_cost` of the frame being received, once its header is in."""
+        return frame_cost(self._buffer[: HEADER_SIZE + _COMPRESSED_PREFIX.size]) if self._buffer else None
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
@@ -189,15 +213,26 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 raise ValueError(f"Unknown section kind {kind}")
         if body is None:
             raise ValueError("OP_MSG does not contain a body")
-        # One decode per section, which also validates every nested document and string.
+        # One decode per section, which also validates every nested document and string; then
+        # mongod's depth limit, per document as mongod reads them, before anything recurses into them.
         command = bsonvalues.decode(body)
+        limits.check_bson_depth(command, len(body))
         for name, section in sequences:
             if "." in name or name in command:
                 raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
-            command[name] = documents = bsonvalues.decode_sequence(section)
+            documents = bsonvalues.decode_sequence(section)
+            if len(section) >= limits.MIN_BYTES_TOO_DEEP:
+                for document in documents:
+                    limits.check_bson_depth(document)
+            command[name] = documents
             if not bsonvalues.has_duplicates(command) and any(map(bsonvalues.has_duplicates, documents)):
                 command = bsonvalues.DuplicateKeys(command, nested=True)
-    except (ValueError, InvalidBSON, struct.error, IndexError) as exc:
+    except CommandError as exc:
+        return OpMsg(request_id, flags, {}, exc)
+    except (ValueError, InvalidBSON, struct.error, IndexError, RecursionError) as exc:
+        if isinstance(exc, RecursionError) or (isinstance(exc, InvalidBSON) and "maximum recursion depth" in str(exc)):
+            # pymongo's decoder gives up on nesting deeper than the interpreter's recursion limit.
+            return OpMsg(request_id, flags, {}, limits.too_deep_error())
         return OpMsg(request_id, flags, {}, CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
 

@@ -127,7 +127,24 @@ class LoadReport:
 
 
 def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """markd's open TCP sockets (its listener and its client connections). Its analysis processes'
+    channels (socket pairs, which come and go with large requests, not with clients) are not counted."""
+    tcp_inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as lines:
+                tcp_inodes.update(line.split()[9] for line in list(lines)[1:] if len(line.split()) > 9)
+        except OSError:
+            continue
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in tcp_inodes:
+            count += 1
+    return count
 
 
 def rss_kib(pid: int) -> int:

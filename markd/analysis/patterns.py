@@ -1,0 +1,151 @@
+"""Rule patterns (`patternProperties`): compiled once, searched in bounded time.
+
+Engine choice. mongocryptd compiles these with PCRE2 and searches field names with them. A
+backtracking engine (Python's `re`, PCRE without its match limit) takes exponential time on patterns
+such as `^(a+)+$`, and one rule would stall every client. So:
+
+- RE2 (`google-re2`) first: linear in the field name's length whatever the pattern, so a search can
+  never explode. For ordinary patterns it agrees with PCRE2 as mongod builds it (UTF-8 on, Unicode
+  properties off): `\\d`, `\\w`, `\\s` and `\\b` are ASCII-only in both (Python's `re` makes them
+  Unicode), `\\z`, `\\A`, `\\Q...\\E` and POSIX classes work in both (Python's `re` rejects `\\z` and
+  `\\Q`). One known difference: RE2's `$` does not match before a final newline; PCRE's does.
+- `regex` (the PyPI package) for what RE2 refuses to compile but PCRE accepts (look-arounds,
+  backreferences, atomic groups, possessive quantifiers): a backtracking engine with a `timeout`.
+
+Either way a command gets at most `DEFAULT_LIMIT_SECS` of matching in total (the meter below); past it
+the command fails closed with a CommandError, as PCRE2 fails a match that hits its match limit.
+The server can also arm a short *slice* meter: a command run on the event loop that overruns it
+raises `SliceExpired` so the server can rerun it off the loop (the analysis is pure, so rerunning is
+safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import re2
+import regex
+from re2 import _re2
+
+from markd.errors import CommandError
+
+# Matching time one command may spend on rule patterns, in total.
+DEFAULT_LIMIT_SECS = 1.0
+# PCRE2 refuses longer patterns ("pattern string is longer than the limit set by the application"):
+# mongod sets this limit, and RE2's compiled program stays small with it.
+MAX_PATTERN_LENGTH = 32764
+
+BAD_PATTERN_CODE = 51141  # Invalid regular expression in 'patternProperties'
+MATCH_LIMIT_CODE = 2  # BadValue: mongod's code for a value it cannot evaluate
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would print every rejected pattern on stderr
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked: no capture bookkeeping
+_UNANCHORED = re2._Anchor.UNANCHORED
+_NO_MATCH = (-1, -1)
+
+
+class SliceExpired(BaseException):
+    """The slice meter ran out: the server reruns the command off the event loop.
+
+    A BaseException so that no `except Exception` in the analysis can swallow it."""
+
+
+@dataclass
+class Meter:
+    """Matching time spent by one command, against its limit (and, on the loop, a slice)."""
+
+    limit: float = DEFAULT_LIMIT_SECS
+    slice: float | None = None
+    spent: float = 0.0
+
+    def charge(self, seconds: float) -> None:
+        self.spent += seconds
+        if self.slice is not None and self.spent > self.slice:
+            raise SliceExpired
+        if self.spent > self.limit:
+            raise CommandError(
+                MATCH_LIMIT_CODE,
+                "Regular expression matching in 'patternProperties' exceeded the limit of "
+                f"{self.limit * 1000:g} ms per command: PCRE error string: match limit exceeded")
+
+    def remaining(self) -> float:
+        bound = self.limit if self.slice is None else min(self.limit, self.slice)
+        return max(bound - self.spent, 0.0)
+
+
+_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("markd_pattern_meter", default=None)
+
+
+@contextlib.contextmanager
+def metered(limit: float = DEFAULT_LIMIT_SECS, slice_secs: float | None = None) -> Iterator[Meter]:
+    """Run one command under a fresh meter (the server wraps each command in this)."""
+    meter = Meter(limit, slice_secs)
+    token = _meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _meter.reset(token)
+
+
+def _current_meter() -> Meter:
+    # A caller that set no meter (a unit test, an embedding) still gets the bound, per search.
+    return _meter.get() or Meter()
+
+
+@dataclass(frozen=True, slots=True)
+class RulePattern:
+    """A compiled rule pattern; `search(name)` says whether it matches anywhere in `name`."""
+
+    pattern: str
+    _re2: Any = field(compare=False, repr=False, default=None)
+    _fallback: Any = field(compare=False, repr=False, default=None)
+
+    @property
+    def engine(self) -> str:
+        return "re2" if self._re2 is not None else "regex"
+
+    def search(self, name: str) -> bool:
+        meter = _current_meter()
+        started = time.perf_counter()
+        if self._re2 is not None:
+            encoded = name.encode("utf-8", "surrogatepass")
+            found = self._re2.Match(_UNANCHORED, encoded, 0, len(encoded))[0] != _NO_MATCH
+        else:
+            try:
+                found = self._fallback.search(name, timeout=max(meter.remaining(), 1e-6)) is not None
+            except TimeoutError:
+                found = False
+                meter.charge(meter.limit + 1.0)  # raises: the bound was hit
+        meter.charge(time.perf_counter() - started)
+        return found
+
+
+def compile_pattern(pattern: str) -> RulePattern:
+    """Compile a `patternProperties` key; CommandError 51141 when no engine (and not PCRE) accepts it."""
+    if len(pattern.encode("utf-8", "surrogatepass")) > MAX_PATTERN_LENGTH:
+        _bad(pattern, "pattern string is longer than the limit set by the application")
+    compiled = _re2.RE2(pattern.encode("utf-8", "surrogatepass"), _RE2_OPTIONS)
+    if compiled.ok():
+        return RulePattern(pattern, _re2=compiled)
+    try:
+        fallback = regex.compile(pattern, regex.VERSION0 | regex.ASCII)
+    except (regex.error, ValueError, OverflowError) as problem:
+        # The message markd has always given: the `re` module's description of the problem.
+        try:
+            re.compile(pattern)
+        except re.error as described:
+            _bad(pattern, str(described))
+        _bad(pattern, str(problem))
+    return RulePattern(pattern, _fallback=fallback)
+
+
+def _bad(pattern: str, error: str) -> NoReturn:
+    raise CommandError(BAD_PATTERN_CODE,
+                       f"Invalid regular expression in 'patternProperties': {pattern} PCRE error string: {error}")

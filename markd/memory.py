@@ -1,0 +1,36 @@
+"""Give freed memory back to the system (glibc), so RSS falls back once a burst of large requests ends.
+
+glibc serves large allocations with mmap and returns them on free, but by default it raises that
+threshold to the size of the last large block freed (up to 32 MB): after one 20 MB request, later
+20 MB buffers come from the heap and stay resident. A fixed threshold keeps every large buffer an
+mmap; `trim` hands back what the heap still holds. Both are no-ops without glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 256 * 1024
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _libc.mallopt  # noqa: B018 - probe: glibc only
+    _libc.malloc_trim  # noqa: B018
+except (OSError, AttributeError):
+    _libc = None
+
+
+def tune_allocator() -> bool:
+    """Fix glibc's mmap threshold (large buffers always mmapped, so freeing them frees memory)."""
+    if _libc is None:
+        return False
+    return bool(_libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def trim() -> bool:
+    """Return the heap's free memory to the system."""
+    if _libc is None:
+        return False
+    return bool(_libc.malloc_trim(0))
