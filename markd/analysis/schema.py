@@ -261,8 +261,9 @@ def leaves(current: SchemaNode, prefix: str = "") -> Iterator[tuple[str, Encrypt
             yield from leaves(sub, paths.join(prefix, name))
 
 
-# Paths remembered per parsed schema; bounded, as paths come from clients.
-_MEMO_LIMIT = 4096
+# Paths remembered per parsed schema; bounded (count and length), as paths come from clients.
+_MEMO_LIMIT = 1024
+_MEMO_PATH_LIMIT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,7 @@ class Schema:
         found = self._answers.get(path)
         if found is None:
             found = lookup(self.root, path)
-            if len(self._answers) < _MEMO_LIMIT and len(path) <= 1024:
+            if len(self._answers) < _MEMO_LIMIT and len(path) <= _MEMO_PATH_LIMIT:
                 self._answers[path] = found
         return found
 

@@ -9,7 +9,6 @@ Parsed trees are cached by the schema's BSON bytes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from markd import bsonvalues
 from markd.analysis.csfle.errors import fail
 from markd.analysis.patterns import RulePattern, compile_pattern
 from markd.analysis.schema import Encryption, Schema, SchemaNode, node
+from markd.cache import ByteLRU
 
 DETERMINISTIC_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
 RANDOM_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Random"
@@ -87,9 +87,10 @@ class Encrypted(Encryption):
 
 # -- parsing -------------------------------------------------------------------------------------------
 
-_CACHE: OrderedDict[bytes, Schema] = OrderedDict()
-_CACHE_SIZE = 256
-_STATS = {"hits": 0, "misses": 0}
+# Parsed schemas by their bytes, bounded by entries and bytes (--schemaCacheMB): a parsed tree costs
+# about what its source does, a few times over.
+_CACHE: ByteLRU[bytes, Schema] = ByteLRU()
+PARSED_COST = 4
 
 
 def parse(schema: Mapping[str, Any], remote: bool) -> Schema:
@@ -100,20 +101,15 @@ def parse(schema: Mapping[str, Any], remote: bool) -> Schema:
     key = bsonvalues.encode({"s": schema, "r": remote})
     cached = _CACHE.get(key)
     if cached is not None:
-        _STATS["hits"] += 1
-        _CACHE.move_to_end(key)
         return cached
-    _STATS["misses"] += 1
     _check_json_schema(schema)
     parsed = Schema(_build(schema, remote, allow_encrypt=True, inherited={}, top_level=True), remote)
-    _CACHE[key] = parsed
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    _CACHE.put(key, parsed, PARSED_COST * len(key))
     return parsed
 
 
 def cache_stats() -> tuple[int, int]:
-    return _STATS["hits"], _STATS["misses"]
+    return _CACHE.hits, _CACHE.misses
 
 
 def _subschemas(schema: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -12,7 +12,6 @@ import decimal
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from bson import Decimal128, Int64
@@ -23,6 +22,7 @@ from markd import bsonvalues
 from markd.analysis import paths
 from markd.analysis.qe.errors import error
 from markd.analysis.schema import EMPTY, Encryption, Schema, SchemaNode, leaf, node
+from markd.cache import ByteLRU
 
 UNINDEXED, EQUALITY, RANGE, TEXT = 1, 2, 3, 4
 
@@ -415,11 +415,12 @@ class EncryptionInformation:
         return found
 
 
-_stats = {"hits": 0, "misses": 0}
+# Parsed encryptionInformation by its bytes, bounded by entries and bytes (--schemaCacheMB).
+_CACHE: ByteLRU[bytes, EncryptionInformation] = ByteLRU()
+PARSED_COST = 4
 
 
-@lru_cache(maxsize=256)
-def _parse_cached(encoded: bytes) -> EncryptionInformation:
+def _parse(encoded: bytes) -> EncryptionInformation:
     raw = bsonvalues.decode(encoded)["i"]
     if not isinstance(raw, Mapping):
         raise error("INFO_NOT_OBJECT")
@@ -442,17 +443,15 @@ def parse_encryption_information(raw: Any) -> EncryptionInformation:
         # Checked before the cache: its key is the document re-encoded, where a repeated name is gone.
         _refuse_duplicates(raw)
     encoded = bsonvalues.encode({"i": raw})
-    before = _parse_cached.cache_info().hits
-    parsed = _parse_cached(encoded)
-    if _parse_cached.cache_info().hits > before:
-        _stats["hits"] += 1
-    else:
-        _stats["misses"] += 1
+    parsed = _CACHE.get(encoded)
+    if parsed is None:
+        parsed = _parse(encoded)
+        _CACHE.put(encoded, parsed, PARSED_COST * len(encoded))
     return parsed
 
 
 def cache_stats() -> tuple[int, int]:
-    return _stats["hits"], _stats["misses"]
+    return _CACHE.hits, _CACHE.misses
 
 
 def _refuse_duplicates(information: Mapping[str, Any]) -> None:
