@@ -49,6 +49,10 @@ class CommandError(Exception):
         self.code_name = code_name_ or code_name(code)
         # The message with every value from the command replaced by its type (--redactErrors).
         self.redacted = errmsg if redacted is None else redacted
+        # Which rule refused, and the names it refused (a path, an operator, a stage): set by the
+        # analysis for explanations and logs; never a value.
+        self.rule: str | None = None
+        self.names: dict[str, str] = {}
 
     def to_reply(self, redact: bool = False) -> dict[str, object]:
         return {"ok": 0.0, "errmsg": self.redacted if redact else self.errmsg, "code": self.code,

@@ -155,13 +155,21 @@ def error(key: str, /, table: dict[str, tuple[int, str]] | None = None, **fields
     """The CommandError for `key`, from `table` when it has the key, else from the shared table."""
     code, template = (table or {}).get(key) or ERRORS[key]
     if not fields:
-        return CommandError(code, template)
-    message = template.format(**fields)
-    if not any(isinstance(value, Quoted) for value in fields.values()):
-        return CommandError(code, message)
-    redacted = template.format(**{name: value.redacted if isinstance(value, Quoted) else value
-                                  for name, value in fields.items()})
-    return CommandError(code, message, redacted=redacted)
+        refusal = CommandError(code, template)
+    elif not any(isinstance(value, Quoted) for value in fields.values()):
+        refusal = CommandError(code, template.format(**fields))
+    else:
+        redacted = template.format(**{name: value.redacted if isinstance(value, Quoted) else value
+                                      for name, value in fields.items()})
+        refusal = CommandError(code, template.format(**fields), redacted=redacted)
+    refusal.rule = key
+    refusal.names = {name: value for name, value in fields.items() if isinstance(value, str) and name in NAME_FIELDS}
+    return refusal
+
+
+# Message fields that name things (never values): what explanations and logs may repeat.
+NAME_FIELDS = frozenset({"path", "op", "stage", "field", "local", "foreign", "source", "target", "name", "keyword",
+                         "bound", "ns", "namespace", "a", "b", "type", "command"})
 
 
 def fail(key: str, /, **fields: object) -> NoReturn:
