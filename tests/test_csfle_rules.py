@@ -283,7 +283,7 @@ REFUSED: list[tuple[str, dict[str, Any], dict[str, Any] | None, bool, int, str]]
     ("expr-different-encryptions", {"find": "coll", "filter": {"$expr": {"$eq": ["$ssn", "$age"]}}}, None, False,
      31100, "encryption algorithm for field 'age' does not match the algorithm of 'ssn'"),
     ("expr-evaluation-compared", {"find": "coll", "filter": {"$expr": {"$eq": ["$ssn", {"$concat": ["a", "b"]}]}}},
-     None, False, 31117, "Result of evaluating $concat forbidden from being compared to encrypted fields"),
+     None, False, 31117, "Result of evaluating string concatination forbidden from being compared to encrypted fields"),
     ("expr-root-compared", {"find": "coll", "filter": {"$expr": {"$eq": ["$$ROOT", {}]}}}, None, False, 31121,
      "Access to variable ROOT disallowed"),
     ("expr-prefix-compared", {"find": "coll", "filter": {"$expr": {"$eq": ["$doc", {}]}}}, None, False, 31131,

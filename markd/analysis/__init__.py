@@ -120,7 +120,18 @@ def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database
     return result, requires and analysis.placeholders > 0, requires
 
 
-def _explain(command: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
+# mongocryptd's explain wants the rules beside `explain`, never inside the explained command.
+INNER_RULES_REFUSED = {
+    "jsonSchema": (30050, "In an explain command the jsonSchema field must be top-level and not inside the command "
+                          "being explained."),
+    "isRemoteSchema": (31103, "In an explain command the isRemoteSchema field must be top-level and not inside the "
+                              "command being explained."),
+    "encryptionInformation": (6365900, "In an explain command the encryptionInformation field must be top-level and "
+                                       "not inside the command being explained."),
+}
+
+
+def _explain(command: Mapping[str, Any], in_process: bool) -> tuple[dict[str, Any], bool, bool]:
     from markd.analysis import commands
 
     inner = command.get("explain")
@@ -134,6 +145,11 @@ def _explain(command: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
         if explained in commands.COMMANDS:
             raise CommandError(20, f"Command does not support explain: {explained}")
         raise CommandError(59, f"Explain failed due to unknown command: {explained}", "CommandNotFound")
+    if not in_process:
+        for field in inner:
+            refused = INNER_RULES_REFUSED.get(field)
+            if refused is not None:
+                raise CommandError(*refused)
     database = str(inner.get("$db", command.get("$db", "")))
     rule_fields = (*CSFLE_FIELDS, QE_FIELD)
     parameters = {**{k: v for k, v in inner.items() if k in rule_fields},
@@ -153,10 +169,14 @@ def _explain(command: Mapping[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     return outer, marked, requires
 
 
-def mark_command(command: Mapping[str, Any]) -> dict[str, Any]:
-    """The reply to a marking command: {hasEncryptionPlaceholders, schemaRequiresEncryption, result, ok}."""
+def mark_command(command: Mapping[str, Any], *, in_process: bool = False) -> dict[str, Any]:
+    """The reply to a marking command: {hasEncryptionPlaceholders, schemaRequiresEncryption, result, ok}.
+
+    `in_process`: asked through the shared library, where libmongocrypt puts Queryable Encryption's
+    rules inside an explained command (for the daemon it puts them beside it).
+    """
     if next(iter(command), "") == "explain":
-        result, marked, requires = _explain(command)
+        result, marked, requires = _explain(command, in_process)
     else:
         result, marked, requires = _analyse(command, command, str(command.get("$db", "")))
     result.pop("$db", None)

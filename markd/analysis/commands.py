@@ -557,6 +557,10 @@ def analyse(command: Mapping[str, Any], name: str, scheme: Scheme, rules: Rules,
             ) -> tuple[dict[str, Any], Analysis]:
     """The command with every field analysed by its role (rule fields removed), in its own order."""
     fields = COMMANDS[name]
+    collection = command.get(name)
+    if name not in ("aggregate", "bulkWrite") and not isinstance(collection, str):
+        # mongod's parse of the namespace (aggregate may be 1: a collection-less pipeline).
+        raise CommandError(73, f"collection name has invalid type {_type(collection)}", "InvalidNamespace")
     stripped = {key: value for key, value in command.items() if key not in rules.stripped and key != "$db"}
     check_fields({key: value for key, value in command.items() if key not in RULE_FIELDS and key != name},
                  fields, name, generic=True)

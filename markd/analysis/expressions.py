@@ -173,19 +173,14 @@ def analyse(expression: Any, scope: Scope) -> tuple[Any, Value]:
 
 
 def object_literal(expression: Mapping[str, Any], scope: Scope) -> tuple[Any, Value]:
-    """`{a: <expr>, b: <expr>}`: a document whose fields hold what their expressions yield."""
+    """`{a: <expr>, b: <expr>}`: mongocryptd evaluates what goes into an object it forms: no encrypted value may."""
     fields: dict[str, Any] = {}
-    built = EMPTY
-    constants: list[dict[str, Any]] = []
     for name, item in expression.items():
         if name.startswith("$"):
             raise CommandError(16410, "FieldPath field names may not start with '$'. Consider using $getField or "
                                       "$setField.")
-        fields[name], value = analyse(item, scope)
-        scope.scheme.forwards(value, OBJECT_FORMATION, scope)
-        built = with_child(built, name, value.node)
-        constants.extend(value.constants)
-    return fields, Value(DOCUMENT, built, "", tuple(constants))
+        fields[name] = evaluated(item, scope, OBJECT_FORMATION)
+    return fields, Value(DOCUMENT, source=OBJECT_FORMATION)
 
 
 def evaluated(expression: Any, scope: Scope, op: str) -> Any:
@@ -253,10 +248,10 @@ def _participant(value: Value, expression: Any = None) -> Participant:
     if value.kind == CONSTANT:
         return Participant(CONSTANT, value, value.constants[0])
     if value.kind == BOUND:
-        return Participant(BOUND, value, reason=f"variable {value.source}")
-    if value.kind == COMPUTED and not value.may_hold_encryption:
-        reason = value.source or (next(iter(expression)) if is_operator_object(expression) else "an expression")
-        return Participant(COMPUTED, value, reason=reason)
+        return Participant(BOUND, value, reason=f"the command variable $${value.source}")
+    if value.kind in (COMPUTED, DOCUMENT) and not value.may_hold_encryption:
+        op = value.source or (next(iter(expression)) if is_operator_object(expression) else "an expression")
+        return Participant(COMPUTED, value, reason=reason(op))
     return Participant(value.kind, value)
 
 
@@ -318,7 +313,7 @@ FORWARDING_PARTICIPANTS: dict[str, Callable[[Any, Scope], tuple[Any, list[Partic
 }
 
 ARRAY_LITERAL = "formation of an array literal"
-OBJECT_FORMATION = "formation of an object"
+OBJECT_FORMATION = "formation of an object literal"
 _MISSING = object()
 
 
@@ -338,8 +333,20 @@ def _arguments(argument: Any) -> list[Any]:
     return argument if isinstance(argument, list) else [argument]
 
 
+DATE_PARTS = frozenset({"$year", "$month", "$dayOfMonth", "$dayOfWeek", "$dayOfYear", "$hour", "$minute", "$second",
+                        "$millisecond", "$week", "$isoWeek", "$isoWeekYear", "$isoDayOfWeek"})
+
+
 def evaluate_all(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
     """The default: every argument is evaluated; the result holds nothing encrypted."""
+    if op in DATE_PARTS and not (is_document(argument) and not is_operator_object(argument)):
+        # mongod parses `{$year: <date>}` as `{$year: {date: <date>}}` and writes that form back.
+        if isinstance(argument, list):
+            if len(argument) != 1:
+                raise CommandError(16020, f"Expression {op} takes exactly 1 arguments. {len(argument)} were passed "
+                                          "in.")
+            argument = argument[0]
+        argument = {"date": argument}
     if is_document(argument) and not is_operator_object(argument) and op in OBJECT_ARGUMENTS:
         body: Any = {name: evaluated(item, scope, op) for name, item in argument.items()}
     else:

@@ -206,12 +206,9 @@ def _group_key(key: Any, path: str, scope: Scope) -> tuple[Any, SchemaNode]:
             fields[name], child = _group_key(item, paths.join(path, name), scope)
             out = with_path(out, name, child)
         return fields, out
-    expression, value = expressions.analyse(key, scope)
-    expressions.check_output(value, scope)
-    node = scope.scheme.grouped(value, path, scope)
-    if node.may_hold_random:
-        scope.fail("group_key", path=path)
-    return expression, node
+    # A group key is compared (documents group by equal keys): its schema is its output schema,
+    # and constants it may be are marked as what they are compared with.
+    return scope.scheme.compared_output(key, scope, lambda: scope.fail("group_key", path=path))
 
 
 def accumulator(field: str, spec: Any, scope: Scope, group_key_encrypted: bool) -> tuple[Any, SchemaNode, Value]:
@@ -238,6 +235,12 @@ def accumulator(field: str, spec: Any, scope: Scope, group_key_encrypted: bool) 
             else:
                 body[name] = expressions.evaluated(item, scope, op)
         serialized: Any = {op: body}
+    elif op == "$addToSet":
+        # A set is built by comparing values: the argument is compared, as a group key is.
+        inner, node = scope.scheme.compared_output(argument, scope.without_comparisons(),
+                                                   lambda: scope.fail("add_to_set", field=field))
+        serialized = {op: inner}
+        value = Value(expressions.FORWARDED, node, field)
     else:
         inner, value = expressions.analyse(argument, scope.without_comparisons())
         serialized = {op: inner}
@@ -316,7 +319,7 @@ def _count(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     if "." in spec:
         _fail(40160, "the count field cannot contain '.'")
     stages = [{"$group": {"_id": {"$const": None}, spec: {"$sum": {"$const": 1}}}},
-              {"$project": {"_id": False, spec: True}}]
+              {"$project": {spec: True, "_id": False}}]
     return stages, with_path(EMPTY, spec, EMPTY)
 
 
@@ -366,7 +369,7 @@ def _unwind(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
             _fail(28811, f"unrecognized option to $unwind stage: {option}")
     current = scope.current
     metadata = lookup(current, path[1:]) if current.may_hold_encryption else NOT_ENCRYPTED
-    if metadata is UNKNOWN:
+    if metadata is UNKNOWN and not scope.scheme.unwinds_unknown:
         scope.fail("unwind_unknown", path=path[1:])
     if is_encrypted(metadata) and metadata.randomized:
         scope.fail("unwind_encrypted", path=path[1:])

@@ -9,7 +9,7 @@ know what to do refuses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from bson.binary import Binary
@@ -42,6 +42,9 @@ class Scheme:
 
     name = "scheme"
     errors: dict[str, tuple[int, str]] = {}
+    # mongocryptd's FLE1 analysis refuses to unwind an array of unknown encryption (51203); FLE2's keeps
+    # it unknown, and refuses its later use.
+    unwinds_unknown = True
     # Expression operators whose rule differs for this scheme (e.g. QE's range `$and`).
     expression_rules: Mapping[str, Rule] = {}
 
@@ -89,9 +92,16 @@ class Scheme:
         """The schema of a computed (or, `renamed`, moved by name) projection field."""
         return value.node
 
-    def grouped(self, value: Value, path: str, scope: Scope) -> SchemaNode:
-        """The schema of a group key field."""
-        return value.node
+    def compared_output(self, expression: Any, scope: Scope, random: Callable[[], NoReturn]) -> tuple[Any, SchemaNode]:
+        """A value that is compared and passed on (a group key, an $addToSet argument): its serialization and
+        schema; `random` refuses it when it may hold randomly encrypted (or unknown) values."""
+        from markd.analysis import expressions
+
+        serialized, value = expressions.analyse(expression, scope)
+        expressions.check_output(value, scope)
+        if value.node.may_hold_random:
+            random()
+        return serialized, value.node
 
     def accumulated(self, op: str, value: Value, field: str, scope: Scope) -> SchemaNode:
         """The schema of what an accumulator's argument yields."""

@@ -34,7 +34,7 @@ from markd.analysis.match import (
     true_value,
 )
 from markd.analysis.ordering import sorted_set
-from markd.analysis.schema import PREFIX, UNKNOWN, Encryption, Metadata, shape, subtree
+from markd.analysis.schema import EMPTY, PREFIX, UNKNOWN, Encryption, Metadata, SchemaNode, leaf, shape, subtree
 from markd.analysis.scheme import Rules, Scheme
 
 
@@ -51,6 +51,7 @@ class Csfle(Scheme):
     renames_encrypted = True
     joins_encrypted = True
     multi_updates = True
+    unwinds_unknown = False
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -111,7 +112,35 @@ class Csfle(Scheme):
 
     # -- pipelines -----------------------------------------------------------------------------
 
+    def compared_output(self, expression: Any, scope: Scope, random: Any) -> tuple[Any, SchemaNode]:
+        """mongocryptd walks a group key as a compared subtree: fields one deterministic encryption (or
+        none), constants among the values it may be marked with it; its schema is that encryption."""
+        serialized, found = expressions.participants(expression, scope)
+        state = _Compared(scope)
+        constants: list[Participant] = []
+        for participant in found:
+            if participant.kind == CONSTANT:
+                constants.append(participant)
+            elif participant.kind in (expressions.COMPUTED, expressions.BOUND):
+                state.evaluation(participant.reason)
+            else:
+                expressions.check_output(participant.value, scope)
+                if participant.value.node.may_hold_random:
+                    random()
+                state.reference(participant.value)
+        if not isinstance(state.encryption, Encrypted):
+            return serialized, EMPTY
+        for participant in constants:
+            assert participant.hole is not None
+            participant.hole["$const"] = SCHEME.mark_equality(state.encryption, participant.constant,
+                                                              state.fields[0], scope)
+        return serialized, leaf(state.encryption)
+
     # -- create, collMod, createIndexes ----------------------------------------------------------
+
+    def same_encryption(self, after: SchemaNode, before: SchemaNode) -> bool:
+        # mongocryptd compares the whole tree: an update pipeline may not add a field the schema lacks (31146).
+        return after == before
 
     def check_bulk_write(self, command: Any) -> None:
         command.analysis.fail("bulk_write_csfle")

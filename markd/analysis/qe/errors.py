@@ -216,6 +216,10 @@ ERRORS: dict[str, tuple[int, str]] = {
         31026, "Distinct key is not allowed to be marked for encryption with the randomized encryption algorithm"
     ),
     "MALFORMED": (9, "{detail}"),
+    "COMPARE_UNINDEXED": (
+        31158,
+        "Comparison disallowed between fields where one is randomly encrypted; field '{path}' is randomly encrypted.",
+    ),
     "DUPLICATE_FIELD": (40413, "BSON field '{field}' is a duplicate field"),
     "ADD_BELOW_ENCRYPTED": (51096, "Cannot add a field to an existing encrypted field"),
     "BOTH_SCHEMAS_MULTI": (9686708, "Cannot specify both jsonSchema and encryptionInformation"),

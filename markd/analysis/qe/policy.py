@@ -21,7 +21,7 @@ from markd.analysis.expressions import COMPUTED, VARIABLE, Value, is_document
 from markd.analysis.match import Leaf, Node, bad_value, in_list, is_regex, not_predicate, plain_leaf, render, true_value
 from markd.analysis.qe import placeholders, ranges, rules
 from markd.analysis.qe.errors import ERRORS, error
-from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, EncryptedField, is_nan
+from markd.analysis.qe.fields import EQUALITY, RANGE, TEXT, UNINDEXED, EncryptedField, is_nan
 from markd.analysis.schema import PREFIX, UNKNOWN_NODE, Encryption, Metadata, SchemaNode, leaves, lookup, subtree
 from markd.analysis.scheme import Rules, Scheme
 
@@ -334,8 +334,14 @@ def _expression_comparison(name: str, arguments: list[Any], scope: Scope) -> Any
     is_constant, value = _constant(constant_side)
     if not is_constant:
         raise error("NON_CONSTANT_COMPARISON", path=field.path)
-    if not scope.comparisons_allowed and field.algorithm in (EQUALITY, RANGE):
-        raise error("EXPR_CONTEXT")
+    if field.algorithm == UNINDEXED and name in ("$eq", "$ne"):
+        raise error("COMPARE_UNINDEXED", path=field.path)
+    if not scope.comparisons_allowed:
+        # Outside a filter's $expr: an equality field's reference is refused as any other (6331102); a range
+        # comparison cannot be rewritten there (7020507).
+        if field.algorithm == RANGE:
+            raise error("EXPR_CONTEXT")
+        raise error("EXPRESSION", path=field.path)
     if field.algorithm == EQUALITY:
         if name not in ("$eq", "$ne"):
             # An ordering comparison cannot use an equality index: the field reference itself is refused.
@@ -392,7 +398,7 @@ def _in_list(field: EncryptedField, values: Any, scope: Scope) -> Any:
     if not isinstance(values, list):
         raise error("EXPR_IN_CONSTANT")
     if not scope.comparisons_allowed:
-        raise error("EXPR_CONTEXT")
+        raise error("EXPRESSION", path=field.path)
     marked = []
     for value in values:
         is_constant, constant = _constant(value)
