@@ -156,10 +156,12 @@ def _explain(command: Mapping[str, Any], in_process: bool) -> tuple[dict[str, An
                   **{k: v for k, v in command.items() if k in rule_fields}}
     analysed: dict[str, Any] = {**{k: v for k, v in inner.items() if k != "$db"}, **parameters}
     if bsonvalues.has_duplicates(command):
-        repeated = getattr(inner, "duplicates", ()) or getattr(command, "duplicates", ())
-        if repeated:
-            raise CommandError(40413, f"BSON field '{explained if repeated is inner.duplicates else 'explain'}."
-                                      f"{repeated[0]}' is a duplicate field")
+        inner_repeated = getattr(inner, "duplicates", ())
+        outer_repeated = getattr(command, "duplicates", ())
+        if inner_repeated:
+            raise CommandError(40413, f"BSON field '{explained}.{inner_repeated[0]}' is a duplicate field")
+        if outer_repeated:
+            raise CommandError(40413, f"BSON field 'explain.{outer_repeated[0]}' is a duplicate field")
         analysed = bsonvalues.DuplicateKeys(analysed, nested=True)
     result, marked, requires = _analyse(analysed, analysed, database)
     outer: dict[str, Any] = {"explain": result, "verbosity": command.get("verbosity", DEFAULT_VERBOSITY)}

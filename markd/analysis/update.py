@@ -76,18 +76,16 @@ def _rename(op: str, fields: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
     return dict(fields)
 
 
-def _refused_where_encrypted(label: str, *, documents: bool = False
-                             ) -> Callable[[str, Mapping[str, Any], Scope], dict[str, Any]]:
-    """Operators that compute from the stored value: meaningless on ciphertext, refused on an encrypted
-    (or unknown) path.  Those whose operand may be a document (`documents`) could write or compare one
-    under an object holding encrypted fields, unencrypted: refused above an encrypted path too."""
+def _refused_where_encrypted(label: str) -> Callable[[str, Mapping[str, Any], Scope], dict[str, Any]]:
+    """Operators that compute from the stored value: meaningless on ciphertext, and their operand would
+    reach the server in the clear.  Refused at any path that is, holds or may hold encryption (at an
+    object above encrypted fields mongod would fail the operation anyway, after seeing the operand)."""
 
     def rule(op: str, fields: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
         for path in fields:
             if _check_positional(path, scope):
                 continue
-            metadata = _metadata(path, scope)
-            if is_encrypted(metadata) or metadata is UNKNOWN or (documents and metadata is PREFIX):
+            if _metadata(path, scope) is not NOT_ENCRYPTED:
                 scope.fail("update_op", op=label)
         return dict(fields)
 
@@ -102,15 +100,15 @@ MODIFIERS: dict[str, Modifier] = {
     "$rename": _rename,
     "$inc": _refused_where_encrypted("$inc and $mul"),
     "$mul": _refused_where_encrypted("$inc and $mul"),
-    "$max": _refused_where_encrypted("$max and $min", documents=True),
-    "$min": _refused_where_encrypted("$max and $min", documents=True),
-    "$addToSet": _refused_where_encrypted("$addToSet", documents=True),
+    "$max": _refused_where_encrypted("$max and $min"),
+    "$min": _refused_where_encrypted("$max and $min"),
+    "$addToSet": _refused_where_encrypted("$addToSet"),
     "$bit": _refused_where_encrypted("$bit"),
     "$currentDate": _refused_where_encrypted("$currentDate"),
     "$pop": _refused_where_encrypted("$pop"),
-    "$pullAll": _refused_where_encrypted("$pullAll", documents=True),
-    "$pull": _refused_where_encrypted("$pull", documents=True),
-    "$push": _refused_where_encrypted("$push", documents=True),
+    "$pullAll": _refused_where_encrypted("$pullAll"),
+    "$pull": _refused_where_encrypted("$pull"),
+    "$push": _refused_where_encrypted("$push"),
 }
 
 
