@@ -69,9 +69,16 @@ def to_json_schema(tree: dict[str, Any], top: bool = True) -> dict[str, Any]:
 
 
 def schema_allows(tree: dict[str, Any]) -> bool:
-    """Schemas mongocryptd refuses on their own (random _id) are not this property's subject."""
+    """Schemas mongocryptd refuses on their own (random encryption at or under the top-level _id) are not this
+    property's subject."""
+
+    def random_below(spec: Any) -> bool:
+        if spec[0] == "enc":
+            return spec[1] == RND
+        return any(random_below(child) for child in spec[1].values())
+
     spec = tree.get("_id")
-    return not (spec and spec[0] == "enc" and spec[1] == RND)
+    return not (spec and random_below(spec))
 
 
 @st.composite

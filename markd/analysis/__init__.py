@@ -79,6 +79,8 @@ def _scheme(command: Mapping[str, Any]) -> Any:
 
 
 def _namespace(command: Mapping[str, Any], name: str, database: str) -> str:
+    if name == "aggregate" and not isinstance(command.get(name), str):
+        return f"{database}.$cmd.aggregate"  # a collection-less pipeline ({aggregate: 1}), as mongod names it
     if name == "bulkWrite":
         infos = command.get("nsInfo")
         if isinstance(infos, list) and infos and isinstance(infos[0], Mapping) and isinstance(infos[0].get("ns"), str):

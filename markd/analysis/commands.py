@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from bson import Decimal128, Int64
+
 from markd import bsonvalues
-from markd.analysis import expressions, paths
+from markd.analysis import expressions, notation, paths
 from markd.analysis.context import Analysis, Scope, collation_is_simple
 from markd.analysis.documents import check_inserted, mark_document
 from markd.analysis.errors import error
@@ -574,4 +576,39 @@ def analyse(command: Mapping[str, Any], name: str, scheme: Scheme, rules: Rules,
         if key == name or key in FIRST or key not in fields:
             continue
         result[key] = fields[key](key, value, state)
-    return result, analysis
+    rewrite = REWRITES.get(name)
+    return (rewrite(result) if rewrite is not None else result), analysis
+
+
+COUNT_ORDER = ("count", "query", "limit", "skip", "hint", "collation", "readConcern", "maxTimeMS", "$queryOptions",
+               "encryptionInformation")
+
+
+def _whole(value: Any, field: str) -> Int64:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal128)):
+        raise CommandError(2, f"{field} value is not a valid number")
+    number = value.to_decimal() if isinstance(value, Decimal128) else value
+    return Int64(int(number))
+
+
+def _count_result(result: dict[str, Any]) -> dict[str, Any]:
+    """count as mongod's CountCommandRequest writes itself back: its fields in its order, limit and skip as
+    64-bit integers (limit's absolute value), a hint given by name as `{$hint: name}`, `fields` dropped."""
+    values = dict(result)
+    values.pop("fields", None)
+    if "limit" in values:
+        values["limit"] = Int64(abs(_whole(values["limit"], "limit")))
+    if "skip" in values:
+        skip = _whole(values["skip"], "skip")
+        if skip < 0:
+            raise CommandError(9, f"Expected a non-negative number in: {notation.element('skip', values['skip'])}")
+        values["skip"] = skip
+    if isinstance(values.get("hint"), str):
+        values["hint"] = {"$hint": values["hint"]}
+    ordered = {key: values[key] for key in COUNT_ORDER if key in values}
+    ordered.update({key: value for key, value in values.items() if key not in ordered})
+    return ordered
+
+
+# Commands mongocryptd writes back from their parsed form rather than field by field.
+REWRITES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"count": _count_result}

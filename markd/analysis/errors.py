@@ -38,8 +38,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "prefix_in_output": (31129, "Referencing a prefix of an encrypted field is not supported"),
     "variable_in_output": (31127, "Access to variable {name} disallowed"),
     "add_below_encrypted": (51096, "Cannot add a field to an existing encrypted field"),
-    "unwind_unknown": (51203, "$unwind is not allowed on a field whose encryption properties are not known until "
-                              "runtime"),
     "group_key": (
         51222,
         "Cannot group on field '{path}' which is encrypted with the random algorithm or whose encryption "
@@ -133,6 +131,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "elem_match": (6890100, "$elemMatch is unsupported on encrypted fields: {expr}"),
     "invalid_on_encrypted": (51092, "Invalid match expression operator on encrypted field '{path}': {expr}"),
     "prefix_reference": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
+    "collation_compare": (
+        31054,
+        "cannot apply non-simple collation when comparing to element {element} with client-side encryption",
+    ),
     "variable": (31121, "Access to variable {name} disallowed"),
     "expression_arity": (16020, "Expression {op} takes exactly 2 arguments. {count} were passed in."),
 }

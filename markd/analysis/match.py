@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import Decimal128, Regex
-from bson.json_util import dumps
 
 from markd import bsonvalues
-from markd.analysis import expressions
+from markd.analysis import expressions, notation
 from markd.analysis.context import Scope
 from markd.analysis.errors import Quoted
 from markd.analysis.expressions import is_document
@@ -42,28 +41,18 @@ class Leaf:
     value: Any
     siblings: Mapping[str, Any]  # the other operators of the same field object ($options, $maxDistance...)
 
-    def render(self) -> str:
+    def render(self) -> Quoted:
         return render({self.path: {self.op: self.value}})
+
+    @property
+    def element_name(self) -> str:
+        """The name of the element holding the value, as the command wrote it: `{f: v}` or `{f: {$eq: v}}`."""
+        return self.path if self.op == "$eq" and "$eq" not in self.siblings else self.op
 
 
 def render(expression: Any) -> Quoted:
-    """A (sub)expression quoted in an error message (the types only, when errors are redacted)."""
-    try:
-        return Quoted(dumps(expression), dumps(_types_of(expression)))
-    except Exception:  # an exotic value must not hide the real error
-        return Quoted("<expression>", "<expression>")
-
-
-def _types_of(value: Any) -> Any:
-    """`value` with every scalar replaced by the name of its BSON type (keys, which name fields, kept)."""
-    if is_document(value):
-        return {key: _types_of(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_types_of(item) for item in value]
-    try:
-        return bsonvalues.bson_type(value)
-    except TypeError:
-        return "unknown"
+    """A (sub)expression quoted in an error message as mongod writes it (the types only, when redacted)."""
+    return notation.quoted(expression)
 
 
 def bad_value(message: str) -> CommandError:

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import ctypes.util
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -125,6 +128,50 @@ class RulePattern:
                 meter.charge(meter.limit + 1.0)  # raises: the bound was hit
         meter.charge(time.perf_counter() - started)
         return found
+
+
+def pcre_error(pattern: str) -> str | None:
+    """PCRE2's description of what is wrong with `pattern` (mongod compiles rules with PCRE2), or None when
+    it compiles; the engines' own description where the PCRE2 library is not on this machine."""
+    library = _pcre2()
+    if library is None:
+        try:
+            re.compile(pattern)
+        except re.error as problem:
+            return str(problem)
+        return None
+    encoded = pattern.encode("utf-8", "surrogatepass")
+    code, offset = ctypes.c_int(), ctypes.c_size_t()
+    compiled = library.pcre2_compile_8(encoded, len(encoded), _PCRE2_UTF, ctypes.byref(code), ctypes.byref(offset),
+                                       None)
+    if compiled:
+        library.pcre2_code_free_8(compiled)
+        return None
+    buffer = ctypes.create_string_buffer(256)
+    library.pcre2_get_error_message_8(code, buffer, len(buffer))
+    return buffer.value.decode("utf-8", "replace")
+
+
+_PCRE2_UTF = 0x00080000
+
+
+@functools.lru_cache(maxsize=1)
+def _pcre2() -> Any:
+    """libpcre2-8 through ctypes, or None (only its error messages are used: matching stays bounded here)."""
+    name = ctypes.util.find_library("pcre2-8")
+    if name is None:
+        return None
+    try:
+        library = ctypes.CDLL(name)
+        library.pcre2_compile_8.restype = ctypes.c_void_p
+        library.pcre2_compile_8.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32,
+                                            ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.c_void_p]
+        library.pcre2_code_free_8.argtypes = [ctypes.c_void_p]
+        library.pcre2_get_error_message_8.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return library
 
 
 def compile_pattern(pattern: str) -> RulePattern:

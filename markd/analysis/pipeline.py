@@ -369,8 +369,9 @@ def _unwind(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
             _fail(28811, f"unrecognized option to $unwind stage: {option}")
     current = scope.current
     metadata = lookup(current, path[1:]) if current.may_hold_encryption else NOT_ENCRYPTED
-    if metadata is UNKNOWN and not scope.scheme.unwinds_unknown:
-        scope.fail("unwind_unknown", path=path[1:])
+    if metadata is UNKNOWN:
+        # The joined documents of a $lookup, say: what their elements hold is not known (31133, as mongocryptd).
+        scope.fail("unknown_path", path=path[1:])
     if is_encrypted(metadata) and metadata.randomized:
         scope.fail("unwind_encrypted", path=path[1:])
     out = current

@@ -42,9 +42,6 @@ class Scheme:
 
     name = "scheme"
     errors: dict[str, tuple[int, str]] = {}
-    # mongocryptd's FLE1 analysis refuses to unwind an array of unknown encryption (51203); FLE2's keeps
-    # it unknown, and refuses its later use.
-    unwinds_unknown = True
     # Expression operators whose rule differs for this scheme (e.g. QE's range `$and`).
     expression_rules: Mapping[str, Rule] = {}
 
@@ -57,6 +54,12 @@ class Scheme:
 
     def mark_write(self, encryption: Encryption, value: Any, path: str, scope: Scope) -> Binary:
         """The placeholder for writing `value` at encrypted `path` (insert, replacement, $set)."""
+        raise NotImplementedError
+
+    def mark_equality(self, encryption: Encryption, value: Any, path: str, scope: Scope, name: str | None = None
+                      ) -> Binary:
+        """The placeholder for comparing `value` with encrypted `path` for equality; `name` is the element
+        that held it (for messages; by default the path's last field)."""
         raise NotImplementedError
 
     # -- expressions ---------------------------------------------------------------------------

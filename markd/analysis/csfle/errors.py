@@ -89,15 +89,15 @@ ERRORS: dict[str, tuple[int, str]] = {
     "metadata_field": (40415, "BSON field 'encryptMetadata.{field}' is an unknown field."),
     "bad_algorithm": (2, "Enumeration value '{value}' for field '{field}.algorithm' is not a valid value."),
     "idl_wrong_type": (14, "BSON field '{field}' is the wrong type '{actual}', expected type '{expected}'"),
-    "bad_key_id": (51088, "keyId must be an array of UUIDs or a JSON pointer string"),  # unconfirmed wording
+    "key_id_kind": (51085, "Expected either string or array of UUID for EncryptSchemaKeyId, found {type}"),
+    "key_id_not_bindata": (51088, "Array elements must have type BinData, found {type}"),
+    "key_id_not_uuid": (51084, "Array elements must have type UUID, found {subtype}"),
+    "key_id_uuid_length": (51084, "Array elements must have type UUID, found 4"),  # markd: a UUID of another length
+    "key_id_empty": (51085, "Expected either string or array of UUID for EncryptSchemaKeyId, found array"),  # markd
     "bad_pointer": (51065, "Invalid JSON pointer: '{pointer}'"),  # unconfirmed code and wording
     # values
     "value_type_illegal": (31041, "Cannot encrypt element of type: {type}"),
     "random_query": (51158, "Cannot query on fields encrypted with the randomized encryption algorithm"),
-    "collation_compare": (
-        31054,
-        "cannot apply non-simple collation when comparing to element {element} with client-side encryption",
-    ),
     "value_type_mismatch": (
         31118,
         "Cannot encrypt element of type {type} because schema requires that type is one of: [ {types}]",

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+from bson import Decimal128
 from bson.binary import Binary
 
 from markd import bsonvalues
+from markd.analysis import notation
 from markd.analysis.csfle.errors import fail
-from markd.analysis.patterns import RulePattern, compile_pattern
+from markd.analysis.ordering import order_key
+from markd.analysis.patterns import RulePattern, compile_pattern, pcre_error
 from markd.analysis.schema import Encryption, Schema, SchemaNode, node
 from markd.cache import ByteLRU
+from markd.errors import CommandError
 
 DETERMINISTIC_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Deterministic"
 RANDOM_NAME = "AEAD_AES_256_CBC_HMAC_SHA_512-Random"
@@ -167,8 +171,66 @@ def _refuse_duplicates(value: Any, keyword: str = "") -> None:
             _refuse_duplicates(item, keyword if keyword not in ("items", "allOf", "anyOf", "oneOf") else "not")
 
 
-def _check_json_schema(schema: Any) -> None:
-    """mongod's own $jsonSchema parse, which runs (over the whole schema) before the encryption rules."""
+def _bad(code: int, message: str) -> NoReturn:
+    raise CommandError(code, message)
+
+
+def _type(value: Any) -> str:
+    return bsonvalues.bson_type(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
+
+
+def _count(schema: Mapping[str, Any], keyword: str) -> None:
+    """A length or count keyword (maxLength, minItems...): mongod's parse of a non-negative 64-bit integer."""
+    if keyword not in schema:
+        return
+    value = schema[keyword]
+    shown = notation.element(keyword, value)
+    if not _is_number(value):
+        _bad(9, f"Expected a number in: {shown}")
+    number = value.to_decimal() if isinstance(value, Decimal128) else value
+    if number != number:
+        _bad(9, f"Expected an integer, but found NaN in: {shown}")
+    if number in (float("inf"), float("-inf")) or not -(2**63) <= number < 2**63:
+        _bad(9, f"Cannot represent as a 64-bit integer: {shown}")
+    if number != int(number):
+        _bad(9, f"Expected an integer: {shown}")
+    if number < 0:
+        _bad(9, f"Expected a non-negative number in: {shown}")
+
+
+def _bound(schema: Mapping[str, Any], keyword: str, exclusive: str) -> None:
+    if keyword in schema and not _is_number(schema[keyword]):
+        _bad(14, f"$jsonSchema keyword '{keyword}' must be a number")
+    if exclusive in schema:
+        if not isinstance(schema[exclusive], bool):
+            _bad(14, f"$jsonSchema keyword '{exclusive}' must be a boolean")
+        if keyword not in schema:
+            _bad(9, f"$jsonSchema keyword '{keyword}' must be a present if {exclusive} is present")
+
+
+def _subschema_list(schema: Mapping[str, Any], keyword: str) -> None:
+    if keyword not in schema:
+        return
+    value = schema[keyword]
+    if not isinstance(value, list):
+        _bad(14, f"$jsonSchema keyword '{keyword}' must be an array")
+    if not value:
+        _bad(2, f"$jsonSchema keyword '{keyword}' must be a non-empty array")
+    for item in value:
+        if not isinstance(item, Mapping):
+            _bad(14, f"$jsonSchema keyword '{keyword}' must be an array of objects, but found an element of type "
+                     f"{_type(item)}")
+    for item in value:
+        _check_json_schema(item, False)
+
+
+def _check_json_schema(schema: Mapping[str, Any], top_level: bool = True) -> None:
+    """mongod's own $jsonSchema parse, which runs (over the whole schema) before the encryption rules, in
+    both local and remote mode: its keyword checks and messages, in its order."""
     for keyword in schema:
         if keyword in UNIMPLEMENTED_KEYWORDS:
             fail("keyword_unimplemented", keyword=keyword)
@@ -187,12 +249,53 @@ def _check_json_schema(schema: Any) -> None:
     for keyword in ("bsonType", "type"):
         if keyword in schema:
             _type_names(schema[keyword], keyword)
-    for keyword in ("items",):
-        if keyword in schema and not isinstance(schema[keyword], (Mapping, list)):
-            fail("keyword_type", keyword=keyword, expected="either an object or an array")
-    for keyword in ("additionalItems", "additionalProperties"):
-        if keyword in schema and not isinstance(schema[keyword], (Mapping, bool)):
-            fail("keyword_type", keyword=keyword, expected="either an object or a boolean")
+    # scalar keywords
+    if "pattern" in schema:
+        pattern = schema["pattern"]
+        if type(pattern) is not str:
+            _bad(14, "$jsonSchema keyword 'pattern' must be a string")
+        if not top_level:  # at the top level mongod translates `pattern` to AlwaysTrue: never compiled
+            if "\x00" in pattern:
+                _bad(2, "Regular expression cannot contain an embedded null byte")
+            problem = pcre_error(pattern)
+            if problem is not None:
+                _bad(51091, f"Regular expression is invalid: {problem}")
+    for keyword in ("maxLength", "minLength"):
+        _count(schema, keyword)
+    if "multipleOf" in schema:
+        if not _is_number(schema["multipleOf"]):
+            _bad(14, "$jsonSchema keyword 'multipleOf' must be a number")
+        factor = schema["multipleOf"]
+        if (factor.to_decimal() if isinstance(factor, Decimal128) else factor) <= 0:
+            _bad(9, "$jsonSchema keyword 'multipleOf' must have a positive value")
+    _bound(schema, "maximum", "exclusiveMaximum")
+    _bound(schema, "minimum", "exclusiveMinimum")
+    # array keywords
+    for keyword in ("minItems", "maxItems"):
+        _count(schema, keyword)
+    if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
+        _bad(14, "$jsonSchema keyword 'uniqueItems' must be a boolean")
+    if "items" in schema:
+        items = schema["items"]
+        if isinstance(items, list):
+            for item in items:
+                if not isinstance(item, Mapping):
+                    _bad(14, "$jsonSchema keyword 'items' requires that each element of the array is an object, but "
+                             f"found a {_type(item)}")
+            for item in items:
+                _check_json_schema(item, False)
+        elif isinstance(items, Mapping):
+            _check_json_schema(items, False)
+        else:
+            _bad(14, f"$jsonSchema keyword 'items' must be an array or an object, not {_type(items)}")
+    if "additionalItems" in schema:
+        extra = schema["additionalItems"]
+        if isinstance(extra, Mapping):
+            _check_json_schema(extra, False)
+        elif not isinstance(extra, bool):
+            _bad(14, "$jsonSchema keyword 'additionalItems' must be either an object or a boolean, but got a "
+                     f"{_type(extra)}")
+    # encryption keywords
     if "encrypt" in schema and "encryptMetadata" in schema:
         fail("encrypt_and_metadata")
     if "encryptMetadata" in schema:
@@ -205,27 +308,94 @@ def _check_json_schema(schema: Any) -> None:
         if not isinstance(schema["encrypt"], Mapping):
             fail("keyword_object", keyword="encrypt")
         _metadata_fields(schema["encrypt"], "encrypt")
-    for keyword in ("properties", "patternProperties"):
-        if keyword in schema:
-            if not isinstance(schema[keyword], Mapping):
-                fail("keyword_type", keyword=keyword, expected="an object")
-            for name, sub in schema[keyword].items():
-                if not isinstance(sub, Mapping):
-                    fail("nested_not_object", keyword=keyword, name=name)
+    # object keywords
+    if "required" in schema:
+        required = schema["required"]
+        if not isinstance(required, list):
+            _bad(14, f"$jsonSchema keyword 'required' must be an array, but found an element of type "
+                     f"{_type(required)}")
+        for name in required:
+            if type(name) is not str:
+                _bad(14, "$jsonSchema keyword 'required' must be an array of strings, but found an element of type: "
+                         f"{_type(name)}")
+        if len(set(required)) != len(required):
+            _bad(9, "$jsonSchema keyword 'required' array cannot contain duplicate values")
+        if not required:
+            _bad(9, "$jsonSchema keyword 'required' cannot be an empty array")
+    if "properties" in schema:
+        if not isinstance(schema["properties"], Mapping):
+            _bad(14, "$jsonSchema keyword 'properties' must be an object")
+        for name, sub in schema["properties"].items():
+            if not isinstance(sub, Mapping):
+                fail("nested_not_object", keyword="properties", name=name)
+            _check_json_schema(sub, False)
     if "patternProperties" in schema:
-        for pattern in schema["patternProperties"]:
-            _compile(pattern)
+        if not isinstance(schema["patternProperties"], Mapping):
+            _bad(14, "$jsonSchema keyword 'patternProperties' must be an object")
+        for pattern, sub in schema["patternProperties"].items():
+            if not isinstance(sub, Mapping):
+                _bad(14, f"$jsonSchema keyword 'patternProperties' has property '{pattern}' which is not an object")
+            problem = pcre_error(pattern)
+            if problem is not None:
+                _bad(2, f"Invalid regular expression: {problem}")
+            _check_json_schema(sub, False)
+    if "additionalProperties" in schema:
+        extra = schema["additionalProperties"]
+        if isinstance(extra, Mapping):
+            _check_json_schema(extra, False)
+        elif not isinstance(extra, bool):
+            _bad(14, "$jsonSchema keyword 'additionalProperties' must be an object or a boolean")
+    for keyword in ("minProperties", "maxProperties"):
+        _count(schema, keyword)
+    if "dependencies" in schema:
+        dependencies = schema["dependencies"]
+        if not isinstance(dependencies, Mapping):
+            _bad(14, "$jsonSchema keyword 'dependencies' must be an object")
+        for name, dependency in dependencies.items():
+            if isinstance(dependency, Mapping):
+                _check_json_schema(dependency, False)
+            elif isinstance(dependency, list):
+                if not dependency:
+                    _bad(9, f"property '{name}' in $jsonSchema keyword 'dependencies' cannot be an empty array")
+                for item in dependency:
+                    if type(item) is not str:
+                        _bad(14, f"array '{name}' in $jsonSchema keyword 'dependencies' can only contain strings, "
+                                 f"but found element of type: {_type(item)}")
+                seen: set[str] = set()
+                for item in dependency:
+                    if item in seen:
+                        _bad(9, f"array '{name}' in $jsonSchema keyword 'dependencies' contains duplicate element: "
+                                f"{item}")
+                    seen.add(item)
+            else:
+                _bad(14, f"property '{name}' in $jsonSchema keyword 'dependencies' must be either an object or an "
+                         "array")
+    # logical keywords
     for keyword in ("allOf", "anyOf", "oneOf"):
-        if keyword in schema:
-            value = schema[keyword]
-            if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
-                fail("keyword_type", keyword=keyword, expected="a nonempty array of objects")
-    if "not" in schema and not isinstance(schema["not"], Mapping):
-        fail("keyword_type", keyword="not", expected="an object")
-    if isinstance(schema.get("items"), list) and not all(isinstance(v, Mapping) for v in schema["items"]):
-        fail("keyword_type", keyword="items", expected="an array of objects")
-    for _, sub in _subschemas(schema):
-        _check_json_schema(sub)
+        _subschema_list(schema, keyword)
+    if "not" in schema:
+        if not isinstance(schema["not"], Mapping):
+            _bad(14, f"$jsonSchema keyword 'not' must be an object, but found an element of type "
+                     f"{_type(schema['not'])}")
+        _check_json_schema(schema["not"], False)
+    if "enum" in schema:
+        values = schema["enum"]
+        if not isinstance(values, list):
+            _bad(14, f"$jsonSchema keyword 'enum' must be an array, but found an element of type {_type(values)}")
+        if not values:
+            _bad(9, "$jsonSchema keyword 'enum' cannot be an empty array")
+        keys = [order_key(_unordered(value)) for value in values]
+        if len(set(keys)) != len(keys):
+            _bad(9, "$jsonSchema keyword 'enum' array cannot contain duplicate values.")
+
+
+def _unordered(value: Any) -> Any:
+    """`value` with its documents' fields in a canonical order (mongod compares enum values ignoring it)."""
+    if isinstance(value, Mapping):
+        return {name: _unordered(value[name]) for name in sorted(value)}
+    if isinstance(value, list):
+        return [_unordered(item) for item in value]
+    return value
 
 
 def _type_names(value: Any, keyword: str) -> frozenset[str]:
@@ -234,6 +404,8 @@ def _type_names(value: Any, keyword: str) -> frozenset[str]:
     if type(value) is not str and not isinstance(value, list):
         fail("type_set_type", keyword=keyword)
     names = [value] if type(value) is str else value
+    if not names:
+        _bad(9, f"$jsonSchema keyword '{keyword}' must name at least one type")
     if not all(type(name) is str for name in names):
         fail("type_set_elements", keyword=keyword)
     if "integer" in names:
@@ -291,9 +463,18 @@ def _metadata_fields(spec: Mapping[str, Any], owner: str) -> dict[str, Any]:
         if isinstance(key_id, str):
             if not key_id.startswith("/"):
                 fail("bad_pointer", pointer=key_id)
-        elif not (isinstance(key_id, list) and key_id
-                  and all(isinstance(k, Binary) and k.subtype == 4 and len(k) == 16 for k in key_id)):
-            fail("bad_key_id")
+        elif not isinstance(key_id, list):
+            fail("key_id_kind", type=bsonvalues.bson_type(key_id))
+        else:
+            for element in key_id:
+                if not isinstance(element, Binary):
+                    fail("key_id_not_bindata", type=bsonvalues.bson_type(element))
+                if element.subtype != 4:
+                    fail("key_id_not_uuid", subtype=element.subtype)
+                if len(element) != 16:
+                    fail("key_id_uuid_length")
+            if not key_id:
+                fail("key_id_empty")
     if "bsonType" in fields:
         fields["bsonType"] = _type_names(fields["bsonType"], "bsonType")
     return fields
@@ -349,17 +530,19 @@ def _build(schema: Mapping[str, Any], remote: bool, *, allow_encrypt: bool, inhe
         # A dotted property name would make the encrypted path ambiguous with a nested one; and
         # the top-level _id is compared by the server itself: it may only be deterministic.
         properties[name] = _build(sub, remote, allow_encrypt=fields_may_encrypt and "." not in name,
-                                  inherited=inherited, allow_random=not (top_level and name == "_id"))
+                                  inherited=inherited,
+                                  allow_random=allow_random and not (top_level and name == "_id"))
     additional = schema.get("additionalProperties")
     additional_node = (
         _build(additional, remote, allow_encrypt=fields_may_encrypt, inherited=inherited,
-               allow_random=not (top_level and "_id" not in properties))
+               allow_random=allow_random and not (top_level and "_id" not in properties))
         if isinstance(additional, Mapping) else None
     )
     patterns = []
     for pattern, sub in schema.get("patternProperties", {}).items():
         compiled = _compile(pattern)
         patterns.append((compiled, _build(sub, remote, allow_encrypt=fields_may_encrypt, inherited=inherited,
-                                          allow_random=not (top_level and compiled.search("_id")))))
+                                          allow_random=allow_random and not (
+                                              top_level and compiled.search("_id")))))
     return node(None, properties, tuple(patterns), additional_node)
 

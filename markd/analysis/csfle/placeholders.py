@@ -15,6 +15,7 @@ from typing import Any
 from bson.binary import Binary
 
 from markd import bsonvalues
+from markd.analysis import notation
 from markd.analysis.context import Scope
 from markd.analysis.csfle.jsonschema import NEVER_ENCRYPTABLE, NOT_DETERMINISTIC, NUMBER_TYPES, TYPE_ORDER, Encrypted
 from markd.analysis.schema import is_encrypted, lookup
@@ -42,7 +43,7 @@ def allowed_types(types: frozenset[str]) -> str:
     return "".join(word + " " for word in words)
 
 
-def check_value(metadata: Encrypted, value: Any, scope: Scope, comparison: bool) -> None:
+def check_value(metadata: Encrypted, value: Any, scope: Scope, comparison: bool, name: str = "") -> None:
     """Refuse a value mongocryptd would not encrypt (in mongocryptd's order of checks)."""
     kind = type_name(value)
     illegal = NOT_DETERMINISTIC if metadata.deterministic else NEVER_ENCRYPTABLE
@@ -51,7 +52,7 @@ def check_value(metadata: Encrypted, value: Any, scope: Scope, comparison: bool)
     if comparison and not metadata.deterministic:
         scope.fail("random_query")
     if comparison and not scope.collation_simple and kind in ("string", "symbol"):
-        scope.fail("collation_compare", element=kind)
+        scope.fail("collation_compare", element=notation.quoted_element(name, value))
     types = metadata.bson_types
     if types and kind not in types and not ("number" in types and kind in NUMBER_TYPES):
         scope.fail("value_type_mismatch", type=kind, types=allowed_types(types))
@@ -77,14 +78,15 @@ def _key_field(metadata: Encrypted, scope: Scope, comparison: bool) -> tuple[str
     if is_encrypted(lookup(scope.analysis.own_schema.root if scope.analysis.own_schema else scope.current,
                            ".".join(tokens))):
         scope.fail("pointer_encrypted", pointer=pointer)
-    if not isinstance(target, str):
+    if type(target) is not str:  # bson's Code is a str: code (with or without scope) is not a string
         scope.fail("pointer_not_string", pointer=pointer)
     return "ka", target
 
 
-def placeholder(metadata: Encrypted, value: Any, scope: Scope, *, comparison: bool) -> Binary:
-    """The placeholder for `value` at an encrypted field, or the refusal mongocryptd gives."""
-    check_value(metadata, value, scope, comparison)
+def placeholder(metadata: Encrypted, value: Any, scope: Scope, *, comparison: bool, name: str = "") -> Binary:
+    """The placeholder for `value` at an encrypted field, or the refusal mongocryptd gives; `name` is the
+    element that held it (quoted in 31054)."""
+    check_value(metadata, value, scope, comparison, name)
     key_name, key = _key_field(metadata, scope, comparison)
     head = _placeholder_head(metadata.algorithm, key_name, key)
     value_element = bsonvalues.encode({"v": value})[4:-1]

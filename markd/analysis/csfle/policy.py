@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from bson.binary import Binary
 
-from markd.analysis import expressions
+from markd.analysis import expressions, notation
 from markd.analysis.context import Scope
 from markd.analysis.csfle import placeholders, rules
 from markd.analysis.csfle.errors import ERRORS
@@ -51,7 +51,6 @@ class Csfle(Scheme):
     renames_encrypted = True
     joins_encrypted = True
     multi_updates = True
-    unwinds_unknown = False
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -64,9 +63,11 @@ class Csfle(Scheme):
         assert isinstance(encryption, Encrypted)
         return placeholders.placeholder(encryption, value, scope, comparison=False)
 
-    def mark_equality(self, encryption: Encryption, value: Any, path: str, scope: Scope) -> Binary:
+    def mark_equality(self, encryption: Encryption, value: Any, path: str, scope: Scope, name: str | None = None
+                      ) -> Binary:
         assert isinstance(encryption, Encrypted)
-        return placeholders.placeholder(encryption, value, scope, comparison=True)
+        element = path.rsplit(".", 1)[-1] if name is None else name
+        return placeholders.placeholder(encryption, value, scope, comparison=True, name=element)
 
     # -- match language ------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Csfle(Scheme):
         for participant in constants:
             assert participant.hole is not None
             participant.hole["$const"] = SCHEME.mark_equality(state.encryption, participant.constant,
-                                                              state.fields[0], scope)
+                                                              state.fields[0], scope, "")
         return serialized, leaf(state.encryption)
 
     # -- create, collMod, createIndexes ----------------------------------------------------------
@@ -167,7 +168,7 @@ def _equality_value(leaf: Leaf, metadata: Metadata, scope: Scope) -> Any:
     if isinstance(metadata, Encrypted):
         if leaf.value is None:
             scope.fail("null_equality", path=leaf.path)
-        return SCHEME.mark_equality(metadata, leaf.value, leaf.path, scope)
+        return SCHEME.mark_equality(metadata, leaf.value, leaf.path, scope, leaf.element_name)
     if metadata is PREFIX:
         if isinstance(leaf.value, list):
             scope.fail("eq_array_prefix", expr=render({leaf.path: {"$eq": leaf.value}}))
@@ -193,11 +194,11 @@ def _in_values(leaf: Leaf, metadata: Metadata, scope: Scope) -> list[Any]:
     if metadata is PREFIX:
         node = subtree(scope.current, leaf.path)
         marked: list[Any] = []
-        for element in values:
+        for index, element in enumerate(values):
             if is_regex(element):
                 marked.append(element)
             elif isinstance(element, list):
-                scope.fail("in_array_prefix", path=leaf.path, element=render(element))
+                scope.fail("in_array_prefix", path=leaf.path, element=notation.quoted_element(str(index), element))
             elif is_document(element):
                 marked.append(mark_document(element, node, leaf.path, scope, SCHEME.mark_equality))
             else:
@@ -205,12 +206,12 @@ def _in_values(leaf: Leaf, metadata: Metadata, scope: Scope) -> list[Any]:
         return plain_in_values(marked)
     assert isinstance(metadata, Encrypted)
     equalities: list[Any] = []
-    for element in values:
+    for index, element in enumerate(values):
         if is_regex(element):
             scope.fail("regex_in", path=leaf.path)
         if element is None:
             scope.fail("null_in", path=leaf.path)
-        equalities.append(SCHEME.mark_equality(metadata, element, leaf.path, scope))
+        equalities.append(SCHEME.mark_equality(metadata, element, leaf.path, scope, str(index)))
     return sorted_set(equalities)
 
 
@@ -376,5 +377,5 @@ def _compared(operands: list[Any], scope: Scope) -> list[Any]:
         for participant in constants:
             assert participant.hole is not None
             participant.hole["$const"] = SCHEME.mark_equality(state.encryption, participant.constant,
-                                                              state.fields[0], scope)
+                                                              state.fields[0], scope, "")
     return serialized

@@ -23,11 +23,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "SCHEMA_NOT_OBJECT": (6327504, "Each namespace schema must be an object"),
     "SCHEMA_TYPE": (14, "BSON field 'EncryptInformation.schema' is the wrong type, expected type 'object'"),
     "MISSING_SCHEMA": (9710000, "Missing encryption schema for namespace: {namespace}"),
-    "MIXED_SCHEMAS": (
-        9686710,
-        "Cannot specify both encryptionInformation and csfleEncryptionSchemas unless csfleEncryptionSchemas only "
-        "contains non-encryption JSON schema validators",
-    ),
+    "MIXED_SCHEMAS": (9686710, "Cannot specify both encryptionInformation and csfleEncryptionSchemas"),
     "BAD_TYPE_FIELD": (6327505, "encryptionInformation.type must be 1"),
     # encryptedFields definitions
     "BAD_FIELD": (9, "{detail}"),
@@ -134,10 +130,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TEXT_INPUT": (10112204, "{op} input must be an encrypted field."),
     "TEXT_ARGUMENT": (10112205, "{op} requires an object with 'input' and '{argument}' fields"),
     "TEXT_STRING": (10112206, "{op} '{argument}' must be a string"),
-    "COLLATION": (
-        31054,
-        "cannot apply non-simple collation when comparing to element of type {type} with client-side encryption",
-    ),
     # writes
     "MULTI_UPDATE": (6329900, "Multi-document updates are not allowed with Queryable Encryption"),
     "TIMESTAMP_ZERO": (

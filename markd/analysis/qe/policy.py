@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from bson import Decimal128
 from bson.binary import Binary
 
-from markd.analysis import expressions
+from markd.analysis import expressions, notation
 from markd.analysis.context import Scope
 from markd.analysis.expressions import COMPUTED, VARIABLE, Value, is_document
 from markd.analysis.match import Leaf, Node, bad_value, in_list, is_regex, not_predicate, plain_leaf, render, true_value
@@ -46,12 +46,14 @@ class Qe(Scheme):
         assert isinstance(encryption, EncryptedField)
         return scope.analysis.marked(placeholders.insert_placeholder(encryption, value))
 
-    def mark_equality(self, encryption: Encryption, value: Any, path: str, scope: Scope) -> Binary:
+    def mark_equality(self, encryption: Encryption, value: Any, path: str, scope: Scope, name: str | None = None
+                      ) -> Binary:
         assert isinstance(encryption, EncryptedField)
         if value is None:
             raise error("EQ_NULL", path=path)
         if not scope.collation_simple and _type(value) in STRING_TYPES:
-            raise error("COLLATION", type=_type(value))
+            element = path.rsplit(".", 1)[-1] if name is None else name
+            scope.fail("collation_compare", element=notation.quoted_element(element, value))
         return scope.analysis.marked(placeholders.equality_find_placeholder(encryption, value))
 
     # -- match language ------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def _mentions_json_schema(filter_: Any) -> bool:
 def _eq(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
     if field.algorithm == RANGE:
         return ranges.RangeComparison(field, "$eq", leaf.value, leaf.path)
-    return {leaf.path: {"$eq": SCHEME.mark_equality(field, leaf.value, leaf.path, scope)}}
+    return {leaf.path: {"$eq": SCHEME.mark_equality(field, leaf.value, leaf.path, scope, leaf.element_name)}}
 
 
 def _ne(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
@@ -212,7 +214,8 @@ def _in(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
         return {leaf.path: {"$in": []}}
     if field.algorithm == RANGE:
         return {"$or": [ranges.point(field, v, leaf.path, scope) for v in ranges.in_values(field, values)]}
-    return {leaf.path: {"$in": [SCHEME.mark_equality(field, v, leaf.path, scope) for v in values]}}
+    return {leaf.path: {"$in": [SCHEME.mark_equality(field, v, leaf.path, scope, str(i))
+                                for i, v in enumerate(values)]}}
 
 
 def _nin(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
@@ -224,7 +227,7 @@ def _nin(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
 
 def _range(field: EncryptedField, leaf: Leaf, scope: Scope) -> Node:
     if field.algorithm != RANGE:
-        return ranges.NonRangeComparison(field, leaf.op, leaf.path)
+        return ranges.NonRangeComparison(field, leaf.op, leaf.path, leaf.value)
     return ranges.RangeComparison(field, leaf.op, leaf.value, leaf.path)
 
 
@@ -272,9 +275,9 @@ def _prefix(leaf: Leaf, scope: Scope) -> list[Node]:
     if op in ("$in", "$nin", "$all"):
         if not isinstance(operand, list):
             raise bad_value(f"{op} needs an array")
-        for element in operand:
+        for index, element in enumerate(operand):
             if isinstance(element, list):
-                scope.fail("in_array_prefix", path=path, element=render(element))
+                scope.fail("in_array_prefix", path=path, element=notation.quoted_element(str(index), element))
             if is_document(element):
                 if op == "$in" and any(isinstance(enc, EncryptedField) and enc.algorithm == RANGE
                                        for _, enc in leaves(subtree(scope.current, path))):
@@ -323,7 +326,9 @@ def _expression_comparison(name: str, arguments: list[Any], scope: Scope) -> Any
     left, right = arguments
     field = _encrypted_reference(left, scope)
     other_field = _encrypted_reference(right, scope)
-    if field is not None and other_field is not None and name in ("$eq", "$ne"):
+    if field is not None and other_field is not None and name in ("$eq", "$ne") and RANGE not in (
+            field.algorithm, other_field.algorithm):
+        # mongocryptd's range rewrite runs first: a range field compared with a non-constant is 6334105.
         raise error("TWO_ENCRYPTED", a=field.path, b=other_field.path)
     constant_side = right
     if field is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from bson import Decimal128
 
+from markd.analysis import notation
 from markd.analysis.context import Scope
 from markd.analysis.match import ALWAYS_FALSE, FlatAnd
 from markd.analysis.qe import placeholders
@@ -37,6 +38,7 @@ class NonRangeComparison:
     field: EncryptedField
     operator: str
     path: str
+    value: Any = None
 
 
 def finish_and(nodes: list[Any], scope: Scope, in_and: bool) -> list[Any]:
@@ -47,7 +49,7 @@ def finish_and(nodes: list[Any], scope: Scope, in_and: bool) -> list[Any]:
     for node in nodes:
         if isinstance(node, NonRangeComparison):
             raise error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.path,
-                        op=node.operator)
+                        op=notation.quoted({node.path: {node.operator: node.value}}))
         if isinstance(node, RangeComparison):
             ranges.setdefault(node.path, []).append(node)
         else:
