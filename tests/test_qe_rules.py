@@ -270,13 +270,51 @@ BAD_DEFINITIONS = [
     ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
        "queries": {"queryType": "range", "min": 0, "max": 7, "trimFactor": 3}}], 8574000),
     ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
-       "queries": {"queryType": "equality", "min": 0}}], 10774900),
+       "queries": {"queryType": "equality", "min": 0}}], 6775206),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "equality", "precision": 2}}], 10774900),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "equality", "caseSensitive": True}}], 10774904),
+    # The type is checked before the options (validateEqualityIndex).
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double",
+       "queries": {"queryType": "equality", "min": 0.0}}], 6338405),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
+       "queries": {"queryType": "range", "strMaxLength": 5}}], 10774906),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "range", "strMaxLength": 5}}], 6775201),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double",
+       "queries": {"queryType": "range", "min": 0.125, "max": 10.0, "precision": 2}}], 6966805),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double",
+       "queries": {"queryType": "range", "min": 0.0, "max": 10.125, "precision": 2}}], 6966806),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "decimal",
+       "queries": {"queryType": "range", "min": Decimal128("0.125"), "max": Decimal128("10"), "precision": 2}}],
+     6966807),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "decimal",
+       "queries": {"queryType": "range", "min": Decimal128("0"), "max": Decimal128("10.125"), "precision": 2}}],
+     6966808),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "double",
+       "queries": {"queryType": "range", "min": 0.0, "max": 1e15, "precision": 2}}], 9157100),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                   "diacriticSensitive": True, "trimFactor": 1}}], 10774914),
     ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "int",
        "queries": {"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
                    "diacriticSensitive": True}}], 9783400),
     ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
        "queries": {"queryType": "prefix", "strMaxQueryLength": 2, "caseSensitive": True,
                    "diacriticSensitive": True}}], 9783402),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "prefix", "strMinQueryLength": 2, "caseSensitive": True,
+                   "diacriticSensitive": True}}], 9783403),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "prefixPreview", "strMinQueryLength": 1, "strMaxQueryLength": 2,
+                   "diacriticSensitive": True}}], 9783404),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "suffix", "strMinQueryLength": 1, "strMaxQueryLength": 2,
+                   "caseSensitive": True}}], 9783405),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": {"queryType": "substringPreview", "strMinQueryLength": 1, "strMaxQueryLength": 2,
+                   "caseSensitive": True, "diacriticSensitive": True}}], 9783407),
     ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
        "queries": {"queryType": "prefix", "strMinQueryLength": 3, "strMaxQueryLength": 2, "caseSensitive": True,
                    "diacriticSensitive": True}}], 9783406),
@@ -293,6 +331,16 @@ BAD_DEFINITIONS = [
                     "diacriticSensitive": True},
                    {"queryType": "suffix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": False,
                     "diacriticSensitive": True}]}], 9783409),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": [{"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": True},
+                   {"queryType": "suffix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": False}]}], 9783410),
+    ([{"path": "x", "keyId": KEYS["ssn"], "bsonType": "string",
+       "queries": [{"queryType": "prefix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": True, "contention": 1},
+                   {"queryType": "suffix", "strMinQueryLength": 1, "strMaxQueryLength": 2, "caseSensitive": True,
+                    "diacriticSensitive": True, "contention": 2}]}], 9783411),
     ([{"path": "x", "keyId": "not a uuid", "bsonType": "string"}], 9),
 ]
 
@@ -757,3 +805,36 @@ def test_parsed_encrypted_fields_are_cached_by_their_bytes():
     changed["schema"]["db.coll"]["fields"] = FIELDS[:1]
     mark_command({**command, "encryptionInformation": changed})
     assert cache_stats() == (hits + 1, misses + 1)
+
+
+@pytest.mark.parametrize(("preview", "stable", "expression"), [
+    ("prefixPreview", "prefix", {"$encStrStartsWith": {"input": "$lastName", "prefix": "ab"}}),
+    ("suffixPreview", "suffix", {"$encStrEndsWith": {"input": "$lastName", "suffix": "ab"}}),
+    ("substringPreview", "substring", {"$encStrContains": {"input": "$lastName", "substring": "ab"}}),
+])
+def test_preview_query_type_names_are_the_same_index(client, preview, stable, expression):
+    # mongocryptd 8.2 parses the preview names (libmongocrypt now refuses them before it asks).
+    def marked(query_type: str) -> Any:
+        options = {"strMinQueryLength": Int64(2), "strMaxQueryLength": Int64(10), "caseSensitive": False,
+                   "diacriticSensitive": True}
+        if query_type.startswith("substring"):
+            options["strMaxLength"] = Int64(60)
+        fields = [{"path": "lastName", "keyId": KEYS["text"], "bsonType": "string",
+                   "queries": {"queryType": query_type, "contention": Int64(1), **options}}]
+        reply = send(client, find({"$expr": expression}), fields)
+        assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True, reply
+        return reply["result"]["filter"]
+
+    assert marked(preview) == marked(stable)
+
+
+def test_range_preview_is_range(client):
+    def marked(query_type: str) -> Any:
+        fields = [{"path": "age", "keyId": KEYS["age"], "bsonType": "int",
+                   "queries": {"queryType": query_type, "contention": Int64(0), "min": 0, "max": 200,
+                               "sparsity": Int64(1)}}]
+        reply = send(client, find({"age": {"$gt": 5}}), fields)
+        assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True, reply
+        return reply["result"]["filter"]
+
+    assert marked("rangePreview") == marked("range")

@@ -38,7 +38,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "RANGE_TYPE": (6775201, "Type '{type}' is not a supported range indexed type"),
     "TEXT_TYPE": (9783400, "Type '{type}' is not a supported type for text search indexed encrypted field {path}"),
     "UNKNOWN_QUERY_TYPE": (2, "Enumeration value '{name}' for field 'queryType' is not a valid value."),
-    "NOT_ALLOWED_FOR_INDEX": (10774900, "The field '{option}' is not allowed for {index} index but is present"),
     "SPARSITY_RANGE": (6775214, "The field 'sparsity' must be between 1 and 8"),
     "MIN_TYPE": (7018200, "Range field type '{type}' does not match the min value type '{value_type}'"),
     "MAX_TYPE": (7018201, "Range field type '{type}' does not match the max value type '{value_type}'"),
@@ -54,16 +53,36 @@ ERRORS: dict[str, tuple[int, str]] = {
         "The field 'trimFactor' must be >= 0 and less than the total number of bits needed to represent "
         "elements in the domain ({bits})",
     ),
-    "TEXT_PARAM_REQUIRED": (9783402, "{option} parameter is required for {query_type} query type of field {path}"),
     "TEXT_MIN_GT_MAX": (9783406, "strMinQueryLength cannot be greater than strMaxQueryLength"),
     "TEXT_MAX_GT_LENGTH": (9783408, "strMaxQueryLength cannot be greater than strMaxLength"),
-    "TEXT_SAME": (9783409, "{option} must be the same for all query types of field {path}"),
     "TEXT_NO_QUERIES": (9783412, "At least one query type should be specified per field"),
     "TEXT_TOO_MANY": (9783413, "The number of query types for an encrypted field cannot exceed two"),
     "TEXT_COMBINATION": (9783414, "Multiple query types may only include the suffix and prefix query types"),
-    "PREVIEW_TYPE": (
-        9783415,
-        "Query type '{name}' is a preview query type; use '{replacement}' instead",
+    "PRECISION_MIN_DIGITS_DOUBLE": (
+        6966805,
+        "The number of decimal digits for minimum value of field '{path}' must be less than or equal to precision",
+    ),
+    "PRECISION_MAX_DIGITS_DOUBLE": (
+        6966806,
+        "The number of decimal digits for maximum value of field '{path}' must be less than or equal to precision",
+    ),
+    "PRECISION_MIN_DIGITS_DECIMAL": (
+        6966807,
+        "The number of decimal digits for minimum value of field '{path}' must be less than or equal to precision",
+    ),
+    "PRECISION_MAX_DIGITS_DECIMAL": (
+        6966808,
+        "The number of decimal digits for maximum value of field '{path}' must be less than or equal to precision",
+    ),
+    "PRECISION_DOMAIN_DOUBLE": (
+        9157100,
+        "The domain of double values specified by the min, max, and precision for field '{path}' cannot be "
+        "represented in fewer than 64 bits",
+    ),
+    "PRECISION_DOMAIN_DECIMAL": (
+        9157101,
+        "The domain of decimal values specified by the min, max, and precision for field '{path}' cannot be "
+        "represented in fewer than 128 bits",
     ),
     # values
     "CANNOT_ENCRYPT_TYPE": (31041, "Cannot encrypt element of type: {type}"),
@@ -230,6 +249,38 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "bulk_single_namespace": (2, "BulkWrite with Queryable Encryption supports only a single namespace"),
 }
+
+
+
+# An option present on a query type that does not take it: one code per (index kind, option) (validate*Index).
+NOT_ALLOWED_CODES: dict[tuple[str, str], int] = {
+    ("equality", "sparsity"): 6775205, ("equality", "min"): 6775206, ("equality", "max"): 6775207,
+    ("equality", "trimFactor"): 8574104, ("equality", "precision"): 10774900,
+    ("equality", "strMaxLength"): 10774901, ("equality", "strMinQueryLength"): 10774902,
+    ("equality", "strMaxQueryLength"): 10774903, ("equality", "caseSensitive"): 10774904,
+    ("equality", "diacriticSensitive"): 10774905,
+    ("range", "strMaxLength"): 10774906, ("range", "strMinQueryLength"): 10774907,
+    ("range", "strMaxQueryLength"): 10774908, ("range", "caseSensitive"): 10774909,
+    ("range", "diacriticSensitive"): 10774910,
+    ("text-based", "sparsity"): 10774911, ("text-based", "min"): 10774912, ("text-based", "max"): 10774913,
+    ("text-based", "trimFactor"): 10774914, ("text-based", "precision"): 10774915,
+}
+# A text search parameter missing, and one that differs between a field's two query types.
+TEXT_REQUIRED_CODES: dict[str, int] = {
+    "strMinQueryLength": 9783402, "strMaxQueryLength": 9783403, "caseSensitive": 9783404,
+    "diacriticSensitive": 9783405, "strMaxLength": 9783407,
+}
+TEXT_SAME_CODES: dict[str, int] = {"caseSensitive": 9783409, "diacriticSensitive": 9783410, "contention": 9783411}
+
+for (_index, _option), _code in NOT_ALLOWED_CODES.items():
+    ERRORS[f"NOT_ALLOWED:{_index}:{_option}"] = (
+        _code, f"The field '{_option}' is not allowed for {_index} index but is present")
+for _option, _code in TEXT_REQUIRED_CODES.items():
+    ERRORS[f"TEXT_REQUIRED:{_option}"] = (
+        _code, f"{_option} parameter is required for {{query_type}} query type of field {{path}}")
+for _option, _code in TEXT_SAME_CODES.items():
+    ERRORS[f"TEXT_SAME:{_option}"] = (
+        _code, f"{_option} parameter must be the same for all query types of field {{path}}")
 
 
 def error(key: str, **details: object) -> CommandError:

@@ -27,8 +27,12 @@ from markd.cache import ByteLRU
 UNINDEXED, EQUALITY, RANGE, TEXT = 1, 2, 3, 4
 
 TEXT_QUERY_TYPES = ("prefix", "suffix", "substring")
-PREVIEW_QUERY_TYPES = {"prefixPreview": "prefix", "suffixPreview": "suffix", "substringPreview": "substring"}
 ALGORITHM_OF_QUERY_TYPE = {"equality": EQUALITY, "range": RANGE, "prefix": TEXT, "suffix": TEXT, "substring": TEXT}
+# Names a query type is also given by: the server's earlier (preview) spellings, still parsed by mongocryptd
+# and libmongocrypt as the same index; messages keep the name the rules used.
+QUERY_TYPE_ALIASES = {
+    "rangePreview": "range", "prefixPreview": "prefix", "suffixPreview": "suffix", "substringPreview": "substring",
+}
 
 # Types each kind of field can hold (server: isFLE2{Unindexed,EqualityIndexed,RangeIndexed}SupportedType).
 UNINDEXED_TYPES = frozenset({
@@ -220,16 +224,21 @@ def _bool_option(raw: Mapping[str, Any], name: str, path: str) -> bool | None:
     return raw[name]
 
 
+def _refuse_present(raw: Mapping[str, Any], options: tuple[str, ...], index: str) -> None:
+    for option in options:
+        if option in raw:
+            raise error(f"NOT_ALLOWED:{index}:{option}")
+
+
 def _parse_query(raw: Any, path: str, bson_type: str | None) -> QueryConfig:
     if not isinstance(raw, Mapping):
         raise error("BAD_FIELD", detail=f"'queries' of encrypted field '{path}' must be an object or an array")
-    query_type = raw.get("queryType")
-    if type(query_type) is not str:
+    name = raw.get("queryType")
+    if type(name) is not str:
         raise error("BAD_FIELD", detail=f"'queryType' of encrypted field '{path}' must be a string")
-    if query_type in PREVIEW_QUERY_TYPES:
-        raise error("PREVIEW_TYPE", name=query_type, replacement=PREVIEW_QUERY_TYPES[query_type])
+    query_type = QUERY_TYPE_ALIASES.get(name, name)
     if query_type not in ALGORITHM_OF_QUERY_TYPE:
-        raise error("UNKNOWN_QUERY_TYPE", name=query_type)
+        raise error("UNKNOWN_QUERY_TYPE", name=name)
     unknown = set(raw) - KNOWN_QUERY_OPTIONS
     if unknown:
         raise error("BAD_FIELD", detail=f"BSON field 'queries.{sorted(unknown)[0]}' is an unknown field.")
@@ -239,36 +248,28 @@ def _parse_query(raw: Any, path: str, bson_type: str | None) -> QueryConfig:
     if contention < 0:
         raise error("CONTENTION_NEGATIVE")
     if query_type == "equality":
-        for option in (*RANGE_ONLY_OPTIONS, *TEXT_ONLY_OPTIONS):
-            if option in raw:
-                raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="equality")
+        # validateEqualityIndex: the type, then each option that only another index takes.
         if bson_type not in EQUALITY_TYPES:
             raise error("EQUALITY_TYPE", type=bson_type)
+        _refuse_present(raw, ("sparsity", "min", "max", "trimFactor", "precision", *TEXT_ONLY_OPTIONS), "equality")
         return QueryConfig("equality", contention)
     if query_type == "range":
-        return _parse_range(raw, path, bson_type, contention)
-    return _parse_text(raw, path, bson_type, query_type, contention)
+        return _parse_range(raw, path, bson_type, contention, preview=name != query_type)
+    return _parse_text(raw, path, bson_type, query_type, name, contention)
 
 
-def _parse_range(raw: Mapping[str, Any], path: str, bson_type: str | None, contention: int) -> QueryConfig:
-    for option in TEXT_ONLY_OPTIONS:
-        if option in raw:
-            raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="range")
+def _parse_range(raw: Mapping[str, Any], path: str, bson_type: str | None, contention: int,
+                 preview: bool) -> QueryConfig:
+    # validateRangeIndex's order: type, text-only options, sparsity, bounds' types, min < max, precision.
     if bson_type not in RANGE_TYPES:
         raise error("RANGE_TYPE", type=bson_type)
+    _refuse_present(raw, TEXT_ONLY_OPTIONS, "range")
     sparsity = _int_option(raw, "sparsity", path)
     if sparsity is not None and not 1 <= sparsity <= 8:
         raise error("SPARSITY_RANGE")
     precision = _int_option(raw, "precision", path)
     trim_factor = _int_option(raw, "trimFactor", path)
     floating = bson_type in ("double", "decimal")
-    if precision is not None and not floating:
-        raise error("PRECISION_NOT_ALLOWED")
-    if floating and (precision is not None or "min" in raw or "max" in raw):
-        if precision is None or "min" not in raw or "max" not in raw:
-            raise error("PRECISION_TOGETHER")
-    if precision is not None and precision < 0:
-        raise error("BAD_FIELD", detail=f"'precision' of encrypted field '{path}' must be non-negative")
     bounds = []
     for name, key in (("min", "MIN_TYPE"), ("max", "MAX_TYPE")):
         if name in raw:
@@ -284,9 +285,20 @@ def _parse_range(raw: Mapping[str, Any], path: str, bson_type: str | None, conte
     low, high = bounds
     if numeric(low) >= numeric(high):
         raise error("MIN_LT_MAX")
+    if precision is not None and not floating:
+        raise error("PRECISION_NOT_ALLOWED")
+    if floating and (precision is not None or "min" in raw or "max" in raw):
+        if precision is None or "min" not in raw or "max" not in raw:
+            raise error("PRECISION_TOGETHER")
+    if precision is not None and precision < 0:
+        raise error("BAD_FIELD", detail=f"'precision' of encrypted field '{path}' must be non-negative")
+    bits = None
+    if precision is not None:
+        bits = _precision_bits(bson_type, low, high, precision, path, check_domain=not preview)
     if trim_factor is not None:
-        bits = _domain_bits(bson_type, low, high, precision)
-        if trim_factor < 0 or (bits is not None and trim_factor >= bits):
+        if bits is None:
+            bits = _domain_bits(bson_type, low, high)
+        if trim_factor < 0 or trim_factor >= max(bits, 1):
             raise error("TRIM_FACTOR", bits=bits)
     return QueryConfig(
         "range", contention, min=low, max=high,
@@ -295,41 +307,79 @@ def _parse_range(raw: Mapping[str, Any], path: str, bson_type: str | None, conte
     )
 
 
-def _domain_bits(bson_type: str, low: Any, high: Any, precision: int | None) -> int | None:
-    """Bits needed for the domain [low, high] (None where markd leaves the check to libmongocrypt)."""
+def _domain_bits(bson_type: str, low: Any, high: Any) -> int:
+    """Bits for every value of [low, high] without precision (libmongocrypt's mc_getNumberOfBits)."""
     if bson_type in ("int", "long", "date"):
-        return max(1, (int(numeric(high)) - int(numeric(low))).bit_length())
-    if precision is None:
+        return (int(numeric(high)) - int(numeric(low))).bit_length()
+    return 64 if bson_type == "double" else 128
+
+
+def _ceil_log2(value: int) -> int:
+    return (value - 1).bit_length()
+
+
+def _precision_bits(bson_type: str, low: Any, high: Any, precision: int, path: str, check_domain: bool) -> int:
+    """The bits of a floating-point domain in precision mode, after the server's digit and domain checks
+    (6966805-6966808, 9157100/9157101); arithmetic as libmongocrypt's mc_canUsePrecisionMode* does it."""
+    if bson_type == "double":
+        scale = 10.0 ** precision if precision <= 308 else math.inf
+        scaled = [float(numeric(low)) * scale, float(numeric(high)) * scale]
+        for value, key in zip(scaled, ("PRECISION_MIN_DIGITS_DOUBLE", "PRECISION_MAX_DIGITS_DOUBLE"), strict=True):
+            if math.isfinite(value) and value != math.trunc(value):
+                raise error(key, path=path)
+        bound, limit, domain_key = 2.0 ** 53, 53, "PRECISION_DOMAIN_DOUBLE"
+        fits = all(math.isfinite(v) and abs(v) < bound for v in scaled)
+        if fits:
+            headroom = float(2**64 - 1) - (scaled[1] - scaled[0])
+            fits = headroom > 0 and precision <= math.floor(math.log10(headroom)) - 1
+        integers = [int(v) for v in scaled] if fits else [0, 0]
+    else:
+        context = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
+        scaled_dec = [context.scaleb(numeric(low), precision), context.scaleb(numeric(high), precision)]
+        for value, key in zip(scaled_dec, ("PRECISION_MIN_DIGITS_DECIMAL", "PRECISION_MAX_DIGITS_DECIMAL"),
+                              strict=True):
+            if value.is_finite() and value != value.to_integral_value(rounding=decimal.ROUND_DOWN):
+                raise error(key, path=path)
+        limit, domain_key = 128, "PRECISION_DOMAIN_DECIMAL"
+        fits = all(v.is_finite() and abs(v) <= 2**127 - 1 for v in scaled_dec)
+        if fits:
+            headroom = decimal.Decimal(2**128 - 1) - (scaled_dec[1] - scaled_dec[0])
+            fits = headroom > 0 and precision <= int(headroom.log10(context)) - 1 and precision <= 255
+        integers = [int(v) for v in scaled_dec] if fits else [0, 0]
+    bits = _ceil_log2(integers[1] - integers[0] + 10 ** precision) if fits else limit
+    if bits >= limit:
+        if check_domain:
+            raise error(domain_key, path=path)
         return 64 if bson_type == "double" else 128
-    scaled = (decimal.Decimal(str(numeric(high))) - decimal.Decimal(str(numeric(low)))) * (10 ** precision)
-    return max(1, int(scaled).bit_length() + 1)
+    return bits
 
 
-def _parse_text(raw: Mapping[str, Any], path: str, bson_type: str | None, query_type: str,
+def _parse_text(raw: Mapping[str, Any], path: str, bson_type: str | None, query_type: str, name: str,
                 contention: int) -> QueryConfig:
-    for option in RANGE_ONLY_OPTIONS:
-        if option in raw:
-            raise error("NOT_ALLOWED_FOR_INDEX", option=option, index="text-based")
+    # validateTextSearchIndex's order: type, range-only options, each parameter, then their relations.
     if bson_type not in TEXT_TYPES:
         raise error("TEXT_TYPE", type=bson_type, path=path)
-    needed = ["strMinQueryLength", "strMaxQueryLength", "caseSensitive", "diacriticSensitive"]
-    if query_type == "substring":
-        needed.append("strMaxLength")
-    for option in needed:
+    _refuse_present(raw, ("sparsity", "min", "max", "trimFactor", "precision"), "text-based")
+    for option in ("strMinQueryLength", "strMaxQueryLength", "caseSensitive", "diacriticSensitive"):
         if option not in raw:
-            raise error("TEXT_PARAM_REQUIRED", option=option, query_type=query_type, path=path)
+            raise error(f"TEXT_REQUIRED:{option}", query_type=name, path=path)
     low = _int_option(raw, "strMinQueryLength", path)
     high = _int_option(raw, "strMaxQueryLength", path)
-    length = _int_option(raw, "strMaxLength", path)
-    if query_type != "substring" and length is not None:
-        raise error("NOT_ALLOWED_FOR_INDEX", option="strMaxLength", index=query_type)
     assert low is not None and high is not None
-    if low <= 0 or high <= 0 or (length is not None and length <= 0):
+    if low <= 0 or high <= 0:
         raise error("BAD_FIELD", detail=f"text search lengths of encrypted field '{path}' must be positive")
     if low > high:
         raise error("TEXT_MIN_GT_MAX")
-    if length is not None and high > length:
-        raise error("TEXT_MAX_GT_LENGTH")
+    length = None
+    if query_type == "substring":
+        if "strMaxLength" not in raw:
+            raise error("TEXT_REQUIRED:strMaxLength", query_type=name, path=path)
+        length = _int_option(raw, "strMaxLength", path)
+        assert length is not None
+        if length <= 0:
+            raise error("BAD_FIELD", detail=f"text search lengths of encrypted field '{path}' must be positive")
+        if high > length:
+            raise error("TEXT_MAX_GT_LENGTH")
     return QueryConfig(
         query_type, contention,
         case_sensitive=_bool_option(raw, "caseSensitive", path),
@@ -387,7 +437,7 @@ def _check_combination(queries: tuple[QueryConfig, ...], path: str) -> None:
     for option, attribute in (("caseSensitive", "case_sensitive"), ("diacriticSensitive", "diacritic_sensitive"),
                               ("contention", "contention")):
         if getattr(first, attribute) != getattr(second, attribute):
-            raise error("TEXT_SAME", option=option, path=path)
+            raise error(f"TEXT_SAME:{option}", path=path)
 
 
 def parse_encrypted_fields(raw: Any) -> Schema:
