@@ -37,7 +37,7 @@ def send(client, driver, command: dict[str, Any], schema: dict[str, Any] | None 
     body = dict(command)
     body["jsonSchema"] = driver.schema if schema is None else schema
     body["isRemoteSchema"] = remote
-    return raw_command(client, DB, body)
+    return raw_command(client, body.pop("$db", DB), body)
 
 
 def subset(actual: Any, expected: Any) -> bool:
@@ -297,8 +297,12 @@ REFUSED: list[tuple[str, dict[str, Any], dict[str, Any] | None, bool, int, str]]
      None, False, 6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     # mongocryptd's bulkWrite analysis is Queryable Encryption only.
     ("bulkWrite-csfle", {"bulkWrite": 1, "ops": [{"insert": 0, "document": {"_id": 1, "ssn": "a"}}],
-                         "nsInfo": [{"ns": "db.coll"}]}, None, False, 2,
+                         "nsInfo": [{"ns": "db.coll"}], "$db": "admin"}, None, False, 2,
      "The bulkWrite command only supports Queryable Encryption"),
+    # ...after the database it must run on.
+    ("bulkWrite-not-admin", {"bulkWrite": 1, "ops": [{"insert": 0, "document": {"_id": 1, "ssn": "a"}}],
+                             "nsInfo": [{"ns": "db.coll"}]}, None, False, 73,
+     "BulkWrite has to be executed against the admin database"),
     ("view", {"create": "v", "viewOn": "coll", "pipeline": []}, None, False, 7501300,
      "Creating a view is not supported with automatic encryption"),
     ("projection-evaluates-encrypted", {"find": "coll", "projection": {"m": {"$gt": ["$ssn", "a"]}}}, None, False,
@@ -424,6 +428,22 @@ def test_create_with_same_schema_validator_passes_unmarked(client, driver):
     assert reply["result"] == command
     other = send(client, driver, {"create": "coll", "validator": {"$jsonSchema": {"bsonType": "object"}}})
     assert other["code"] == 6491101
+
+
+@pytest.mark.parametrize("validator", [
+    lambda schema: {"$and": [{"$jsonSchema": schema}, {"x": 1}]},
+    lambda schema: {"$jsonSchema": schema, "x": 1},
+    lambda schema: {"$or": [{"$jsonSchema": schema}]},
+])
+@pytest.mark.parametrize("command", ["create", "collMod"])
+def test_validator_combining_json_schema_meets_the_encrypted_leaf(client, driver, validator, command):
+    # A validator that is not exactly {$jsonSchema: ...} is a filter: the desugared `encrypt` of an encrypted
+    # field is an operator no encrypted field takes.
+    reply = send(client, driver, {command: "coll", "validator": validator(driver.schema)})
+    first = next(name for name, sub in driver.schema["properties"].items() if "encrypt" in sub)
+    assert reply["ok"] == 0.0 and reply["code"] == 51092, reply
+    assert reply["errmsg"] == (f"Invalid match expression operator on encrypted field '{first}': "
+                               f"{{ {first}: {{ $_internalSchemaBinDataSubType: 6 }} }}")
 
 
 def test_json_pointer_key_alt_name_and_encrypt_metadata_inheritance(client, driver):

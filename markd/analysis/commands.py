@@ -63,6 +63,7 @@ class Command:
     analysis: Analysis
     fields: Mapping[str, Any]  # the command as sent (rules removed): roles consult their siblings
     variables: dict[str, Value] = field(default_factory=dict)
+    database: str = ""
 
     @property
     def collation(self) -> Any:
@@ -567,7 +568,7 @@ def analyse(command: Mapping[str, Any], name: str, scheme: Scheme, rules: Rules,
     check_fields({key: value for key, value in command.items() if key not in RULE_FIELDS and key != name},
                  fields, name, generic=True)
     analysis = scheme.new_analysis(rules)
-    state = Command(name, analysis, stripped)
+    state = Command(name, analysis, stripped, database=database)
     result: dict[str, Any] = dict(stripped)
     for key in FIRST:
         if key in stripped and key in fields:

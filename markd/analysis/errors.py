@@ -127,6 +127,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "null_in": (51120, "Illegal equality to null inside $in against an encrypted field: '{path}'"),
     "eq_array_prefix": (31007, "$eq to array predicate is illegal for prefix of encrypted path: {expr}"),
     "in_array_prefix": (31008, "Illegal $in element for prefix '{path}' of encrypted path: {element}"),
+    "bulk_write_admin": (73, "BulkWrite has to be executed against the admin database"),
     "unsupported_match": (51094, "Unsupported match expression operator for encryption: {expr}"),
     "elem_match": (6890100, "$elemMatch is unsupported on encrypted fields: {expr}"),
     "invalid_on_encrypted": (51092, "Invalid match expression operator on encrypted field '{path}': {expr}"),

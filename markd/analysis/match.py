@@ -26,7 +26,7 @@ from markd.analysis.context import Scope
 from markd.analysis.errors import Quoted
 from markd.analysis.expressions import is_document
 from markd.analysis.ordering import sorted_set
-from markd.analysis.schema import EMPTY, NOT_ENCRYPTED
+from markd.analysis.schema import EMPTY, NOT_ENCRYPTED, is_encrypted, lookup
 from markd.errors import CommandError
 
 Node = Any  # a serialized predicate (a dict), or a scheme's pending predicate finished by finish_and
@@ -400,6 +400,31 @@ def _unsupported(op: str, value: Any, scope: Scope) -> list[Node]:
     scope.fail("unsupported_match", expr=render({op: value}))
 
 
+# $jsonSchema keywords whose desugared form is itself refused (51094) before any property's leaves.
+_SCHEMA_WIDE_KEYWORDS = ("patternProperties", "additionalProperties", "minProperties", "maxProperties", "enum")
+
+
+def _json_schema(op: str, value: Any, scope: Scope) -> list[Node]:
+    """$jsonSchema is refused; where mongod's desugared form first meets an encrypted field through `encrypt`
+    (its `$_internalSchemaBinDataSubType` leaf), mongocryptd names that field and that leaf (51092)."""
+    properties = value.get("properties") if is_document(value) else None
+    if is_document(properties) and not any(keyword in value for keyword in _SCHEMA_WIDE_KEYWORDS):
+        for name, subschema in properties.items():
+            if not is_document(subschema) or "properties" in subschema or "required" in subschema:
+                break  # an object match: refused whole, below
+            try:
+                encrypted = is_encrypted(lookup(scope.current, name))
+            except CommandError:
+                break
+            if not encrypted:
+                continue  # leaves on an unencrypted field are not what refuses the filter
+            if "encrypt" in subschema:
+                scope.fail("invalid_on_encrypted", path=name,
+                           expr=render({name: {"$_internalSchemaBinDataSubType": 6}}))
+            break
+    _unsupported(op, value, scope)
+
+
 def _constant(op: str, value: Any, scope: Scope) -> list[Node]:
     return [{op: 1}]
 
@@ -428,7 +453,7 @@ TOP_LEVEL_OPERATORS: dict[str, TopRule] = {
     "$expr": _expr,
     "$text": _unsupported,
     "$where": _unsupported,
-    "$jsonSchema": _unsupported,
+    "$jsonSchema": _json_schema,
     "$alwaysTrue": _constant,
     "$alwaysFalse": _constant,
     "$sampleRate": _sample_rate,

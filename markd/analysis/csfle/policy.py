@@ -144,6 +144,8 @@ class Csfle(Scheme):
         return after == before
 
     def check_bulk_write(self, command: Any) -> None:
+        if command.database != "admin":
+            command.analysis.fail("bulk_write_admin")
         command.analysis.fail("bulk_write_csfle")
 
     def check_validator(self, validator: Mapping[str, Any], scope: Scope) -> None:

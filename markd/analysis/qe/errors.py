@@ -179,7 +179,6 @@ ERRORS: dict[str, tuple[int, str]] = {
         2,
         "BulkWrite with Queryable Encryption expects NamespaceInfoEntry to contain encryptionInformation",
     ),
-    "BULK_ADMIN": (73, "BulkWrite has to be executed against the admin database"),
     # aggregation
     "STAGE": (31011, "Aggregation stage {stage} is not allowed or supported with automatic encryption."),
     "OTHER_COLLECTION": (51204, "Pipeline over an encrypted collection cannot reference additional collections."),

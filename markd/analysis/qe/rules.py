@@ -40,7 +40,7 @@ def _with_plain_csfle_namespaces(command: Mapping[str, Any], information: Encryp
 def _bulk_write_rules(command: Mapping[str, Any]) -> tuple[str, Any]:
     """bulkWrite names its one namespace, and carries its encryptionInformation, in `nsInfo`."""
     if command.get("$db", "admin") != "admin":
-        raise error("BULK_ADMIN")
+        raise error("bulk_write_admin")
     namespaces = command.get("nsInfo")
     if not isinstance(namespaces, list) or len(namespaces) != 1 or not is_document(namespaces[0]):
         raise error("BULK_ONE_NAMESPACE")
