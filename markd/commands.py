@@ -120,6 +120,14 @@ class Dispatcher:
         raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
 
 
+def marking_reply(command: dict[str, Any]) -> dict[str, Any]:
+    """The reply to a command libmongocrypt sends for marking: all the in-process library answers."""
+    name = next(iter(command), "")
+    if name not in analysis.MARKING_COMMANDS:
+        raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+    return analysis.mark_command(command)
+
+
 def hello_reply(name: str, connection_id: int) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     if name == "hello":
