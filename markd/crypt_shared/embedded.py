@@ -1,0 +1,107 @@
+"""The Python half of mongo_crypt_v1.so: what its two `extern "Python"` functions do.
+
+`analyze` is the daemon's path for one OP_MSG command, minus the socket: the command's bytes are
+decoded as markd.wire decodes an OP_MSG body, answered by the same route to `markd.analysis`
+(`markd.commands.reply_body` + `marking_reply`), and the reply is the same bytes the daemon would
+send.  A refusal is the daemon's error (code and message), reported as a status.
+
+`Bridge` is what the library's init code binds to cffi; it never lets an exception out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from typing import Any
+
+import markd
+from markd import commands
+from markd.errors import CommandError, InternalError
+from markd.logs import exception_location
+from markd.wire import encode_op_msg, parse_message
+from markd.wire.codec import OpMsg
+
+log = logging.getLogger("markd.crypt_shared")
+
+# mongo_crypt_v1_error values (mongo_crypt-v1.h).  The real library reports a refusal as
+# MONGO_CRYPT_V1_ERROR_EXCEPTION with the server's error code, as markd does here.
+ERROR_EXCEPTION = 2
+ERROR_ENOMEM = 1
+
+# What the C side reads back (mongo_crypt_v1.c: MARKD_CS_REPLY / MARKD_CS_FAILED).
+REPLY = 1
+FAILED = 2
+
+# The analysis was written for the daemon's one event loop: its caches are not made for threads.
+# Drivers call from many at once, so one analysis runs at a time (under the GIL they would not
+# have run in parallel anyway).
+_analysis_lock = threading.Lock()
+
+
+def _marking_reply(command: dict[str, Any]) -> dict[str, Any]:
+    with _analysis_lock:
+        return commands.marking_reply(command)
+
+
+def analyze(document: bytes) -> bytes:
+    """The reply document to one marking command, byte for byte the daemon's; CommandError if refused."""
+    # The daemon's decoder, on an OP_MSG that holds just this document: the same checks, the same errors.
+    message = parse_message(encode_op_msg(0, document))
+    assert isinstance(message, OpMsg)
+    if message.error is not None:
+        raise message.error
+    return commands.reply_body(_marking_reply, message.command)
+
+
+def check_versions(markd_version: str, server_version: str) -> None:
+    """The library was built from this markd: else its version would not be the daemon's."""
+    if (markd_version, server_version) != (markd.__version__, commands.SERVER_VERSION):
+        raise CommandError(
+            1, f"markd: this mongo_crypt_v1 library was built for markd {markd_version} (server {server_version}) "
+               f"but markd {markd.__version__} (server {commands.SERVER_VERSION}) is installed: reinstall markd "
+               "(pip install .) to rebuild it")
+
+
+class Bridge:
+    """The library's two calls into Python, on cffi's objects of the loaded library."""
+
+    def __init__(self, ffi: Any, lib: Any) -> None:
+        self.ffi = ffi
+        self.lib = lib
+
+    def start(self, result: Any) -> int:
+        """lib_create: markd is importable and is the markd the library was built from."""
+        try:
+            built = (self.ffi.string(self.lib.markd_cs_built_markd_version()).decode(),
+                     self.ffi.string(self.lib.markd_cs_built_server_version()).decode())
+            check_versions(*built)
+            # Imported now, so that a broken installation fails lib_create, not the first command.
+            for flavour in ("markd.analysis.csfle", "markd.analysis.qe"):
+                importlib.import_module(flavour)
+        except CommandError as exc:
+            return self._fail(result, exc)
+        except BaseException as exc:
+            return self._fail(result, InternalError(exc))
+        return REPLY
+
+    def analyze(self, document: Any, size: int, result: Any) -> int:
+        """analyze_query: the reply in `result`, or the error."""
+        try:
+            reply = analyze(self.ffi.buffer(document, size)[:])
+        except CommandError as exc:
+            return self._fail(result, exc)
+        except BaseException as exc:  # MemoryError, KeyboardInterrupt...: still a status, never a raise
+            return self._fail(result, InternalError(exc))
+        if self.lib.markd_cs_set_reply(result, reply, len(reply)) != 0:
+            self.lib.markd_cs_set_error(result, ERROR_ENOMEM, 1, b"markd: out of memory for the reply")
+            return FAILED
+        return REPLY
+
+    def _fail(self, result: Any, error: CommandError) -> int:
+        if isinstance(error, InternalError):
+            # Type and stack only: an exception's message may quote a document's values.
+            log.error("internal error in mongo_crypt_v1 analysis", extra={"attr": exception_location(error.cause)})
+        message = error.errmsg.encode("utf-8", "replace").replace(b"\0", b"?")
+        self.lib.markd_cs_set_error(result, ERROR_EXCEPTION, error.code, message)
+        return FAILED
