@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -37,6 +38,15 @@ FAILED = 2
 # Drivers call from many at once, so one analysis runs at a time (under the GIL they would not
 # have run in parallel anyway).
 _analysis_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A child forked while another thread held the lock would otherwise wait for it forever.
+    global _analysis_lock
+    _analysis_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _marking_reply(command: dict[str, Any]) -> dict[str, Any]:
