@@ -227,6 +227,23 @@ def test_abi_edge_cases(library: str, tmp_path: Path) -> None:
     assert seen["analysis_again"] == 0
 
 
+def test_a_bug_in_the_analysis_is_a_status_not_a_crash(library: str, tmp_path: Path) -> None:
+    request = {"commands": [Binary(command_bytes(COMMANDS[0][1]))]}
+    source, target = tmp_path / "in.bson", tmp_path / "out.bson"
+    source.write_bytes(bson.encode(request))
+    done = subprocess.run([sys.executable, "-m", "tests.support.crypt_shared_abi", library, "internal-error",
+                           str(source), str(target)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = bson.decode(target.read_bytes(), CODEC)["results"]
+    expected = [f"markd internal error: {name}" for name in ("RuntimeError", "KeyboardInterrupt", "RecursionError")]
+    assert [(r["error"], r["code"], r["explanation"]) for r in results[:3]] == [(ERROR_EXCEPTION, 1, e)
+                                                                                 for e in expected]
+    assert "reply" in results[3] and results[3]["error"] == 0
+    # Logged by type and stack only: the exception's message quoted a value.
+    assert "internal error in mongo_crypt_v1 analysis" in done.stderr
+    assert "value-that-must-not-leak" not in done.stderr
+
+
 def test_many_threads_analyse_at_once(library: str, daemon_replies: list[bytes], tmp_path: Path) -> None:
     request = {"commands": [Binary(command_bytes(command)) for _, command in COMMANDS], "threads": 16, "rounds": 8}
     outcome = run_abi(library, "threads", request, tmp_path)
@@ -466,3 +483,17 @@ def embedded_refusal(command: dict[str, Any]) -> CommandError:
     with pytest.raises(CommandError) as raised:
         embedded.analyze(bsonvalues.encode({**command, "jsonSchema": schema, "isRemoteSchema": False, "$db": "db"}))
     return raised.value
+
+
+def test_a_library_that_cannot_find_markd_fails_closed(library: str, tmp_path: Path) -> None:
+    """Copied away from any markd (and no environment recorded): libmongocrypt's init fails with why."""
+    program = _compile_host(tmp_path)
+    lonely = tmp_path / "a" / "b" / "c" / "mongo_crypt_v1.so"
+    lonely.parent.mkdir(parents=True)
+    shutil.copy2(library, lonely)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    done = subprocess.run([str(program), str(lonely)], cwd=tmp_path, env=environment, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "lib_create() failed: markd: the mongo_crypt_v1 library cannot load markd into Python" in done.stderr
+    assert "No module named 'markd'" in done.stderr

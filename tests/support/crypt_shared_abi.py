@@ -13,6 +13,8 @@ IN and OUT are BSON documents.  Modes:
   result that differs from the first thread's for the same command.
 - `abi`: OUT, what the edge cases of the ABI answered (NULL arguments, a second lib, foreign handles,
   explanations after success).
+- `internal-error`: the analysis made to raise (RuntimeError, KeyboardInterrupt, RecursionError), then
+  restored; OUT {results} as for `analyze`.
 """
 
 from __future__ import annotations
@@ -155,6 +157,26 @@ def edge_cases(abi: Abi, command: bytes) -> dict[str, Any]:
     return seen
 
 
+def internal_errors(abi: Abi, command: bytes) -> list[dict[str, Any]]:
+    """A bug in the analysis (an exception, even a BaseException) comes back as a status, not a crash."""
+    import markd.analysis
+
+    original = markd.analysis.mark_command
+    results = []
+    try:
+        for error in (RuntimeError("value-that-must-not-leak"), KeyboardInterrupt(), RecursionError()):
+            def broken(command: dict[str, Any], error: BaseException = error) -> dict[str, Any]:
+                raise error
+
+            markd.analysis.mark_command = broken
+            results += analyze_all(abi, [command])
+        markd.analysis.mark_command = original
+        results += analyze_all(abi, [command])  # and the library keeps working
+    finally:
+        markd.analysis.mark_command = original
+    return results
+
+
 def main(argv: list[str]) -> int:
     library, mode, source, target = argv
     request = bson.decode(Path(source).read_bytes()) if Path(source).exists() else {}
@@ -166,6 +188,8 @@ def main(argv: list[str]) -> int:
         out = threads(abi, commands, request["threads"], request["rounds"])
     elif mode == "abi":
         out = edge_cases(abi, commands[0])
+    elif mode == "internal-error":
+        out = {"results": internal_errors(abi, commands[0])}
     else:
         raise SystemExit(f"unknown mode {mode}")
     Path(target).write_bytes(bson.encode(out))
