@@ -10,14 +10,13 @@ send.  A refusal is the daemon's error (code and message), reported as a status.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
 from typing import Any
 
 import markd
-from markd import commands
+from markd import bsonvalues, commands
 from markd.errors import CommandError, InternalError
 from markd.logs import exception_location
 from markd.wire import encode_op_msg, parse_message
@@ -73,6 +72,26 @@ def check_versions(markd_version: str, server_version: str) -> None:
                "(pip install .) to rebuild it")
 
 
+# One small command per scheme, analysed at lib_create: the analysis imports what it needs lazily,
+# and a broken installation must fail lib_create, not the application's first command.
+_WARM_UP = (
+    {"find": "c", "filter": {"x": 1}, "jsonSchema": {}, "isRemoteSchema": False, "$db": "d"},
+    {"find": "c", "filter": {"x": 1}, "encryptionInformation": {"type": 1, "schema": {"d.c": {
+        "escCollection": "enxcol_.c.esc", "ecocCollection": "enxcol_.c.ecoc", "fields": []}}}, "$db": "d"},
+)
+
+
+def warm_up() -> None:
+    """Analyse the warm-up commands; InternalError if the analysis cannot run (a refusal would be fine)."""
+    for command in _WARM_UP:
+        try:
+            analyze(bsonvalues.encode(command))
+        except InternalError:
+            raise
+        except CommandError:
+            pass
+
+
 class Bridge:
     """The library's two calls into Python, on cffi's objects of the loaded library."""
 
@@ -86,9 +105,7 @@ class Bridge:
             built = (self.ffi.string(self.lib.markd_cs_built_markd_version()).decode(),
                      self.ffi.string(self.lib.markd_cs_built_server_version()).decode())
             check_versions(*built)
-            # Imported now, so that a broken installation fails lib_create, not the first command.
-            for flavour in ("markd.analysis.csfle", "markd.analysis.qe"):
-                importlib.import_module(flavour)
+            warm_up()
         except CommandError as exc:
             return self._fail(result, exc)
         except BaseException as exc:
