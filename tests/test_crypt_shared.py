@@ -239,6 +239,7 @@ def test_a_bug_in_the_analysis_is_a_status_not_a_crash(library: str, tmp_path: P
     assert [(r["error"], r["code"], r["explanation"]) for r in results[:3]] == [(ERROR_EXCEPTION, 1, e)
                                                                                  for e in expected]
     assert "reply" in results[3] and results[3]["error"] == 0
+    assert results[4] == {"lib_created": False, "error": ERROR_EXCEPTION, "code": 1, "explanation": expected[2]}
     # Logged by type and stack only: the exception's message quoted a value.
     assert "internal error in mongo_crypt_v1 analysis" in done.stderr
     assert "value-that-must-not-leak" not in done.stderr

@@ -161,6 +161,11 @@ def internal_errors(abi: Abi, command: bytes) -> list[dict[str, Any]]:
     """A bug in the analysis (an exception, even a BaseException) comes back as a status, not a crash."""
     import markd.analysis
 
+    c = abi.c
+    status = c.mongo_crypt_v1_status_create()
+    lib = c.mongo_crypt_v1_lib_create(status)  # before the analysis breaks: lib_create analyses too
+    assert lib != ffi.NULL, abi.status(status)
+    analyzer = c.mongo_crypt_v1_query_analyzer_create(lib, status)
     original = markd.analysis.mark_command
     results = []
     try:
@@ -169,11 +174,17 @@ def internal_errors(abi: Abi, command: bytes) -> list[dict[str, Any]]:
                 raise error
 
             markd.analysis.mark_command = broken
-            results += analyze_all(abi, [command])
+            results.append(abi.analyze(analyzer, command, status))
         markd.analysis.mark_command = original
-        results += analyze_all(abi, [command])  # and the library keeps working
+        results.append(abi.analyze(analyzer, command, status))  # and the library keeps working
+        # With the analysis broken, lib_create fails (its warm-up analysis), with the same status.
+        c.mongo_crypt_v1_query_analyzer_destroy(analyzer)
+        assert c.mongo_crypt_v1_lib_destroy(lib, status) == 0
+        markd.analysis.mark_command = broken
+        results.append({"lib_created": c.mongo_crypt_v1_lib_create(status) != ffi.NULL, **abi.status(status)})
     finally:
         markd.analysis.mark_command = original
+        c.mongo_crypt_v1_status_destroy(status)
     return results
 
 
