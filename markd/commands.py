@@ -93,8 +93,7 @@ class Dispatcher:
                 reply["helloOk"] = True
             return reply
         if name in analysis.MARKING_COMMANDS:
-            limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
-            return analysis.mark_command(command)
+            return marking_reply(command)
         if name in ("buildInfo", "buildinfo"):
             return build_info()
         if name == "getCmdLineOpts":
@@ -121,10 +120,12 @@ class Dispatcher:
 
 
 def marking_reply(command: dict[str, Any]) -> dict[str, Any]:
-    """The reply to a command libmongocrypt sends for marking: all the in-process library answers."""
+    """The reply to a command libmongocrypt sends for marking: the daemon's route to the analysis, and
+    all the in-process library (markd.crypt_shared) answers."""
     name = next(iter(command), "")
     if name not in analysis.MARKING_COMMANDS:
         raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+    limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
     return analysis.mark_command(command)
 
 

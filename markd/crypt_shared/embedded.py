@@ -1,9 +1,10 @@
 """The Python half of mongo_crypt_v1.so: what its two `extern "Python"` functions do.
 
-`analyze` is the daemon's path for one OP_MSG command, minus the socket: the command's bytes are
-decoded as markd.wire decodes an OP_MSG body, answered by the same route to `markd.analysis`
-(`markd.commands.reply_body` + `marking_reply`), and the reply is the same bytes the daemon would
-send.  A refusal is the daemon's error (code and message), reported as a status.
+`analyze` is the daemon's request path (`markd.core.process_frame`) for one OP_MSG command, minus
+the socket: the command's bytes go in as the body of an OP_MSG, the daemon's decoder and error
+handling take them, and the dispatcher answers marking commands by the daemon's route to
+`markd.analysis` (`markd.commands.marking_reply`).  The reply is the bytes the daemon would send;
+a refusal is the daemon's error (code and message), reported as a status.
 
 `Bridge` is what the library's init code binds to cffi; it never lets an exception out.
 """
@@ -15,12 +16,14 @@ import os
 import threading
 from typing import Any
 
+import bson
+
 import markd
-from markd import bsonvalues, commands
-from markd.errors import CommandError, InternalError
-from markd.logs import exception_location
-from markd.wire import encode_op_msg, parse_message
-from markd.wire.codec import OpMsg
+from markd import bsonvalues, commands, core
+from markd.analysis import MARKING_COMMANDS
+from markd.commands import UNKNOWN_COMMAND, ConnectionInfo, Dispatcher
+from markd.errors import CommandError
+from markd.wire import encode_op_msg
 
 log = logging.getLogger("markd.crypt_shared")
 
@@ -32,6 +35,10 @@ ERROR_ENOMEM = 1
 # What the C side reads back (mongo_crypt_v1.c: MARKD_CS_REPLY / MARKD_CS_FAILED).
 REPLY = 1
 FAILED = 2
+
+# An OP_MSG reply frame: 16 bytes of header, 4 of flags, the section kind, then the body.
+_REPLY_BODY = 21
+_CALLER = ConnectionInfo(0, "mongo_crypt_v1", True)
 
 # The analysis was written for the daemon's one event loop: its caches are not made for threads.
 # Drivers call from many at once, so one analysis runs at a time (under the GIL they would not
@@ -48,19 +55,38 @@ def _new_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
-def _marking_reply(command: dict[str, Any]) -> dict[str, Any]:
-    with _analysis_lock:
-        return commands.marking_reply(command)
+class MarkingDispatcher(Dispatcher):
+    """What the library answers: marking commands only (no handshake, no admin commands)."""
+
+    def reported_name(self, name: str) -> str:
+        return name if name in MARKING_COMMANDS else UNKNOWN_COMMAND
+
+    def handle(self, command: dict[str, Any], connection: ConnectionInfo) -> dict[str, Any]:
+        with _analysis_lock:
+            return commands.marking_reply(command)
+
+
+_DISPATCHER = MarkingDispatcher(argv=[], parsed_options={}, shutdown_enabled=False)
+
+
+class AnalysisBug(CommandError):
+    """markd failed on a command (a bug): answered, as by the daemon, with code 1 and the type's name."""
 
 
 def analyze(document: bytes) -> bytes:
     """The reply document to one marking command, byte for byte the daemon's; CommandError if refused."""
-    # The daemon's decoder, on an OP_MSG that holds just this document: the same checks, the same errors.
-    message = parse_message(encode_op_msg(0, document))
-    assert isinstance(message, OpMsg)
-    if message.error is not None:
-        raise message.error
-    return commands.reply_body(_marking_reply, message.command)
+    outcome = core.process_frame(encode_op_msg(0, document), _CALLER, _DISPATCHER)
+    if outcome.bug is not None:
+        # Type and stack only: an exception's message may quote a document's values.
+        log.error("internal error in mongo_crypt_v1 analysis", extra={"attr": {"command": outcome.name, **outcome.bug}})
+    if outcome.reply is None:  # the frame is built here: nothing else can come of it
+        raise AnalysisBug(1, f"markd internal error: {outcome.close_reason or outcome.outcome}")
+    body = outcome.reply[_REPLY_BODY:]
+    if outcome.outcome != "ok":
+        error = bson.decode(body)
+        raised = AnalysisBug if outcome.bug is not None else CommandError
+        raise raised(int(error["code"]), str(error["errmsg"]), str(error["codeName"]))
+    return body
 
 
 def check_versions(markd_version: str, server_version: str) -> None:
@@ -82,11 +108,11 @@ _WARM_UP = (
 
 
 def warm_up() -> None:
-    """Analyse the warm-up commands; InternalError if the analysis cannot run (a refusal would be fine)."""
+    """Analyse the warm-up commands; AnalysisBug if the analysis cannot run (a refusal would be fine)."""
     for command in _WARM_UP:
         try:
             analyze(bsonvalues.encode(command))
-        except InternalError:
+        except AnalysisBug:
             raise
         except CommandError:
             pass
@@ -109,7 +135,7 @@ class Bridge:
         except CommandError as exc:
             return self._fail(result, exc)
         except BaseException as exc:
-            return self._fail(result, InternalError(exc))
+            return self._fail(result, self._bug(exc))
         return REPLY
 
     def analyze(self, document: Any, size: int, result: Any) -> int:
@@ -119,16 +145,19 @@ class Bridge:
         except CommandError as exc:
             return self._fail(result, exc)
         except BaseException as exc:  # MemoryError, KeyboardInterrupt...: still a status, never a raise
-            return self._fail(result, InternalError(exc))
+            return self._fail(result, self._bug(exc))
         if self.lib.markd_cs_set_reply(result, reply, len(reply)) != 0:
             self.lib.markd_cs_set_error(result, ERROR_ENOMEM, 1, b"markd: out of memory for the reply")
             return FAILED
         return REPLY
 
+    @staticmethod
+    def _bug(exc: BaseException) -> CommandError:
+        # Type and stack only: an exception's message may quote a document's values.
+        log.error("internal error in mongo_crypt_v1 analysis", extra={"attr": core.where(exc)})
+        return AnalysisBug(1, f"markd internal error: {type(exc).__name__}")
+
     def _fail(self, result: Any, error: CommandError) -> int:
-        if isinstance(error, InternalError):
-            # Type and stack only: an exception's message may quote a document's values.
-            log.error("internal error in mongo_crypt_v1 analysis", extra={"attr": exception_location(error.cause)})
         message = error.errmsg.encode("utf-8", "replace").replace(b"\0", b"?")
         self.lib.markd_cs_set_error(result, ERROR_EXCEPTION, error.code, message)
         return FAILED
