@@ -498,3 +498,44 @@ def test_a_library_that_cannot_find_markd_fails_closed(library: str, tmp_path: P
     assert done.returncode == 1 and done.stdout == ""
     assert "lib_create() failed: markd: the mongo_crypt_v1 library cannot load markd into Python" in done.stderr
     assert "No module named 'markd'" in done.stderr
+
+
+# A Python without markd (nor pymongo) loading the library, as the spec harness's venv does: ctypes only.
+_BARE_HOST = """
+import ctypes, importlib.util, sys
+assert importlib.util.find_spec("markd") is None and importlib.util.find_spec("bson") is None
+library = ctypes.CDLL(sys.argv[1])
+library.mongo_crypt_v1_status_create.restype = ctypes.c_void_p
+library.mongo_crypt_v1_status_get_explanation.restype = ctypes.c_char_p
+library.mongo_crypt_v1_status_get_explanation.argtypes = [ctypes.c_void_p]
+library.mongo_crypt_v1_lib_create.restype = ctypes.c_void_p
+library.mongo_crypt_v1_lib_create.argtypes = [ctypes.c_void_p]
+library.mongo_crypt_v1_query_analyzer_create.restype = ctypes.c_void_p
+library.mongo_crypt_v1_query_analyzer_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+analyze = library.mongo_crypt_v1_analyze_query
+analyze.restype = ctypes.POINTER(ctypes.c_uint8)
+analyze.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32,
+                    ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+status = library.mongo_crypt_v1_status_create()
+lib = library.mongo_crypt_v1_lib_create(status)
+assert lib, library.mongo_crypt_v1_status_get_explanation(status)
+analyzer = library.mongo_crypt_v1_query_analyzer_create(lib, status)
+length = ctypes.c_uint32()
+reply = analyze(analyzer, bytes.fromhex(sys.argv[2]), b"db.coll", 7, ctypes.byref(length), status)
+assert reply, library.mongo_crypt_v1_status_get_explanation(status)
+print(ctypes.string_at(reply, length.value).hex())
+library.mongo_crypt_v1_bson_free(reply)
+"""
+
+
+def test_a_python_without_markd_takes_it_from_the_librarys_environment(library: str) -> None:
+    base = getattr(sys, "_base_executable", sys.executable)
+    probe = subprocess.run([base, "-I", "-c", "import sys; print(sys.version_info[:2]); import markd"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0 or probe.stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip("needs this Python's base interpreter, without markd")
+    command = command_bytes(COMMANDS[0][1])
+    done = subprocess.run([base, "-I", "-c", _BARE_HOST, library, command.hex()], cwd="/", capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert bytes.fromhex(done.stdout.strip()) == embedded.analyze(command)

@@ -102,9 +102,12 @@ def _load_bridge():
     except ImportError:
         if lib.markd_cs_python_started_here():
             raise
-        # A Python host whose environment lacks markd: take it from where this library is, after
-        # everything the host has.
-        sys.path.append(_markd_import_root())
+        # A Python host whose environment lacks markd or one of its dependencies: take them from the
+        # environment this library was installed with, after everything the host has (plain path
+        # entries: that environment's .pth files are not the host's business).
+        for directory in _environment_site_dirs():
+            if directory not in sys.path:
+                sys.path.append(directory)
         import markd.crypt_shared.embedded as embedded
     return embedded.Bridge(ffi, lib)
 
