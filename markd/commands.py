@@ -119,14 +119,14 @@ class Dispatcher:
         raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
 
 
-def marking_reply(command: dict[str, Any]) -> dict[str, Any]:
+def marking_reply(command: dict[str, Any], *, in_process: bool = False) -> dict[str, Any]:
     """The reply to a command libmongocrypt sends for marking: the daemon's route to the analysis, and
-    all the in-process library (markd.crypt_shared) answers."""
+    all the in-process library (markd.crypt_shared, `in_process`) answers."""
     name = next(iter(command), "")
     if name not in analysis.MARKING_COMMANDS:
         raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
     limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
-    return analysis.mark_command(command)
+    return analysis.mark_command(command, in_process=in_process)
 
 
 def hello_reply(name: str, connection_id: int) -> dict[str, Any]:

@@ -112,7 +112,7 @@ COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("csfle-explain", {"explain": {"find": "coll", "filter": {"ssn": "1"}, "$db": "db"}, "verbosity": "queryPlanner",
                        "jsonSchema": SCHEMA, "isRemoteSchema": False, "$db": "db"}),
     ("qe-explain", {"explain": {"find": "coll", "filter": {"eq": "v"}, "encryptionInformation": QE_INFO, "$db": "db"},
-                    "verbosity": "queryPlanner", "$db": "db"}),
+                    "verbosity": "queryPlanner", "$db": "db"}),  # the daemon's form: DAEMON_FORMS
     ("qe-insert", qe({"insert": "coll", "documents": [{"eq": "v", "r": 7, "un": "u", "plain": True}]})),
     ("qe-find", qe({"find": "coll", "filter": {"eq": "v", "_id": 1}})),
     ("qe-range", qe({"aggregate": "coll", "pipeline": [{"$match": {"r": {"$gte": 5, "$lt": 50}}}], "cursor": {}})),
@@ -127,6 +127,14 @@ COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("refused-unknown-command", {"frobnicate": "coll", "$db": "db"}),
     ("refused-no-db", csfle({"find": "coll", "filter": {}}) | {"$db": None}),
 ]
+
+
+# Where libmongocrypt sends mongocryptd another form than crypt_shared: QE rules beside `explain`,
+# not inside the explained command (mc-schema-broker.c). The replies must still be the same bytes.
+DAEMON_FORMS: dict[str, dict[str, Any]] = {
+    "qe-explain": {"explain": {"find": "coll", "filter": {"eq": "v"}, "$db": "db"}, "verbosity": "queryPlanner",
+                   "encryptionInformation": QE_INFO, "$db": "db"},
+}
 
 
 def command_bytes(command: dict[str, Any]) -> bytes:
@@ -159,7 +167,8 @@ def daemon_replies() -> list[bytes]:
     with MarkdProcess() as process:
         connection = RawConnection(process.port)
         try:
-            return [daemon_reply(connection, command_bytes(command)) for _, command in COMMANDS]
+            return [daemon_reply(connection, command_bytes(DAEMON_FORMS.get(case, command)))
+                    for case, command in COMMANDS]
         finally:
             connection.close()
 
@@ -184,6 +193,18 @@ def test_replies_are_the_daemons_byte_for_byte(library: str, daemon_replies: lis
     find = bsonvalues.decode(daemon_replies[0])
     assert find["hasEncryptionPlaceholders"] is True
     assert bytes(find["result"]["filter"]["$and"][0]["ssn"]["$eq"])[:1] == b"\x00"
+
+
+def test_each_way_takes_its_own_explain_form(library: str, tmp_path: Path) -> None:
+    """The daemon refuses QE rules inside an explained command, as mongocryptd; the library takes them there."""
+    nested = command_bytes(dict(COMMANDS)["qe-explain"])
+    with MarkdProcess() as process:
+        connection = RawConnection(process.port)
+        daemon = bsonvalues.decode(daemon_reply(connection, nested))
+        connection.close()
+    assert (daemon["ok"], daemon["code"]) == (0.0, 6365900)
+    (result,) = run_abi(library, "analyze", {"commands": [Binary(nested)]}, tmp_path)["results"]
+    assert "reply" in result and bsonvalues.decode(bytes(result["reply"]))["hasEncryptionPlaceholders"] is True
 
 
 def test_undecodable_commands_get_the_daemons_errors(library: str, tmp_path: Path) -> None:
@@ -377,6 +398,10 @@ def test_qe_in_process(deployment: Deployment) -> None:
     find = next(c.body for c in deployment.mongod.received("find") if c.body.get("find") == "qe")
     assert ciphertext(find["filter"]["eq"]["$eq"], 12)  # FLE2FindEqualityPayloadV2
     assert b"alpha" not in bson.encode(find)
+    # An explain: libmongocrypt hands crypt_shared its QE rules inside the explained command.
+    client.db.qe.find({"eq": "alpha"}).explain()
+    (explain,) = [c.body for c in deployment.mongod.received("explain")]
+    assert ciphertext(explain["explain"]["filter"]["eq"]["$eq"], 12) and b"alpha" not in bson.encode(explain)
 
 
 def test_a_refused_query_reaches_the_application_with_the_daemons_message(deployment: Deployment) -> None:

@@ -63,7 +63,8 @@ class MarkingDispatcher(Dispatcher):
 
     def handle(self, command: dict[str, Any], connection: ConnectionInfo) -> dict[str, Any]:
         with _analysis_lock:
-            return commands.marking_reply(command)
+            # In-process: libmongocrypt puts an explained command's QE rules inside it for crypt_shared.
+            return commands.marking_reply(command, in_process=True)
 
 
 _DISPATCHER = MarkingDispatcher(argv=[], parsed_options={}, shutdown_enabled=False)

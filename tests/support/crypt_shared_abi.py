@@ -170,7 +170,7 @@ def internal_errors(abi: Abi, command: bytes) -> list[dict[str, Any]]:
     results = []
     try:
         for error in (RuntimeError("value-that-must-not-leak"), KeyboardInterrupt(), RecursionError()):
-            def broken(command: dict[str, Any], error: BaseException = error) -> dict[str, Any]:
+            def broken(command: dict[str, Any], error: BaseException = error, **options: Any) -> dict[str, Any]:
                 raise error
 
             markd.analysis.mark_command = broken
