@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also sample markd with py-spy under (a), (b) and (c)")
     parser.add_argument("--profile-seconds", type=float, default=5.0)
     parser.add_argument("--profile-dir", default=str(BENCH_DIR / "profiles"))
+    parser.add_argument("--endtoend", action="store_true",
+                        help="then an encrypted insert and find through pymongo, in-process vs the daemon "
+                             "(bench/endtoend.py; also written to bench/results-endtoend.json)")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -405,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         results = uvloop.run(run(args))
     except ImportError:
         results = asyncio.run(run(args))
+    if args.endtoend:
+        from bench import endtoend
+
+        log("end to end: pymongo with auto-encryption, markd in-process against markd the daemon")
+        seconds, rounds, warmup = (0.5, 2, 50) if args.quick else (3.0, args.rounds, 300)
+        results["endtoend"] = endtoend.run(seconds, rounds, warmup, not args.no_pin)
+        print()
+        print(endtoend.format_table(results["endtoend"]["summary"]))
     Path(args.output).write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(f"wrote {args.output}")
     return 0

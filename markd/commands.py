@@ -93,8 +93,7 @@ class Dispatcher:
                 reply["helloOk"] = True
             return reply
         if name in analysis.MARKING_COMMANDS:
-            limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
-            return analysis.mark_command(command)
+            return marking_reply(command)
         if name in ("buildInfo", "buildinfo"):
             return build_info()
         if name == "getCmdLineOpts":
@@ -118,6 +117,16 @@ class Dispatcher:
         if handler is not None:
             return handler(command)
         raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+
+
+def marking_reply(command: dict[str, Any], *, in_process: bool = False) -> dict[str, Any]:
+    """The reply to a command libmongocrypt sends for marking: the daemon's route to the analysis, and
+    all the in-process library (markd.crypt_shared, `in_process`) answers."""
+    name = next(iter(command), "")
+    if name not in analysis.MARKING_COMMANDS:
+        raise CommandError(59, f"no such command: '{name}'", "CommandNotFound")
+    limits.check_sub_pipelines(command)  # mongod's parser limit, before the analysis recurses
+    return analysis.mark_command(command, in_process=in_process)
 
 
 def hello_reply(name: str, connection_id: int) -> dict[str, Any]:

@@ -13,5 +13,15 @@ fi
 if ! .venv/bin/python -c 'from importlib.metadata import version as v; assert int(v("django-mongodb-backend").split(".")[0]) >= 6' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check --ignore-requires-python 'django-mongodb-backend[encryption]>=6.0.1'
 fi
-.venv/bin/ruff check markd tests bench examples
+# The in-process library (markd/crypt_shared/mongo_crypt_v1.so) is built by the editable install:
+# build it again when it is missing or older than what it is built from.
+stamp=markd/crypt_shared/mongo_crypt_v1.so
+[ -e "$stamp" ] || stamp=markd/crypt_shared/BUILD-FAILED.txt
+for source in setup.py markd/__init__.py markd/commands.py markd/crypt_shared/build.py markd/crypt_shared/mongo_crypt_v1.c; do
+  if [ "$source" -nt "$stamp" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    break
+  fi
+done
+.venv/bin/ruff check markd tests bench examples setup.py
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,7 +1,11 @@
 """Django MongoDB Backend's Queryable Encryption, end to end through markd (issue 6).
 
     Django ORM -> django-mongodb-backend -> pymongo auto-encryption -> libmongocrypt
-        -> markd (a real process, `mongocryptd_uri` + `mongocryptd_bypass_spawn`)
+        -> markd, both ways (the `stack` fixture's parameter):
+           daemon:       a real process, `mongocryptd_uri` + `mongocryptd_bypass_spawn`
+           crypt_shared: in-process, the howto's own settings with markd's library,
+                         `crypt_shared_lib_path=markd.crypt_shared.library_path()`,
+                         `crypt_shared_lib_required=True`
         -> the stand-in mongod (tests/support/fake_mongod.py with `emulate_database`)
 
 The project is examples/django_qe (the backend's QE howto: Patient / PatientRecord / Billing, the
@@ -68,8 +72,12 @@ UNINDEXED_VALUE = 16  # FLE2UnindexedEncryptedValueV2: an unindexed value writte
 OPTIONS = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
+MODES = ["daemon", "crypt_shared"]
+
+
 class Stack:
-    def __init__(self, mongod: FakeMongod, markd: MarkdProcess) -> None:
+    def __init__(self, mode: str, mongod: FakeMongod, markd: MarkdProcess | None) -> None:
+        self.mode = mode
         self.mongod = mongod
         self.markd = markd
         # What libmongocrypt asked markd, and markd's reply (a document) or error (a string).
@@ -98,6 +106,15 @@ class Stack:
     def markd_answers(self, name: str, collection: str) -> list[dict[str, Any] | str]:
         return [answer for sent, answer in self.exchanges if sent.get(name) == collection]
 
+    def assert_marked_by_markd(self, name: str, collection: str) -> None:
+        """markd made the markings: the daemon's answer had placeholders, or (in-process) nothing was
+        asked of a mongocryptd at all, so libmongocrypt's markings came from the library the settings name."""
+        if self.mode == "daemon":
+            answer = self.markd_answers(name, collection)[-1]
+            assert isinstance(answer, dict) and answer["hasEncryptionPlaceholders"] is True, answer
+        else:
+            assert self.exchanges == []
+
     def commands(self, name: str, collection: str | None = None) -> list[dict[str, Any]]:
         return [c.body for c in self.mongod.received(name)
                 if c.database == ENCRYPTED_DB and (collection is None or c.body.get(name) == collection)]
@@ -111,39 +128,84 @@ class Stack:
         return self.mongod.documents(f"{ENCRYPTED_DB}.{collection}")
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+# Django is set up once per process, by the first mode; the second reloads the example's settings.
+_django_set_up_here = False
+# What the backend's connections cache about their MongoClient, dropped with it between modes.
+_CONNECTION_CACHES = ("auto_encryption_opts", "client_encryption", "key_vault", "kms_provider", "kms_credentials")
+
+
+def _configure_django() -> None:
+    global _django_set_up_here
+    if not _django_set_up_here:
+        django.setup()
+        _django_set_up_here = True
+        return
+    import importlib
+
+    from django.conf import settings
+    from qe_project import settings as example_settings
+
+    importlib.reload(example_settings)
+    # In place: the connections hold these very dicts (with Django's defaults filled in).
+    for alias, database in example_settings.DATABASES.items():
+        settings.DATABASES[alias].update(database)
+
+
+def _close_connections() -> None:
+    """Close the backend's MongoClients (connections.close_all() leaves them open): libmongocrypt lets
+    go of the crypt_shared library only when its last client is gone."""
+    from django.db import connections
+
+    for connection in connections.all():
+        connection.close_pool()
+        for cached in _CONNECTION_CACHES:
+            connection.__dict__.pop(cached, None)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     from django.conf import settings
 
-    if settings.configured:
+    mode = request.param
+    if settings.configured and not _django_set_up_here:
         pytest.skip("Django settings were configured by another test module")
+    if mode == "crypt_shared":
+        try:
+            import markd.crypt_shared
+
+            markd.crypt_shared.library_path()
+        except markd.crypt_shared.LibraryUnavailable as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(str(exc))
     mongod = emulate_database(FakeMongod()).start()
-    markd = MarkdProcess().start()
+    markd_process = MarkdProcess().start() if mode == "daemon" else None
     environment = {
         "DJANGO_SETTINGS_MODULE": "qe_project.settings",
         "MONGODB_URI": f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
-        "MARKD_URI": markd.uri,
+        "MARKD_URI": markd_process.uri if markd_process else "mongodb://127.0.0.1:1",  # never asked
+        "MARKD_CRYPT_SHARED": "1" if mode == "crypt_shared" else "",
         "QE_DB_NAME": PLAIN_DB,
         "QE_ENCRYPTED_DB_NAME": ENCRYPTED_DB,
     }
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     sys.path.insert(0, str(EXAMPLE))
-    stack = Stack(mongod, markd)
+    stack = Stack(mode, mongod, markd_process)
     original_mark_command = stack.record_markd_exchanges()
     try:
-        django.setup()
+        _configure_django()
         from django.core.management import call_command
 
         call_command("migrate", database="encrypted", verbosity=0)
         yield stack
     finally:
-        from django.db import connections
         from pymongo.synchronous.encryption import _EncryptionIO
 
-        connections.close_all()
+        _close_connections()
         _EncryptionIO.mark_command = original_mark_command  # type: ignore[method-assign]
-        markd.cleanup()
+        if markd_process is not None:
+            markd_process.cleanup()
         mongod.stop()
         sys.path.remove(str(EXAMPLE))
         for key, value in saved.items():
@@ -151,6 +213,19 @@ def stack() -> Iterator[Stack]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def test_the_settings_are_the_howtos(stack: Stack) -> None:
+    from django.db import connections
+
+    options = connections["encrypted"].auto_encryption_opts
+    if stack.mode == "crypt_shared":
+        import markd.crypt_shared
+
+        assert options._crypt_shared_lib_path == markd.crypt_shared.library_path()
+        assert options._crypt_shared_lib_required is True
+    else:
+        assert options._mongocryptd_uri == stack.markd.uri and options._mongocryptd_bypass_spawn is True
 
 
 def encrypted(value: Any, *blob_subtypes: int) -> bool:
@@ -241,8 +316,7 @@ def test_saved_patient_reaches_mongod_as_ciphertext(stack: Stack, patients: list
     assert record["bill_amount"] == bson.Decimal128("250.75")
     assert_no_plaintext(inserts[0], SSN, CARD, "Visa")
     # It was markd that marked the fields for libmongocrypt to encrypt.
-    answer = stack.markd_answers("insert", "medical_patient")[0]
-    assert isinstance(answer, dict) and answer["hasEncryptionPlaceholders"] is True, answer
+    stack.assert_marked_by_markd("insert", "medical_patient")
     # What the stand-in stored is what it was sent: ciphertext.
     stored = stack.stored("medical_patient")
     assert all(encrypted(d["patient_record"]["ssn"], INSERT_UPDATE_PAYLOAD) for d in stored)
@@ -260,8 +334,7 @@ def test_get_patient_by_ssn(stack: Stack, patients: list[Any]) -> None:
     operands = values_at(match_stage(query), "patient_record.ssn")
     assert operands and all(encrypted(value, FIND_EQUALITY_PAYLOAD) for value in operands), operands
     assert_no_plaintext(query, SSN)
-    answer = stack.markd_answers("aggregate", "medical_patient")[-1]
-    assert isinstance(answer, dict) and answer["hasEncryptionPlaceholders"] is True, answer
+    stack.assert_marked_by_markd("aggregate", "medical_patient")
     assert Patient.objects.get(patient_record__ssn="987-65-4321").name == "Jane Roe"
     assert not Patient.objects.filter(patient_record__ssn="000-00-0000").exists()
 
@@ -503,9 +576,17 @@ def test_unsupported_queries_fail_with_mongocryptds_message(stack: Stack, model_
     with pytest.raises(DatabaseError) as raised:
         operation(model)
     assert message in str(raised.value)
-    # The refusal is markd's answer to the command libmongocrypt asked it about.
-    answers = [answer for sent, answer in stack.exchanges[asked:] if next(iter(sent)) != "isMaster"]
-    assert answers and isinstance(answers[-1], str) and message in answers[-1], answers
+    if stack.mode == "daemon":
+        # The refusal is markd's answer to the command libmongocrypt asked it about.
+        answers = [answer for sent, answer in stack.exchanges[asked:] if next(iter(sent)) != "isMaster"]
+        assert answers and isinstance(answers[-1], str) and message in answers[-1], answers
+    else:
+        # The refusal is the library's: libmongocrypt quotes its version string (markd's) and status.
+        import markd
+
+        assert stack.exchanges == []
+        assert f"[crypt_shared markd {markd.__version__} " in str(raised.value)
+        assert message in str(raised.value).split('analyze_query" failed: ', 1)[1]
     # Refused before anything reached the database.
     reached = [c.name for c in stack.mongod.commands[before:]
                if c.name.lower() not in ("listcollections", "find", "hello", "ismaster", "endsessions")]
@@ -556,6 +637,7 @@ def test_example_with_markd_spawned_from_path(tmp_path: Path) -> None:
             MONGODB_URI=f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
             MARKD_URI=f"mongodb://127.0.0.1:{port}",
             MARKD_SPAWN="1",
+            MARKD_CRYPT_SHARED="",
             MARKD_SPAWN_ARGS=f"--pidfilepath={pidfile} --unixSocketPrefix={tmp_path} --idleShutdownTimeoutSecs=30",
             QE_DB_NAME=PLAIN_DB,
             QE_ENCRYPTED_DB_NAME=ENCRYPTED_DB,
@@ -576,6 +658,43 @@ def test_example_with_markd_spawned_from_path(tmp_path: Path) -> None:
         assert "range query value__gt=7: [10]" in demo
         assert "range query on a date: [datetime.date(2024, 6, 1)]" in demo
         assert "sorting on an encrypted field is refused" in demo
+        (insert,) = [c.body for c in mongod.received("insert") if c.body["insert"] == "medical_patient"]
+        assert encrypted(insert["documents"][0]["patient_record"]["ssn"], INSERT_UPDATE_PAYLOAD)
+        assert_no_plaintext(insert, SSN, CARD)
+
+
+def test_example_in_process_from_manage_py(tmp_path: Path) -> None:
+    """The example project with MARKD_CRYPT_SHARED=1: the howto's settings, no daemon anywhere."""
+    import subprocess
+
+    try:
+        import markd.crypt_shared
+
+        markd.crypt_shared.library_path()
+    except markd.crypt_shared.LibraryUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    with emulate_database(FakeMongod()) as mongod:
+        environment = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="qe_project.settings",
+            MONGODB_URI=f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
+            MARKD_URI="mongodb://127.0.0.1:1",  # nothing listens there: nothing may ask it
+            MARKD_CRYPT_SHARED="1",
+            QE_DB_NAME=PLAIN_DB,
+            QE_ENCRYPTED_DB_NAME=ENCRYPTED_DB,
+        )
+        outputs = []
+        for command in (["migrate", "--database", "encrypted", "--verbosity", "0"], ["qe_demo"]):
+            done = subprocess.run([sys.executable, "-c", MANAGE, *command], cwd=EXAMPLE, env=environment,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-3000:]
+            outputs.append(done.stdout)
+        demo = outputs[1]
+        assert "equality on an encrypted field: John Doe (1001) ssn=123-45-6789" in demo
+        assert "range query value__gt=7: [10]" in demo
+        assert "sorting on an encrypted field is refused: [crypt_shared markd " in demo
         (insert,) = [c.body for c in mongod.received("insert") if c.body["insert"] == "medical_patient"]
         assert encrypted(insert["documents"][0]["patient_record"]["ssn"], INSERT_UPDATE_PAYLOAD)
         assert_no_plaintext(insert, SSN, CARD)

@@ -1,13 +1,15 @@
 """Settings for the markd Queryable Encryption example.
 
 Follows Django MongoDB Backend's Queryable Encryption howto, with one change: query analysis
-is done by markd (a mongocryptd-compatible daemon) instead of the Automatic Encryption Shared
-Library, so `AutoEncryptionOpts` gets `mongocryptd_uri` / `mongocryptd_bypass_spawn` instead of
-`crypt_shared_lib_path`.
+is done by markd instead of MongoDB's Automatic Encryption Shared Library.  Either in-process,
+with the howto's very settings pointed at markd's own mongo_crypt_v1 library
+(`crypt_shared_lib_path=markd.crypt_shared.library_path()`, `crypt_shared_lib_required=True`),
+or by markd as a mongocryptd-compatible daemon (`mongocryptd_uri` / `mongocryptd_bypass_spawn`).
 
 Environment overrides (all optional):
 
     MONGODB_URI            the MongoDB deployment (default mongodb://localhost:27017)
+    MARKD_CRYPT_SHARED=1   in-process: load markd's mongo_crypt_v1 library (no daemon)
     MARKD_URI              where markd listens (default mongodb://localhost:27020)
     MARKD_SPAWN=1          let pymongo spawn `mongocryptd` (markd's console script) from PATH
                            instead of connecting to an already running markd
@@ -49,7 +51,15 @@ DEV_LOCAL_MASTER_KEY = (
 )
 LOCAL_MASTER_KEY = base64.b64decode(os.environ.get("QE_LOCAL_MASTER_KEY", DEV_LOCAL_MASTER_KEY))
 
-if os.environ.get("MARKD_SPAWN") == "1":
+if os.environ.get("MARKD_CRYPT_SHARED") == "1":
+    # In-process: the howto's settings, with markd's library as the shared library.
+    import markd.crypt_shared
+
+    query_analysis = {
+        "crypt_shared_lib_path": markd.crypt_shared.library_path(),
+        "crypt_shared_lib_required": True,
+    }
+elif os.environ.get("MARKD_SPAWN") == "1":
     # pymongo starts `mongocryptd` from PATH (installing markd puts it there under that name)
     # and connects to it on MARKD_URI's port.
     _, markd_port = parse_uri(MARKD_URI)["nodelist"][0]
