@@ -499,3 +499,12 @@ def test_libmongocrypt_lookup_across_collections(markd):
         assert encrypted["pipeline"][1] == command["pipeline"][1]
     finally:
         crypt.close()
+
+
+def test_properties_and_pattern_properties_agreeing_on_a_path_are_no_conflict(client, driver):
+    # mongocryptd compares the metadata each matching subschema resolves to: identical is not a conflict.
+    schema = {"bsonType": "object", "properties": {"ab": encrypt(driver.key, DET, "string")},
+              "patternProperties": {"^a": encrypt(driver.key, DET, "string")}}
+    reply = send(client, driver, {"find": "coll", "filter": {"ab": "x"}}, schema)
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True, reply
+    assert unmark(reply["result"]["filter"]) == {"ab": {"$eq": P(1, "x")}}

@@ -164,7 +164,7 @@ def _lookup(current: SchemaNode, parts: tuple[str, ...], full: str) -> Metadata:
     answers = [_lookup(child, parts[1:], full) for child in children]
     # Children must agree on the encryption itself; being a prefix in one and not in another is fine.
     encrypted = {answer for answer in answers if isinstance(answer, Encryption)}
-    if len(encrypted) > 1 or (encrypted and len(encrypted) != len(answers)):
+    if len(encrypted) > 1 or (encrypted and not all(isinstance(answer, Encryption) for answer in answers)):
         fail("conflicting_metadata", path=full)
     if encrypted:
         return encrypted.pop()
