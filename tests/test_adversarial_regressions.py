@@ -1,0 +1,213 @@
+"""Issue 12: one table row per leak, each asserting "no leak": refused, or every secret in a placeholder.
+
+The rows are the issue's examples for classes 1-9 and their variants, then the classes the adversarial
+generator found since (N1-N3, tests/adversarial/README.md).  Each row runs in-process (mark_command) and
+over a socket to a real markd, and is judged by the oracle of tests/adversarial/oracle.py.  Rows that
+leak on main today are strict xfails, so the suite stays green and a fix shows up as XPASS: remove the
+marker then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bson import Code
+
+from tests.adversarial import oracle, rawbson, secrets
+from tests.adversarial.commands import with_rules
+from tests.adversarial.drive import Outcome, Wire, in_process
+from tests.adversarial.rawbson import Doc
+from tests.adversarial.schemas import OTHER
+
+S, S2, S3 = secrets.string(1), secrets.string(2), secrets.string(3)
+N, N2 = secrets.int32(11), secrets.int32(12)
+FN = Code("function(a, b) { return a == b; }")
+POINT = {"type": "Point", "coordinates": [0, 0]}
+
+
+def find(filter_: Any, **fields: Any) -> dict[str, Any]:
+    return {"find": "coll", "filter": filter_, **fields}
+
+
+def agg(*stages: Any, **fields: Any) -> dict[str, Any]:
+    return {"aggregate": "coll", "pipeline": list(stages), "cursor": {}, **fields}
+
+
+def expr(expression: Any) -> dict[str, Any]:
+    return find({"$expr": expression})
+
+
+def update(q: Any, u: Any, **statement: Any) -> dict[str, Any]:
+    return {"update": "coll", "updates": [{"q": q, "u": u, **statement}]}
+
+
+def leak(cls: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"issue 12 class {cls}")
+
+
+def row(cls: str, name: str, command: Any, scheme: str = "csfle", *, fails: bool = False, **options: Any) -> Any:
+    marks = [leak(cls)] if fails else []
+    return pytest.param(scheme, command, options, id=f"{cls}-{scheme}-{name}", marks=marks)
+
+
+GET_SSN = {"$getField": "ssn"}
+LET_ROOT = {"$let": {"vars": {"r": "$$ROOT"}, "in": "$$r"}}
+
+ROWS = [
+    # 1. $getField on an encrypted name, anywhere an expression goes
+    row("1", "expr-string-form", expr({"$eq": [GET_SSN, S]}), fails=True),
+    row("1", "expr-string-form", expr({"$eq": [GET_SSN, S]}), "qe", fails=True),
+    row("1", "expr-field-input", expr({"$eq": [{"$getField": {"field": "ssn", "input": "$$ROOT"}}, S]})),
+    row("1", "expr-computed-name", expr({"$eq": [{"$getField": {"field": {"$concat": ["ss", "n"]},
+                                                                  "input": "$$CURRENT"}}, S]})),
+    row("1", "expr-nested", expr({"$eq": [{"$getField": {"field": "pin", "input": "$nested"}}, N]})),
+    row("1", "expr-setField-input", expr({"$eq": [{"$getField": {"field": "ssn", "input": {
+        "$setField": {"field": "x", "input": "$$ROOT", "value": 1}}}}, S]})),
+    row("1", "addFields-alias-matched", agg({"$addFields": {"a": GET_SSN}}, {"$match": {"a": S}}), fails=True),
+    row("1", "group-id", agg({"$group": {"_id": GET_SSN}}, {"$match": {"_id": S}}), fails=True),
+    row("1", "bucket-groupBy", agg({"$bucket": {"groupBy": GET_SSN, "boundaries": [S, S2], "default": "x"}}),
+        fails=True),
+    row("1", "sortByCount", agg({"$sortByCount": GET_SSN}, {"$match": {"_id": S}}), fails=True),
+    row("1", "geoNear-query", agg({"$geoNear": {"near": POINT, "distanceField": "d", "key": "loc",
+                                                "query": {"$expr": {"$eq": [GET_SSN, S]}}}}), fails=True),
+    row("1", "find-projection", find({}, projection={"f": {"$eq": [GET_SSN, S]}}), fails=True),
+    row("1", "pipeline-update", update({}, [{"$set": {"f": {"$eq": [GET_SSN, S]}}}]), fails=True),
+    row("1", "upsert-query", update({"$expr": {"$eq": [GET_SSN, S]}}, {"$set": {"name": "x"}}, upsert=True),
+        fails=True),
+    # 2. $let binding an encrypted value, $$ROOT or CURRENT; $function of a $let-bound argument
+    row("2", "let-var", expr({"$let": {"vars": {"x": "$ssn"}, "in": {"$eq": ["$$x", S]}}}), fails=True),
+    row("2", "let-var", expr({"$let": {"vars": {"x": "$ssn"}, "in": {"$eq": ["$$x", S]}}}), "qe"),
+    row("2", "let-root", expr({"$let": {"vars": {"r": "$$ROOT"}, "in": {"$eq": ["$$r.ssn", S]}}}), fails=True),
+    row("2", "rebind-current", expr({"$let": {"vars": {"CURRENT": "$nested"}, "in": {"$eq": ["$pin", N]}}}),
+        fails=True),
+    row("2", "rebind-current", expr({"$let": {"vars": {"CURRENT": "$nested"}, "in": {"$eq": ["$pin", N]}}}), "qe"),
+    row("2", "rebind-current-to-root", expr({"$let": {"vars": {"CURRENT": "$$ROOT"}, "in": {"$eq": ["$ssn", S]}}})),
+    row("2", "function-let-arg", expr({"$let": {"vars": {"x": "$ssn"}, "in": {
+        "$function": {"body": FN, "args": ["$$x", S], "lang": "js"}}}}), fails=True),
+    # 3. command let and update constants c
+    row("3", "find-let", find({"$expr": {"$eq": ["$ssn", "$$v"]}}, let={"v": S}), fails=True),
+    row("3", "find-let", find({"$expr": {"$eq": ["$ssn", "$$v"]}}, let={"v": S}), "qe"),
+    row("3", "aggregate-let", agg({"$match": {"$expr": {"$eq": ["$ssn", "$$v"]}}}, let={"v": S}), fails=True),
+    row("3", "delete-let", {"delete": "coll", "deletes": [{"q": {"$expr": {"$eq": ["$ssn", "$$v"]}}, "limit": 1}],
+                            "let": {"v": S}}, fails=True),
+    row("3", "update-let", {**update({"$expr": {"$eq": ["$ssn", "$$v"]}}, {"$set": {"name": "x"}}),
+                            "let": {"v": S}}, fails=True),
+    row("3", "findAndModify-let", {"findAndModify": "coll", "query": {"$expr": {"$eq": ["$ssn", "$$v"]}},
+                                   "remove": True, "let": {"v": S}}, fails=True),
+    row("3", "update-c-assigned", update({}, [{"$set": {"ssn": "$$c1"}}], c={"c1": S})),
+    row("3", "update-c-assigned", update({}, [{"$set": {"ssn": "$$c1"}}], c={"c1": S}), "qe"),
+    row("3", "update-c-compared", update({}, [{"$set": {"f": {"$eq": ["$ssn", "$$c1"]}}}], c={"c1": S}), fails=True),
+    # 4. find min / max index bounds
+    row("4", "find-min", find({}, min={"ssn": S}, hint={"ssn": 1}), fails=True),
+    row("4", "find-max", find({}, max={"ssn": S}, hint={"ssn": 1}), fails=True),
+    row("4", "find-min-nested", find({}, min={"nested.pin": N}, hint={"nested.pin": 1}), fails=True),
+    row("4", "find-min", find({}, min={"ssn": S}, hint={"ssn": 1}), "qe", fails=True),
+    # 5. findAndModify fields expressions; $elemMatch projections
+    row("5", "findAndModify-fields-expr", {"findAndModify": "coll", "query": {}, "remove": True,
+                                           "fields": {"f": {"$eq": ["$ssn", S]}}}, fails=True),
+    row("5", "find-elemMatch-projection", find({}, projection={"ssn": {"$elemMatch": {"$eq": S}}}), fails=True),
+    row("5", "findAndModify-elemMatch", {"findAndModify": "coll", "query": {}, "remove": True,
+                                         "fields": {"ssn": {"$elemMatch": {"$eq": S}}}}, fails=True),
+    row("5", "explain-elemMatch", {"explain": find({}, projection={"ssn": {"$elemMatch": {"$eq": S}}}),
+                                   "verbosity": "queryPlanner"}, fails=True),
+    row("5", "find-elemMatch-projection", find({}, projection={"ssn": {"$elemMatch": {"$eq": S}}}), "qe"),
+    # 6. $group N-accumulators matched later
+    *[row("6", f"group-{op[1:]}", agg({"$group": {"_id": None, "t": {op: spec}}}, {"$match": {"t": S}}),
+          fails=op in ("$top", "$bottom", "$topN", "$bottomN", "$firstN", "$lastN", "$maxN", "$minN"))
+      for op, spec in [("$top", {"output": "$ssn", "sortBy": {"name": 1}}),
+                       ("$bottom", {"output": "$ssn", "sortBy": {"name": 1}}),
+                       ("$topN", {"output": "$ssn", "sortBy": {"name": 1}, "n": 2}),
+                       ("$bottomN", {"output": "$ssn", "sortBy": {"name": 1}, "n": 2}),
+                       ("$firstN", {"input": "$ssn", "n": 2}), ("$lastN", {"input": "$ssn", "n": 2}),
+                       ("$maxN", {"input": "$ssn", "n": 2}), ("$minN", {"input": "$ssn", "n": 2})]],
+    row("6", "group-bottom", agg({"$group": {"_id": None, "t": {"$bottom": {"output": "$ssn", "sortBy": {"name": 1}}}}},
+                                 {"$match": {"t": S}}), "qe"),
+    # 7. $replaceRoot / $replaceWith through $let / $$ROOT
+    row("7", "replaceRoot-let-root", agg({"$replaceRoot": {"newRoot": LET_ROOT}}, {"$match": {"ssn": S}}), fails=True),
+    row("7", "replaceWith-let-root", agg({"$replaceWith": {"$let": {"vars": {"r": "$$ROOT"}, "in": "$$r"}}},
+                                         {"$match": {"ssn": S}}), fails=True),
+    row("7", "replaceWith-let-nested", agg({"$replaceWith": {"$let": {"vars": {"n": "$nested"}, "in": "$$n"}}},
+                                           {"$match": {"pin": N}}), fails=True),
+    row("7", "replaceRoot-root", agg({"$replaceRoot": {"newRoot": "$$ROOT"}}, {"$match": {"ssn": S}})),
+    row("7", "replaceRoot-let-root", agg({"$replaceRoot": {"newRoot": LET_ROOT}}, {"$match": {"ssn": S}}), "qe"),
+    # 8. $search, $searchMeta, $vectorSearch on encrypted paths
+    row("8", "search-text", agg({"$search": {"index": "default", "text": {"query": S, "path": "ssn"}}}), fails=True),
+    row("8", "search-equals", agg({"$search": {"equals": {"path": "ssn", "value": S}}}), fails=True),
+    row("8", "search-compound-filter", agg({"$search": {"compound": {"filter": [{"equals": {"path": "ssn",
+                                                                                            "value": S}}]}}}),
+        fails=True),
+    row("8", "searchMeta", agg({"$searchMeta": {"text": {"query": S, "path": "ssn"}}}), fails=True),
+    row("8", "vectorSearch-filter", agg({"$vectorSearch": {"index": "v", "path": "embedding", "queryVector": [0.1],
+                                                           "numCandidates": 10, "limit": 1,
+                                                           "filter": {"ssn": S}}}), fails=True),
+    row("8", "search-text", agg({"$search": {"index": "default", "text": {"query": S, "path": "ssn"}}}), "qe"),
+    # 9. duplicate keys in the rules and in the command
+    row("9", "jsonSchema-twice", find({"ssn": S}), fails=True, duplicate="jsonSchema twice"),
+    row("9", "properties-twice", find({"ssn": S}), fails=True, duplicate="properties twice"),
+    row("9", "property-twice", find({"ssn": S}), fails=True, duplicate="a property twice"),
+    row("9", "namespace-twice", agg({"$match": {"ssn": S}}), fails=True, multi=True,
+        duplicate="namespace twice in csfleEncryptionSchemas"),
+    row("9", "qe-namespace-twice", find({"ssn": S}), "qe", fails=True, duplicate="namespace twice in schema"),
+    row("9", "qe-fields-twice", find({"ssn": S}), "qe", fails=True, duplicate="fields twice"),
+    row("9", "qe-path-twice", find({"ssn": S}), "qe", fails=True, duplicate="path twice"),
+    row("9", "qe-encryptionInformation-twice", find({"ssn": S}), "qe", fails=True,
+        duplicate="encryptionInformation twice"),
+    row("9", "two-filters", Doc([("find", "coll"), ("filter", {"ssn": S}), ("filter", {})]), fails=True),
+    row("9", "two-filters", Doc([("find", "coll"), ("filter", {"ssn": S}), ("filter", {})]), "qe", fails=True),
+    row("9", "two-pipelines", Doc([("aggregate", "coll"), ("pipeline", [{"$match": {"ssn": S}}]), ("pipeline", []),
+                                   ("cursor", {})]), fails=True),
+    row("9", "two-set", update({}, Doc([("$set", {"ssn": S}), ("$set", {"name": "x"})])), fails=True),
+    row("9", "two-set", update({}, Doc([("$set", {"ssn": S}), ("$set", {"name": "x"})])), "qe", fails=True),
+    row("9", "two-queries", Doc([("count", "coll"), ("query", {"ssn": S}), ("query", {})]), fails=True),
+    row("9", "two-q", {"delete": "coll", "deletes": [Doc([("q", {"ssn": S}), ("q", {}), ("limit", 1)])]},
+        fails=True),
+    row("9", "two-documents", Doc([("insert", "coll"), ("documents", [{"ssn": S}]), ("documents", [{"_id": 1}])]),
+        fails=True),
+    # N1. once the stream holds no encrypted field, stages reaching another collection pass unanalysed
+    row("N1", "graphLookup-after-project", agg({"$project": {"name": 1}}, {"$graphLookup": {
+        "from": OTHER, "startWith": "$name", "connectFromField": "name", "connectToField": "name", "as": "g",
+        "restrictSearchWithMatch": {"ssn": S}}}), fails=True, namespaces=("coll", OTHER), multi=True),
+    row("N1", "graphLookup-after-count", agg({"$count": "n"}, {"$graphLookup": {
+        "from": OTHER, "startWith": "$name", "connectFromField": "name", "connectToField": "name", "as": "g",
+        "restrictSearchWithMatch": {"ssn": S}}}), fails=True, namespaces=("coll", OTHER), multi=True),
+    row("N1", "unionWith-after-count", agg({"$count": "n"}, {"$unionWith": {"coll": OTHER, "pipeline": [
+        {"$match": {"ssn": S}}]}}), "qe", fails=True, namespaces=("coll", OTHER)),
+    row("N1", "merge-after-group", agg({"$group": {"_id": "$name"}}, {"$merge": {
+        "into": "coll", "whenMatched": [{"$set": {"ssn": S}}]}}), "qe", fails=True),
+    # N2. QE range with an empty intersection
+    row("N2", "find-empty-range", find({"score": {"$gte": N2, "$lte": N}}), "qe", fails=True),
+    row("N2", "find-empty-range-pin", find({"nested.pin": {"$gt": N2, "$lt": N}}), "qe-range", fails=True),
+    row("N2", "create-validator-empty-range", {"create": "coll", "validator": {"score": {"$gte": N2, "$lte": N}}},
+        "qe", fails=True),
+    row("N2", "collMod-validator-empty-range", {"collMod": "coll", "validator": {"score": {"$gt": N2, "$lt": N}}},
+        "qe", fails=True),
+    # N3. $let binding a constant compared with (or assigned to) an encrypted field
+    row("N3", "find-let-constant", expr({"$let": {"vars": {"s": S}, "in": {"$eq": ["$ssn", "$$s"]}}}), fails=True),
+    row("N3", "find-let-constant", expr({"$let": {"vars": {"s": S}, "in": {"$eq": ["$ssn", "$$s"]}}}), "qe"),
+    row("N3", "partialFilterExpression", {"createIndexes": "coll", "indexes": [{"key": {"name": 1}, "name": "i",
+        "partialFilterExpression": {"$expr": {"$let": {"vars": {"s": N}, "in": {"$eq": ["$nested.pin", "$$s"]}}}}}]},
+        fails=True),
+    row("N3", "pipeline-update-assign", update({}, [{"$set": {"ssn": {"$let": {"vars": {"s": S}, "in": "$$s"}}}}])),
+]
+
+
+def judged(raw: bytes, outcome: Outcome) -> list[oracle.Verdict]:
+    duplicates = ["duplicate keys"] if rawbson.has_duplicates_raw(raw) else []
+    return [v for v in oracle.judge(raw, outcome.reply, duplicates=duplicates) if v.kind in oracle.FAILING]
+
+
+@pytest.fixture(scope="module")
+def wire(markd: Any) -> Any:
+    connection = Wire(markd.port)
+    yield connection
+    connection.close()
+
+
+@pytest.mark.parametrize(("scheme", "command", "options"), ROWS)
+def test_no_leak(scheme: str, command: Any, options: dict[str, Any], wire: Wire) -> None:
+    raw = rawbson.encode(with_rules(command, scheme, **options))
+    assert oracle.command_secrets(raw), "a row must carry a secret"
+    local = judged(raw, in_process(raw))
+    remote = judged(raw, wire.send(raw))
+    assert local == [] and remote == [], f"in-process: {local}\nover the wire: {remote}"
