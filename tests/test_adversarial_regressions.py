@@ -189,6 +189,21 @@ ROWS = [
         "partialFilterExpression": {"$expr": {"$let": {"vars": {"s": N}, "in": {"$eq": ["$nested.pin", "$$s"]}}}}}]},
         fails=True),
     row("N3", "pipeline-update-assign", update({}, [{"$set": {"ssn": {"$let": {"vars": {"s": S}, "in": "$$s"}}}}])),
+    # N5. CSFLE expressions do not look inside object-shaped values
+    row("N5", "object-literal", expr({"$eq": [{"k": "$ssn"}, {"k": S}]}), fails=True),
+    row("N5", "object-literal", expr({"$eq": [{"k": "$ssn"}, {"k": S}]}), "qe"),
+    row("N5", "mergeObjects-literal", expr({"$eq": [{"$mergeObjects": [{"k": "$ssn"}]}, S]}), fails=True),
+    row("N5", "hash-object-argument", expr({"$eq": [{"$hash": {"input": "$ssn", "algorithm": "sha256"}}, S]}),
+        fails=True),
+    row("N5", "encStrStartsWith-in-csfle", expr({"$encStrStartsWith": {"input": "$ssn", "prefix": S}}), fails=True),
+    row("N5", "unknown-operator-object-argument", expr({"$eq": [{"$frobnicate": {"input": "$ssn"}}, S]}),
+        fails=True),
+    # N4. CSFLE update pipelines writing a patternProperties field
+    row("N4", "update-pipeline-set", update({}, [{"$set": {"enc_a": S}}]), fails=True),
+    row("N4", "update-pipeline-addFields", update({}, [{"$addFields": {"enc_zz": {"$literal": S}}}]), fails=True),
+    row("N4", "findAndModify-pipeline", {"findAndModify": "coll", "query": {}, "update": [{"$set": {"enc_a": S}}]},
+        fails=True),
+    row("N4", "replaceWith-mergeObjects", update({}, [{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"enc_a": S}]}}])),
 ]
 
 

@@ -54,7 +54,7 @@ def findings(case: Case, outcome: Outcome) -> list[Finding]:
                     found.append(Finding(verdict.kind, f"{verdict.kind} {flavour} secret #{serial} with no placement",
                                          duplicate_classes, (serial,), verdict.detail))
                     continue
-                classes = tuple(known.classes_of(placement.tags)) + duplicate_classes
+                classes = tuple(known.classes_of(placement.tags, placement.field)) + duplicate_classes
                 duplicated = " (duplicate keys)" if case.duplicates else ""
                 found.append(Finding(verdict.kind, f"{verdict.kind} {flavour} {route(placement.tags)}{duplicated}",
                                      classes, (serial,), verdict.detail))

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 COMMANDS = ("find", "aggregate", "count", "distinct", "delete", "update", "findAndModify", "findandmodify",
             "insert", "create", "createIndexes", "collMod", "explain", "bulkWrite")
+COMMAND_WEIGHTS = {"aggregate": 6, "find": 2, "update": 2, "explain": 2}
 
 
 @dataclass(frozen=True)
@@ -582,13 +583,17 @@ class Gen:
             candidates = [name for name, (position, _) in tables.STAGES.items()
                           if (position != "first" or index == 0) and (position != "last" or (index == size - 1
                                                                                           and allow_last))]
+            if index == 0 and depth == 0 and self.chance(25):  # the stages that must come first
+                candidates = [name for name in candidates if tables.STAGES[name][0] == "first"]
+            elif index == size - 1 and allow_last and depth == 0 and self.chance(15):
+                candidates = [name for name in candidates if tables.STAGES[name][0] == "last"]
             if depth >= 1:
                 candidates = [c for c in candidates if c not in ("$facet", "$lookup", "$unionWith", "$graphLookup",
                                                                  "$rankFusion", "$scoreFusion")]
             # Most of the draws go to the stages that carry values through.
             weighted = candidates + ["$match"] * 6 + ["$addFields", "$project", "$group", "$replaceRoot",
                                                       "$replaceWith", "$lookup", "$set", "$setWindowFields"] * 2
-            name = self.pick([c for c in weighted if c in candidates])
+            name = self.pick([c for c in weighted if c in candidates] or candidates)
             with self.within(f"stage:{name}"):
                 stage, new_env = self.stage(name, env, depth)
             self.prefer = {p for p, r in new_env.items() if env.get(p) != r}
@@ -1296,7 +1301,8 @@ def cases(draw: st.DrawFn, schemes: Sequence[str] = tuple(schemas.SCHEMES), comm
     """One adversarial marking command, as libmongocrypt would send it, with its placements."""
     scheme = schemas.SCHEMES[draw(st.sampled_from(list(schemes)))]
     g = Gen(draw, scheme)
-    name = g.pick(list(commands))
+    # aggregate carries most of the grammar (every stage, expression, accumulator): drawn most often.
+    name = g.pick([c for c in commands for _ in range(COMMAND_WEIGHTS.get(c, 1))])
     env = env_for(scheme.fields)
     pairs = g.command(name, env)
     pairs = attach_rules(g, name, pairs)

@@ -17,12 +17,20 @@ class KnownClass:
     title: str
     tags: frozenset[str]  # a placement with any of these tags belongs to the class
     prefixes: tuple[str, ...] = ()  # ... or with a tag starting with one of these
+    requires: frozenset[str] = frozenset()  # ... or with all of these tags and a field starting with field_prefix
+    field_prefix: str = ""
+
+    def explains(self, tags: frozenset[str], field: str) -> bool:
+        if self.tags & tags or any(tag.startswith(prefix) for tag in tags for prefix in self.prefixes):
+            return True
+        return bool(self.requires) and self.requires <= tags and field.startswith(self.field_prefix)
 
 
 CLASSES: tuple[KnownClass, ...] = (
-    KnownClass("1", "$getField on an encrypted name", frozenset(), ("ref:getField",)),
+    KnownClass("1", "$getField on an encrypted name", frozenset(), ("ref:getField", "ref:derived:$getField")),
     KnownClass("2", "$let binding an encrypted value, $$ROOT, or rebinding CURRENT; $function of one",
-               frozenset({"ref:let-var", "ref:let-root", "ref:let-current-rebind", "ref:function-let"})),
+               frozenset({"ref:let-var", "ref:let-root", "ref:let-current-rebind", "ref:function-let",
+                          "ref:derived:$let"})),
     KnownClass("3", "command let / update c constants", frozenset({"sec:let-cmd", "sec:c"})),
     KnownClass("4", "find min / max index bounds", frozenset({"field:min", "field:max"})),
     KnownClass("5", "findAndModify fields expressions; $elemMatch projection",
@@ -44,12 +52,19 @@ NEW_CLASSES: tuple[KnownClass, ...] = (
                frozenset({"match:range2"})),
     KnownClass("N3", "$let binding a constant compared with an encrypted field (CSFLE passes it verbatim)",
                frozenset({"sec:let-expr"})),
+    KnownClass("N5", "CSFLE expressions do not look inside object-shaped values: an encrypted field in an object "
+               "literal ({k: '$ssn'}) or in an operator's object argument ($mergeObjects, $objectToArray, $bsonSize, "
+               "$unsetField input, $hash, $hexHash, $encStr* in CSFLE)",
+               frozenset({"cmp:$eq-object", "ref:derived:$mergeObjects", "ref:derived:$objectToArray",
+                          "ref:derived:$bsonSize", "ref:derived:$unsetField", "ref:derived:$hash",
+                          "ref:derived:$hexHash"}), ("ref:derived:$encStr",)),
+    KnownClass("N4", "CSFLE update pipelines writing a patternProperties-encrypted field pass the value in clear",
+               frozenset(), requires=frozenset({"upd:pipeline"}), field_prefix="enc_"),
 )
 CLASSES = CLASSES + NEW_CLASSES
 DUPLICATES = KnownClass("9", "duplicate keys in rules and command fields", frozenset())
 
 
-def classes_of(tags: frozenset[str]) -> list[str]:
-    """The known classes a placement with these tags belongs to."""
-    return [c.name for c in CLASSES
-            if c.tags & tags or any(tag.startswith(prefix) for tag in tags for prefix in c.prefixes)]
+def classes_of(tags: frozenset[str], field: str = "") -> list[str]:
+    """The known classes a placement with these tags, tied to `field`, belongs to."""
+    return [c.name for c in CLASSES if c.explains(tags, field)]

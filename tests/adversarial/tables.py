@@ -196,7 +196,8 @@ EXPRESSIONS: dict[str, Any] = {
 
 # Comparison forms in which a secret V meets an expression X.
 COMPARISONS: dict[str, Any] = {
-    "$eq": [X, V], "$eq-swapped": [V, X], "$ne": [X, V], "$gt": [X, V], "$gte": [X, V], "$lt": [X, V], "$lte": [X, V],
+    "$eq": [X, V], "$eq-swapped": [V, X], "$eq-object": [{"k": X}, {"k": V}], "$ne": [X, V], "$gt": [X, V],
+    "$gte": [X, V], "$lt": [X, V], "$lte": [X, V],
     "$cmp": [X, V], "$in": [X, [V, "plain"]], "$setIsSubset": [[X], [V]], "$setEquals": [[X], [V]],
     "$setIntersection": [[X], [V]], "$indexOfArray": [[V], X], "$strcasecmp": [X, V],
     "$indexOfCP": [X, V], "$indexOfBytes": [X, V], "$split": [X, V], "$concat": [X, V],
