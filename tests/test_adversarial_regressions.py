@@ -198,6 +198,13 @@ ROWS = [
     row("N5", "encStrStartsWith-in-csfle", expr({"$encStrStartsWith": {"input": "$ssn", "prefix": S}}), fails=True),
     row("N5", "unknown-operator-object-argument", expr({"$eq": [{"$frobnicate": {"input": "$ssn"}}, S]}),
         fails=True),
+    # N6. CSFLE update operators on the parent object of an encrypted field
+    *[row("N6", f"{op[1:]}-object", update({}, {op: {"nested": value}}), fails=True)
+      for op, value in [("$inc", {"pin": N}), ("$mul", {"pin": N}), ("$pull", {"note": S}), ("$pullAll", {"pin": [N]}),
+                        ("$bit", {"pin": {"and": N}})]],
+    row("N6", "inc-object", update({}, {"$inc": {"nested": {"pin": N}}}), "qe"),
+    row("N6", "pull-object-findAndModify", {"findAndModify": "coll", "query": {},
+                                            "update": {"$pull": {"nested": {"note": S}}}}, fails=True),
     # N4. CSFLE update pipelines writing a patternProperties field
     row("N4", "update-pipeline-set", update({}, [{"$set": {"enc_a": S}}]), fails=True),
     row("N4", "update-pipeline-addFields", update({}, [{"$addFields": {"enc_zz": {"$literal": S}}}]), fails=True),

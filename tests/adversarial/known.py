@@ -58,6 +58,10 @@ NEW_CLASSES: tuple[KnownClass, ...] = (
                frozenset({"cmp:$eq-object", "ref:derived:$mergeObjects", "ref:derived:$objectToArray",
                           "ref:derived:$bsonSize", "ref:derived:$unsetField", "ref:derived:$hash",
                           "ref:derived:$hexHash"}), ("ref:derived:$encStr",)),
+    KnownClass("N6", "CSFLE update operators other than $set/$setOnInsert given the parent object of an encrypted "
+               "field ({$inc: {nested: {pin: N}}}, $mul, $pull, $pullAll, $bit) pass the value in clear",
+               frozenset(f"upd:{op}-object" for op in ("$inc", "$mul", "$pull", "$pullAll", "$bit", "$min", "$max",
+                                                       "$push", "$addToSet", "$push-each", "$addToSet-each"))),
     KnownClass("N4", "CSFLE update pipelines writing a patternProperties-encrypted field pass the value in clear",
                frozenset(), requires=frozenset({"upd:pipeline"}), field_prefix="enc_"),
 )
