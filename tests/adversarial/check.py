@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tests.adversarial import known, oracle, schemas
+from tests.adversarial import known, oracle, rawbson, schemas
 from tests.adversarial.drive import Outcome
 from tests.adversarial.grammar import Case
 
@@ -38,13 +38,20 @@ def route(tags: frozenset[str]) -> str:
 
 def findings(case: Case, outcome: Outcome) -> list[Finding]:
     flavour = schemas.SCHEMES[case.scheme].flavour
-    duplicate_classes = ("9",) if case.duplicates else ()
+    raw = case.raw
+    # The grammar says where it repeated a key; the bytes must say so too.
+    duplicates = case.duplicates if rawbson.has_duplicates_raw(raw) else ()
+    duplicate_classes = ("9",) if duplicates else ()
     found: list[Finding] = []
     if outcome.collapsed:
         found.append(Finding("DECODER", "DECODER markd.bsonvalues.decode keeps the last of duplicate keys", ("9",)))
-    for verdict in oracle.judge(case.raw, outcome.reply, duplicates=case.duplicates):
+    for verdict in oracle.judge(raw, outcome.reply, duplicates=duplicates):
         if verdict.kind == oracle.CRASH:
-            found.append(Finding(verdict.kind, f"CRASH {outcome.crash or verdict.detail}", (), detail=verdict.detail))
+            crash = outcome.crash or verdict.detail
+            known_crash = known.KNOWN_CRASHES.get(crash) or (
+                "N7" if crash == "InternalError" and case.command_name == "explain" and duplicates else None)
+            found.append(Finding(verdict.kind, f"CRASH {crash}", (known_crash,) if known_crash else (),
+                                 detail=verdict.detail))
         elif verdict.kind == oracle.DUPLICATE:
             found.append(Finding(verdict.kind, f"DUPLICATE accepted: {verdict.detail}", ("9",), verdict.serials))
         elif verdict.kind in (oracle.LEAK, oracle.FLAG, oracle.FLAG_HEP, oracle.DROPPED):
@@ -55,7 +62,7 @@ def findings(case: Case, outcome: Outcome) -> list[Finding]:
                                          duplicate_classes, (serial,), verdict.detail))
                     continue
                 classes = tuple(known.classes_of(placement.tags, placement.field)) + duplicate_classes
-                duplicated = " (duplicate keys)" if case.duplicates else ""
+                duplicated = " (duplicate keys)" if duplicates else ""
                 found.append(Finding(verdict.kind, f"{verdict.kind} {flavour} {route(placement.tags)}{duplicated}",
                                      classes, (serial,), verdict.detail))
         else:

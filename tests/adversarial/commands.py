@@ -10,7 +10,7 @@ from tests.adversarial.schemas import COLL
 
 
 def with_rules(command: dict[str, Any] | Doc, scheme: str = "csfle", *, namespaces: tuple[str, ...] = (COLL,),
-               multi: bool = False, duplicate: str | None = None, db: str = "db") -> Doc:
+               multi: bool = False, duplicate: str | None = None, db: str = "db", inside_explain: bool = True) -> Doc:
     """`command` as libmongocrypt sends it for `scheme`: rules attached (inside explain, in bulkWrite's nsInfo)."""
     rules_scheme = schemas.SCHEMES[scheme]
     if rules_scheme.flavour == "csfle":
@@ -19,7 +19,7 @@ def with_rules(command: dict[str, Any] | Doc, scheme: str = "csfle", *, namespac
         rules = schemas.qe_rules(rules_scheme, namespaces, duplicate=duplicate)
     pairs = rawbson.pairs_of(command)
     name = pairs[0][0]
-    if name == "explain":
+    if name == "explain" and inside_explain:
         inner = Doc([*rawbson.pairs_of(pairs[0][1]), *rules])
         return Doc([("explain", inner), *pairs[1:], ("$db", db)])
     if name == "bulkWrite" and rules_scheme.flavour == "qe":

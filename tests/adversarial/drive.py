@@ -45,7 +45,9 @@ def in_process(raw: bytes) -> Outcome:
         command = bsonvalues.decode(raw)
     except Exception as exc:  # the server answers a document it cannot decode with an error
         return Outcome(bsonvalues.encode({"ok": 0.0, "code": 22, "codeName": "InvalidBSON", "errmsg": str(exc)}))
-    collapsed = rawbson.has_duplicates_raw(raw) and bsonvalues.encode(command) != raw
+    # A decoder that keeps the last of a repeated key and forgets it repeated hides duplicates from the analysis.
+    recorded = getattr(bsonvalues, "has_duplicates", None)
+    collapsed = rawbson.has_duplicates_raw(raw) and not (recorded is not None and recorded(command))
     try:
         reply = mark_command(command)
         return Outcome(bsonvalues.encode(reply), collapsed=collapsed)

@@ -75,7 +75,8 @@ def subst(template: Any, x: Callable[[], Any] | None = None, v: Callable[[], Any
     if template is P:
         return p if p is not None else "name"
     if isinstance(template, dict):
-        return {key: subst(value, x, v, p) for key, value in template.items()}
+        return {(p or "name") if key == tables.PATH_KEY else key: subst(value, x, v, p)
+                for key, value in template.items()}
     if isinstance(template, list):
         return [subst(value, x, v, p) for value in template]
     return template
@@ -1265,18 +1266,23 @@ class Gen:
 def attach_rules(g: Gen, name: str, pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The command with the rules libmongocrypt attaches, and `$db`."""
     duplicate = None
-    if g.chance(5):
-        duplicate = g.pick(schemas.RULE_DUPLICATES[g.scheme.flavour])
-        g.duplicates.append(f"rules: {duplicate}")
     namespaces = tuple(g.namespaces)
     if g.scheme.flavour == "csfle":
         # libmongocrypt sends csfleEncryptionSchemas for aggregate only; now and then elsewhere, too.
         aggregate = name == "aggregate" or (name == "explain" and pairs[0][1].pairs[0][0] == "aggregate")
-        multi = (g.chance(20) if aggregate else g.chance(3)) or duplicate == "namespace twice in csfleEncryptionSchemas"
+        multi = g.chance(20) if aggregate else g.chance(3)
         if not multi and len(namespaces) > 1 and not aggregate:
             namespaces = (COLL,)
+        if g.chance(5):  # a duplicate the chosen form of the rules can hold
+            duplicate = g.pick([d for d in schemas.RULE_DUPLICATES["csfle"]
+                                if (d == "namespace twice in csfleEncryptionSchemas") == (multi or len(namespaces) > 1)
+                                or d in ("properties twice", "a property twice")])
+            g.duplicates.append(f"rules: {duplicate}")
         rules = schemas.csfle_rules(g.scheme, namespaces, multi=multi, duplicate=duplicate)
     else:
+        if g.chance(5):
+            duplicate = g.pick(schemas.RULE_DUPLICATES["qe"])
+            g.duplicates.append(f"rules: {duplicate}")
         rules = schemas.qe_rules(g.scheme, namespaces, duplicate=duplicate)
     database = DB
     if name == "explain" and g.chance(60):  # rules inside the explained command, as libmongocrypt puts them

@@ -27,6 +27,7 @@ class Marker:
 X = Marker("X")  # an expression
 V = Marker("V")  # a value
 P = Marker("P")  # a path (no "$")
+PATH_KEY = "<path>"  # a document key that stands for P
 
 DATE = datetime.datetime(2001, 2, 3, 4, 5, 6)
 
@@ -165,7 +166,7 @@ EXPRESSIONS: dict[str, Any] = {
     "$hexHash": {"input": X, "algorithm": "sha256"}, "$rand": {}, "$sampleRate": 0.5, "$toHashedIndexKey": X,
     # object
     "$mergeObjects": [{"k": X}], "$setField": {"field": "k", "input": {}, "value": X},
-    "$unsetField": {"field": "k", "input": {"k": X, "j": 1}},
+    "$unsetField": {"field": "j", "input": {"k": X, "j": 1}},  # unset the other field: X stays in the result
     # set
     "$allElementsTrue": [[X]], "$anyElementTrue": [[X]], "$setDifference": [[X], [1]], "$setEquals": [[X], [1]],
     "$setIntersection": [[X], [1]], "$setIsSubset": [[X], [1]], "$setUnion": [[X], [1]],
@@ -329,7 +330,7 @@ SEARCH_OPERATORS: dict[str, Any] = {
     "equals": {"path": P, "value": V}, "in": {"path": P, "value": [V]}, "range": {"path": P, "gte": V},
     "regex": {"query": V, "path": P}, "wildcard": {"query": V, "path": P, "allowAnalyzedField": True},
     "queryString": {"defaultPath": P, "query": V}, "exists": {"path": P},
-    "near": {"path": P, "origin": V, "pivot": 2}, "moreLikeThis": {"like": {"k": V}},
+    "near": {"path": P, "origin": V, "pivot": 2}, "moreLikeThis": {"like": {PATH_KEY: V}},
     "compound": {"filter": [{"equals": {"path": P, "value": V}}]},
     "embeddedDocument": {"path": P, "operator": {"equals": {"path": P, "value": V}}},
     "span": {"first": {"operator": {"term": {"path": P, "query": V}}, "endPositionLte": 2}},
