@@ -48,9 +48,10 @@ def update(q: Any, u: Any, **statement: Any) -> dict[str, Any]:
 LEAKS_ON_MAIN = frozenset({
     "9-csfle-namespace-twice",
     "N2-qe-find-empty-range", "N2-qe-range-find-empty-range-pin", "N2-qe-create-validator-empty-range",
-    "N2-qe-collMod-validator-empty-range",
+    "N2-qe-collMod-validator-empty-range", "N2-qe-partialFilterExpression-empty-range",
     "N4-csfle-update-pipeline-set", "N4-csfle-update-pipeline-addFields", "N4-csfle-findAndModify-pipeline",
     "N6-csfle-inc-object", "N6-csfle-mul-object", "N6-csfle-bit-object", "N6-qe-inc-object",
+    "N6-qe-mul-object", "N6-qe-bit-object",
     "N7-csfle-explain-rules-twice", "N7-csfle-explain-verbosity-twice", "N7-qe-explain-comment-twice",
 })
 
@@ -186,6 +187,8 @@ ROWS = [
         "qe"),
     row("N2", "collMod-validator-empty-range", {"collMod": "coll", "validator": {"score": {"$gt": N2, "$lt": N}}},
         "qe"),
+    row("N2", "partialFilterExpression-empty-range", {"createIndexes": "coll", "indexes": [
+        {"key": {"name": 1}, "name": "i", "partialFilterExpression": {"score": {"$gt": N2, "$lt": N}}}]}, "qe"),
     # N3. $let binding a constant compared with (or assigned to) an encrypted field
     row("N3", "find-let-constant", expr({"$let": {"vars": {"s": S}, "in": {"$eq": ["$ssn", "$$s"]}}})),
     row("N3", "find-let-constant", expr({"$let": {"vars": {"s": S}, "in": {"$eq": ["$ssn", "$$s"]}}}), "qe"),
@@ -204,6 +207,8 @@ ROWS = [
       for op, value in [("$inc", {"pin": N}), ("$mul", {"pin": N}), ("$pull", {"note": S}), ("$pullAll", {"pin": [N]}),
                         ("$bit", {"pin": {"and": N}})]],
     row("N6", "inc-object", update({}, {"$inc": {"nested": {"pin": N}}}), "qe"),
+    row("N6", "mul-object", update({}, {"$mul": {"nested": {"pin": N}}}), "qe"),
+    row("N6", "bit-object", update({}, {"$bit": {"nested": {"pin": {"and": N}}}}), "qe"),
     row("N6", "pull-object-findAndModify", {"findAndModify": "coll", "query": {},
                                             "update": {"$pull": {"nested": {"note": S}}}}),
     # N7. explain with a field repeated beside `explain`: a crash (InternalError), found on 8c28e00
