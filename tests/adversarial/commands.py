@@ -10,8 +10,9 @@ from tests.adversarial.schemas import COLL
 
 
 def with_rules(command: dict[str, Any] | Doc, scheme: str = "csfle", *, namespaces: tuple[str, ...] = (COLL,),
-               multi: bool = False, duplicate: str | None = None, db: str = "db", inside_explain: bool = True) -> Doc:
-    """`command` as libmongocrypt sends it for `scheme`: rules attached (inside explain, in bulkWrite's nsInfo)."""
+               multi: bool = False, duplicate: str | None = None, db: str = "db", inside_explain: bool = False) -> Doc:
+    """`command` as libmongocrypt sends it for `scheme`: rules attached (beside explain, or with `inside_explain`
+    in the explained command as it sends them to the shared library; in bulkWrite's nsInfo)."""
     rules_scheme = schemas.SCHEMES[scheme]
     if rules_scheme.flavour == "csfle":
         rules = schemas.csfle_rules(rules_scheme, namespaces, multi=multi, duplicate=duplicate)
