@@ -45,12 +45,7 @@ def update(q: Any, u: Any, **statement: Any) -> dict[str, Any]:
 # The rows that leak on main today (b780580), as strict xfails: a fix turns one into XPASS, which fails the
 # suite until its id is taken out of this set.  On 715a881 (before the closed-world core) 84 rows leaked,
 # on 8c28e00 18; tests/adversarial/README.md lists them.
-LEAKS_ON_MAIN = frozenset({
-    "9-csfle-namespace-twice",
-    "N2-qe-find-empty-range", "N2-qe-range-find-empty-range-pin", "N2-qe-create-validator-empty-range",
-    "N2-qe-collMod-validator-empty-range", "N2-qe-partialFilterExpression-empty-range",
-    "N2-qe-findAndModify-empty-range",
-})
+LEAKS_ON_MAIN: frozenset[str] = frozenset()  # every known class is fixed on main
 
 
 def row(cls: str, name: str, command: Any, scheme: str = "csfle", **options: Any) -> Any:

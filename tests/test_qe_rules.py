@@ -646,7 +646,8 @@ WHEN = datetime.datetime(2002, 12, 4)
 def test_range_placeholder_positions(client, filter_, paths):
     reply = send(client, find(filter_), RANGE_FIELDS)
     assert reply["ok"] == 1.0, reply
-    assert reply["hasEncryptionPlaceholders"] is bool(paths)
+    folded = reply["result"]["filter"] == {"$alwaysFalse": 1}
+    assert reply["hasEncryptionPlaceholders"] is (bool(paths) or folded)
     for path in paths:
         node: Any = reply["result"]["filter"]
         for step in path:
@@ -702,8 +703,9 @@ def _gt(path: str, value: Any) -> dict[str, Any]:
       ("$and", 0, "$cond", 0, "$and", 1, "$lt", 1, "$const")], True),
     ({"$and": [{"$eq": ["$age", 10]}]}, [("$and", 0, "$and", 0, "$gte", 1, "$const")], True),
     ({"$eq": ["$when", WHEN]}, [("$and", 0, "$gte", 1, "$const"), ("$and", 1, "$lte", 1, "$const")], True),
-    ({"$and": [{"$lte": ["$age", 12]}, _gt("age", 15)]}, [], False),
-    ({"$and": [_gt("salary", 20), {"$lte": ["$age", 12]}, {"$lt": ["$salary", 200]}, _gt("age", 15)]}, [], False),
+    # An empty interval folds to false; the flag stays true (the original command holds the constants).
+    ({"$and": [{"$lte": ["$age", 12]}, _gt("age", 15)]}, [], True),
+    ({"$and": [_gt("salary", 20), {"$lte": ["$age", 12]}, {"$lt": ["$salary", 200]}, _gt("age", 15)]}, [], True),
     ({"$or": [{"$and": [{"$lte": ["$age", 12]}, _gt("age", 15)]}, {"$and": [{"$lte": ["$age", 20]}, _gt("age", 15)]}]},
      [("$or", 1, "$and", 0, "$and", 1, "$lte", 1, "$const"), ("$or", 1, "$and", 0, "$and", 0, "$gt", 1, "$const")],
      True),
@@ -838,3 +840,26 @@ def test_range_preview_is_range(client):
         return reply["result"]["filter"]
 
     assert marked("rangePreview") == marked("range")
+
+
+@pytest.mark.parametrize("command", [
+    find({"age": {"$gt": 50, "$lt": 25}}),
+    {"findAndModify": "coll", "query": {"age": {"$gt": 50, "$lt": 25}}, "remove": True},
+    agg({"$match": {"$expr": {"$and": [{"$gt": ["$age", 50]}, {"$lt": ["$age", 25]}]}}}),
+])
+def test_an_empty_range_folds_without_its_constants_and_keeps_the_flag(client, command):
+    # mongocryptd answers hasEncryptionPlaceholders: false here (and keeps findAndModify's query as sent): a client
+    # that then sends the original command would send 50 and 25 in clear beside ciphertext.
+    reply = send(client, command, RANGE_FIELDS)
+    assert reply["ok"] == 1.0 and reply["hasEncryptionPlaceholders"] is True, reply
+    assert "50" not in str(reply["result"]) and "25" not in str(reply["result"]).replace("enxcol_", "")
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    ({"create": "coll", "validator": {"age": {"$gt": 50, "$lt": 25}}}, 6491100),
+    ({"createIndexes": "coll", "indexes": [{"key": {"x": 1}, "name": "x",
+                                            "partialFilterExpression": {"age": {"$gt": 50, "$lt": 25}}}]}, 6491102),
+])
+def test_an_empty_range_in_a_validator_or_partial_filter_is_a_comparison(client, command, code):
+    reply = send(client, command, RANGE_FIELDS)
+    assert reply["ok"] == 0.0 and reply["code"] == code, reply

@@ -119,7 +119,9 @@ def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database
     if name == "findandmodify":
         # mongod's request serializer writes the command under its camel-case name.
         result = {("findAndModify" if key == "findandmodify" else key): value for key, value in result.items()}
-    return result, requires and analysis.placeholders > 0, requires
+    # hasEncryptionPlaceholders also when an encrypted comparison folded away: a client that sends the
+    # original command when the flag is false (the contract's reading) would send its plaintext.
+    return result, requires and analysis.encrypted_values > 0, requires
 
 
 # mongocryptd's explain wants the rules beside `explain`, never inside the explained command.

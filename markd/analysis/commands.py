@@ -308,10 +308,11 @@ def _find_and_modify_update(name: str, value: Any, command: Command) -> Any:
 
 
 def _find_and_modify_query(name: str, value: Any, command: Command) -> Any:
-    """mongocryptd keeps findAndModify's original query unless marking it placed something in it."""
-    before = command.analysis.placeholders
+    """mongocryptd keeps findAndModify's original query unless marking it placed something in it; markd also
+    keeps the marked one when a value compared with an encrypted field folded away (the original holds it)."""
+    before = command.analysis.encrypted_values
     marked = _filter(name, value, command)
-    return marked if command.analysis.placeholders > before else value
+    return marked if command.analysis.encrypted_values > before else value
 
 
 def _validator(name: str, value: Any, command: Command) -> Any:

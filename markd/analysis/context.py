@@ -33,11 +33,23 @@ class Analysis:
     database: str
     collection: str
     placeholders: int = 0
+    # Values compared with encrypted fields that left the result without a placeholder (an empty range
+    # folded to false): the original command still holds them, so it must never be sent instead.
+    dropped: int = 0
 
     def marked(self, placeholder: Binary) -> Binary:
         """Count a placeholder going into the result (the reply's hasEncryptionPlaceholders)."""
         self.placeholders += 1
         return placeholder
+
+    def drop_encrypted(self) -> None:
+        """Count encrypted-field constants the result no longer holds."""
+        self.dropped += 1
+
+    @property
+    def encrypted_values(self) -> int:
+        """Constants taken as encrypted so far, marked or dropped."""
+        return self.placeholders + self.dropped
 
     def schema_of(self, collection: str) -> Schema | None:
         return self.schemas.get(f"{self.database}.{collection}")

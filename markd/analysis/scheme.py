@@ -122,9 +122,11 @@ class Scheme:
     def check_validator(self, validator: Mapping[str, Any], scope: Scope) -> None:
         from markd.analysis.match import mark_filter
 
-        before = scope.analysis.placeholders
+        # A comparison with an encrypted field refuses the validator even when it folded away (mongocryptd
+        # counts placeholders only, and returns the validator, its plaintext included, when there are none).
+        before = scope.analysis.encrypted_values
         mark_filter(validator, scope)
-        if scope.analysis.placeholders > before:
+        if scope.analysis.encrypted_values > before:
             scope.fail("validator_compare")
 
     def check_index(self, index: Mapping[str, Any], scope: Scope) -> None:
@@ -133,9 +135,9 @@ class Scheme:
             return
         from markd.analysis.match import mark_filter
 
-        before = scope.analysis.placeholders
+        before = scope.analysis.encrypted_values
         mark_filter(partial, scope.with_collation(index.get("collation")))
-        if scope.analysis.placeholders > before:
+        if scope.analysis.encrypted_values > before:
             scope.fail("partial_filter_compare")
 
     def schema_command_result(self, result: dict[str, Any]) -> dict[str, Any]:

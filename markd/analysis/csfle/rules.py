@@ -57,9 +57,16 @@ def read_rules(parameters: Mapping[str, Any], name: str, namespace: str) -> Rule
         assert remote is not None
         return Rules({namespace: parse(json_schema, remote)}, namespace, SCHEMA_FIELDS)
     parsed: dict[str, Schema] = {}
+    repeated = getattr(several, "duplicates", ())
+    if repeated:
+        # mongocryptd keeps the first copy of a namespace; markd reads neither.
+        fail("idl_duplicate", field=f"csfleEncryptionSchemas.{repeated[0]}")
     for ns, entry in several.items():
         if not is_document(entry):
             fail("ns_schema_not_object")
+        repeated = getattr(entry, "duplicates", ())
+        if repeated:
+            fail("idl_duplicate", field=f"EncryptionSchemaCSFLE.{repeated[0]}")
         for required in ("jsonSchema", "isRemoteSchema"):
             if required not in entry:
                 fail("idl_missing", field=f"EncryptionSchemaCSFLE.{required}")

@@ -449,6 +449,7 @@ def _and(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
                  for path, group in groups.items() if len(group) > 1}
     computed = Value(COMPUTED, source=op)
     if any(interval is None for interval in intervals.values()):
+        scope.analysis.drop_encrypted()
         return {"$const": False}, computed
     marked = [expressions.evaluated(item, scope, op) for item, term in zip(arguments, terms, strict=True)
               if term is None]

@@ -88,6 +88,7 @@ def range_predicates(field: EncryptedField, comparisons: list[RangeComparison], 
     if lower is not None and upper is not None:
         low, high = numeric(lower[0]), numeric(upper[0])
         if low > high or (low == high and not (lower[1] and upper[1])):
+            scope.analysis.drop_encrypted()
             return [dict(ALWAYS_FALSE)]
         if not within(field, lower[0]):
             raise error("LOWER_OUT_OF_BOUNDS")
