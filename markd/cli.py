@@ -69,6 +69,8 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
               help="Drop a TLS client that has not finished its handshake this long [10].")
 @click.option("--disableShutdownCommand", "disable_shutdown_command", is_flag=True, default=None,
               help="Refuse the shutdown command (shared hosts).")
+@click.option("--redactErrors", "redact_errors", is_flag=True, default=None,
+              help="Error replies show each value they quote from a command as its type name.")
 @click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
 @click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
 @click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")

@@ -74,6 +74,7 @@ class Dispatcher:
     argv: list[str]
     parsed_options: dict[str, Any]
     shutdown_enabled: bool = True  # --disableShutdownCommand turns it off (shared hosts)
+    redact_errors: bool = False  # --redactErrors: values quoted by error messages become their types
     extra_commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
 
     def reported_name(self, name: str) -> str:

@@ -58,6 +58,8 @@ class Settings:
     analysis_processes: int = 1  # processes that answer large requests off the event loop (0: none)
     tls_handshake_timeout_secs: float = 10.0
     disable_shutdown_command: bool = False
+    # Error replies print each value they quote from the command as its type name (drivers log errmsg).
+    redact_errors: bool = False
     tls_mode: str = "disabled"  # disabled | requireTLS
     tls_certificate_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -113,6 +115,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("markd", "analysisProcesses"): ("analysis_processes", int),
     ("markd", "tlsHandshakeTimeoutSecs"): ("tls_handshake_timeout_secs", float),
     ("markd", "disableShutdownCommand"): ("disable_shutdown_command", bool),
+    ("markd", "redactErrors"): ("redact_errors", bool),
 }
 
 

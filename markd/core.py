@@ -108,7 +108,7 @@ def process_frame(frame: bytes, connection: ConnectionInfo, dispatcher: Dispatch
         return result
     except CommandError as exc:
         result.outcome = exc.code_name
-        body = bson.encode(exc.to_reply())
+        body = bson.encode(exc.to_reply(dispatcher.redact_errors))
     except InvalidBSON as exc:
         result.outcome = "InvalidBSON"
         body = bson.encode(CommandError(22, str(exc)).to_reply())

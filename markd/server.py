@@ -504,6 +504,7 @@ class MarkdServer:
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(argv=argv, parsed_options=parsed_options,
                                      shutdown_enabled=not settings.disable_shutdown_command,
+                                     redact_errors=settings.redact_errors,
                                      extra_commands={"getMarkdMetrics": self.metrics.command_reply})
         self.max_conns = settings.max_conns if settings.max_conns is not None else default_max_conns()
         # Ordered by last activity: the first idle one is the longest idle.
@@ -515,6 +516,7 @@ class MarkdServer:
         if settings.analysis_processes > 0:
             self.pool = AnalysisPool(settings.analysis_processes, {
                 "argv": argv, "parsed": parsed_options, "shutdown_enabled": not settings.disable_shutdown_command,
+                "redact_errors": settings.redact_errors,
                 "schema_cache_bytes": settings.schema_cache_mb * 1024 * 1024,
                 "server_commands": ["getMarkdMetrics"]})
         self.offloaded = 0

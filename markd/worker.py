@@ -57,6 +57,7 @@ def main() -> int:
 
     dispatcher = Dispatcher(argv=list(config.get("argv", [])), parsed_options=dict(config.get("parsed", {})),
                             shutdown_enabled=bool(config.get("shutdown_enabled", True)),
+                            redact_errors=bool(config.get("redact_errors", False)),
                             extra_commands={name: needs_server for name in config.get("server_commands", [])})
     while True:
         header = _read_exactly(channel_in, REQUEST_HEADER.size)

@@ -153,11 +153,13 @@ def daemon_reply(connection: RawConnection, body: bytes) -> bytes:
     return payload[17:]
 
 
-def run_abi(library: str, mode: str, request: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+def run_abi(library: str, mode: str, request: dict[str, Any], tmp_path: Path,
+            environment: dict[str, str] | None = None) -> dict[str, Any]:
     source, target = tmp_path / f"{mode}.in.bson", tmp_path / f"{mode}.out.bson"
     source.write_bytes(bson.encode(request))
     done = subprocess.run([sys.executable, "-m", "tests.support.crypt_shared_abi", library, mode, str(source),
-                           str(target)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           str(target)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(environment or {})})
     assert done.returncode == 0, done.stdout + done.stderr
     return bson.decode(target.read_bytes(), CODEC)
 
@@ -193,6 +195,20 @@ def test_replies_are_the_daemons_byte_for_byte(library: str, daemon_replies: lis
     find = bsonvalues.decode(daemon_replies[0])
     assert find["hasEncryptionPlaceholders"] is True
     assert bytes(find["result"]["filter"]["$and"][0]["ssn"]["$eq"])[:1] == b"\x00"
+
+
+def test_redact_errors_in_process(library: str, tmp_path: Path) -> None:
+    """MARKD_REDACT_ERRORS=1 is the library's --redactErrors: a quoted value becomes its type."""
+    refused = command_bytes(csfle({"find": "coll", "filter": {"ssn": {"$regex": "^123-45"}}}))
+    explanations = []
+    for name, flag in (("plain", "0"), ("redacted", "1")):
+        (tmp_path / name).mkdir()
+        results = run_abi(library, "analyze", {"commands": [Binary(refused)]}, tmp_path / name,
+                          {"MARKD_REDACT_ERRORS": flag})["results"]
+        explanations.append(results[0]["explanation"])
+    plain, redacted = explanations
+    assert plain.endswith('{ ssn: { $regex: "^123-45" } }'), plain
+    assert redacted.endswith("{ ssn: { $regex: string } }"), redacted
 
 
 def test_each_way_takes_its_own_explain_form(library: str, tmp_path: Path) -> None:

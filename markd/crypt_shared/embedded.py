@@ -67,7 +67,9 @@ class MarkingDispatcher(Dispatcher):
             return commands.marking_reply(command, in_process=True)
 
 
-_DISPATCHER = MarkingDispatcher(argv=[], parsed_options={}, shutdown_enabled=False)
+# A host has no command line for the library: MARKD_REDACT_ERRORS=1 is its --redactErrors.
+_DISPATCHER = MarkingDispatcher(argv=[], parsed_options={}, shutdown_enabled=False,
+                                redact_errors=os.environ.get("MARKD_REDACT_ERRORS", "") == "1")
 
 
 class AnalysisBug(CommandError):
