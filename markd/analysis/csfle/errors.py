@@ -33,10 +33,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "multi_not_object": (9686702, "csfleEncryptionSchemas must be an object"),
     "ns_schema_not_object": (6327504, "Each namespace schema must be an object"),
     "ns_mismatch": (9686712, "Namespace in encryption schemas: does not match namespace given in command: '{ns}'"),
-    "no_such_command": (59, "no such command: '{name}'"),
-    "explain_unknown": (59, "Explain failed due to unknown command: {name}"),  # unconfirmed wording
-    "explain_unsupported": (20, "Command does not support explain: {name}"),  # unconfirmed code and wording
-    "bad_field_type": (14, "BSON field '{field}' is the wrong type '{actual}', expected type '{expected}'"),
     # schema
     "unknown_keyword": (9, "Unknown $jsonSchema keyword: {keyword}"),
     "duplicate_keyword": (9, "Duplicate $jsonSchema keyword: {keyword}"),
@@ -55,7 +51,6 @@ ERRORS: dict[str, tuple[int, str]] = {
         "'encrypt' implies type 'bsonType::BinData'",
     ),
     "type_and_bsontype": (9, "Cannot specify both $jsonSchema keywords 'type' and 'bsonType'"),
-    "keyword_type": (14, "$jsonSchema keyword '{keyword}' must be {expected}"),  # unconfirmed wording
     "keyword_object": (14, "$jsonSchema keyword '{keyword}' must be an object "),
     "keyword_string": (14, "$jsonSchema keyword '{keyword}' must be of type string"),
     "keyword_unimplemented": (9, "$jsonSchema keyword '{keyword}' is not currently supported"),
@@ -80,7 +75,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "no_key_id": (51097, "Encrypt object combined with encryptMetadata needs to specify a keyId"),
     "keyword_unsupported": (31126, "JSON schema keyword '{keyword}' is not supported for client-side encryption"),
     "keyword_remote_only": (31068, "JSON schema keyword '{keyword}' is only allowed with a remote schema"),
-    "bad_pattern": (51141, "Invalid regular expression in 'patternProperties': {pattern} PCRE error string: {error}"),
     "deterministic_one_type": (31051, "A deterministically encrypted field must have exactly one specified type."),
     "deterministic_pointer": (31169, "A deterministically encrypted field cannot have a keyId represented by a JSON "
         "pointer"),
@@ -112,30 +106,13 @@ ERRORS: dict[str, tuple[int, str]] = {
         "Pipelines in updates are not allowed to modify encrypted fields or add fields which are not present "
         "in the schema",
     ),
-    "unknown_modifier": (9, "Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update "
-                            "specified as an array"),
-    "update_not_object": (9, "Update argument must be either an object or an array"),
     # distinct / validators / indexes / views
     "validator_schema": (6491101, "validator with $jsonSchema must be identical to FLE 1 jsonSchema parameter."),
     "bulk_single_namespace": (2, "BulkWrite with automatic encryption supports only a single namespace"),  # markd's
     # match language
-    "elem_match_not_object": (2, "$elemMatch needs an Object"),
     "range_on_encrypted": (51118, "Invalid match expression operator on encrypted field '{path}': {expr}"),
     "range_holding_encrypted": (51119, "Invalid match expression operator on encrypted field '{expr}'"),
-    "unknown_operator": (2, "unknown operator: {op}"),
-    "unknown_top_operator": (2, "unknown top level operator: {op}. If you have a field name that starts with a '$' "
-                                "symbol, consider using $getField or $setField."),
-    "logical_not_array": (2, "{op} must be an array"),
-    "logical_empty": (2, "$and/$or/$nor must be a nonempty array"),
-    "logical_element": (14, "$or/$and/$nor entries need to be full objects"),
-    "in_not_array": (2, "$in needs an array"),
-    "all_not_array": (2, "$all needs an array"),
-    "options_without_regex": (2, "$options needs a $regex"),
-    "nin_not_array": (2, "$nin needs an array"),
-    "not_bad": (2, "$not needs a regex or a document"),
     # aggregation
-    "pipeline_not_array": (14, "'pipeline' option must be specified as an array"),
-    "stage_not_object": (40323, "A pipeline stage specification object must contain exactly one field."),
     "text_fle2_only": (10112203, "{op} can only be used with FLE2"),
     "bulk_write_csfle": (2, "The bulkWrite command only supports Queryable Encryption"),
     # aggregation expressions
@@ -161,29 +138,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "compare_evaluated": (31117, "Result of evaluating {op} forbidden from being compared to encrypted fields but is "
                                  "compared to{other}"),
-    "unknown_expression": (168, "Unrecognized expression '{op}'"),
-    # leaf operators mongod's MatchExpressionParser refuses before any encryption analysis (BadValue)
-    "type_alias": (2, "Unknown type name alias: {alias}"),
-    "type_code": (2, "Invalid numerical type code: {code}"),
-    "type_kind": (2, "type must be represented as a number or a string"),
-    "type_empty": (9, "$type must match at least one type"),
-    "sample_rate_type": (2, "argument to $sampleRate must be a numeric type"),
-    "sample_rate_range": (2, "numeric argument to $sampleRate must be in [0, 1]"),
-    "mod_not_array": (2, "malformed mod, needs to be an array"),
-    "mod_few": (2, "malformed mod, not enough elements"),
-    "mod_many": (2, "malformed mod, too many elements"),
-    "mod_divisor": (2, "malformed mod, divisor not a number"),
-    "mod_remainder": (2, "malformed mod, remainder not a number"),
-    "mod_zero": (2, "divisor cannot be 0"),
-    "mod_invalid": (2, "malformed mod, {part} value is invalid"),  # unconfirmed (no public test shows it)
-    "size_not_number": (2, "$size needs a number"),
-    "size_whole": (2, "$size must be a whole number"),
-    "size_negative": (2, "$size may not be negative"),
-    # $bits*: mongod quotes the operand in these messages; markd leaves it out (it may be sensitive)
-    "bits_kind": (2, "{path} takes an Array, a number, or a BinData but received: {op}"),
-    "bits_mask_integer": (9, "Expected an integer: {op}"),
-    "bits_mask_negative": (9, "Expected a non-negative number in: {op}"),
-    "bits_position": (2, "Failed to parse bit position. Expected a non-negative integer that fits in an int"),
 }
 
 

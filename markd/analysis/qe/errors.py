@@ -29,9 +29,6 @@ ERRORS: dict[str, tuple[int, str]] = {
     "BAD_FIELD": (9, "{detail}"),
     "EMPTY_PATH": (6316402, "Encrypted field must have a non-empty path"),
     "ENCRYPT_ID": (6316403, "Cannot encrypt _id or its subfields"),
-    "DUPLICATE_KEY_ID": (6338401, "Duplicate key ids are not allowed"),
-    "DUPLICATE_PATH": (6338402, "Duplicate paths are not allowed"),
-    "PREFIX_CONFLICT": (6338403, "Conflicting index paths found as one is a prefix of another '{a}' and '{b}'"),
     "NEEDS_BSON_TYPE": (6412601, "BSON type needs to be specified for an indexed field"),
     "EQUALITY_TYPE": (6338405, "Type '{type}' is not a supported equality indexed type"),
     "UNINDEXED_TYPE": (6338406, "Type '{type}' is not a supported unindexed type"),
@@ -90,29 +87,17 @@ ERRORS: dict[str, tuple[int, str]] = {
         31118,
         "Cannot encrypt element of type {type} because schema requires that type is one of: [ {expected} ]",
     ),
-    "ARRAY_ON_PATH": (31006, "An array at path '{path}' would violate the schema"),
     # queries
     "NOT_EQUALITY_INDEXED": (63165, "Can only execute encrypted equality queries with an encrypted equality index"),
     "NOT_RANGE_INDEXED": (
         6721001,
         "Invalid match expression operator on encrypted field '{path}' without an encrypted range index: {op}",
     ),
-    "EQ_NULL": (51095, "Illegal equality to null predicate for encrypted field: '{path}'"),
-    "IN_NULL": (51120, "Illegal equality to null inside $in against an encrypted field: '{path}'"),
-    "IN_REGEX": (51015, "Illegal regex inside $in against an encrypted field: '{path}'"),
     "IN_NESTED_ARRAY": (6994300, "Nested arrays not supported for encrypted $in"),
-    "BAD_OPERATOR": (51092, "Invalid match expression operator on encrypted field '{path}': {op}"),
-    "UNKNOWN_TOP_LEVEL": (2, "unknown top level operator: {op}"),
-    "UNSUPPORTED_OPERATOR": (51094, "Unsupported match expression operator for encryption: {op}"),
-    "ELEM_MATCH": (6890100, "$elemMatch is unsupported on encrypted fields: {path}"),
     "OBJECT_COMPARISON": (
         6341900,
         "Comparisons to objects which contain encrypted payloads is not allowed with Queryable Encryption",
     ),
-    "EQ_ARRAY_PREFIX": (31007, "$eq to array predicate is illegal for prefix of encrypted path: {path}"),
-    "IN_ARRAY_PREFIX": (31008, "Illegal $in element for prefix '{path}' of encrypted path: array"),
-    "BELOW_ENCRYPTED": (51102, "Invalid operation on path '{path}' which contains an encrypted path prefix."),
-    "PREFIX_REFERENCE": (31131, "Found forbidden reference to prefix of encrypted field {path}"),
     "NOT_RANGE_INDEXED_IN_AND": (
         6720400,
         "Invalid match expression operator on encrypted field '{path}' without an encrypted range index: {op}",
@@ -138,41 +123,19 @@ ERRORS: dict[str, tuple[int, str]] = {
     ),
     "IN_RANGE_PREFIX": (7036803, "Cannot use $in on range prefix encrypted fields"),
     "EXPR_OUT_OF_BOUNDS": (6720810, "Constant for encrypted comparison must be in range bounds"),
-    "EXPR_NEEDS_RANGE": (6721409, "Need ranged index to issue an encrypted ranged query"),
     "EXPR_CONTEXT": (7020507, "Encrypted expression encountered in not-allowed context"),
     "EXPR_IN_CONSTANT": (6994302, "Can only compare encrypted field to object or constant in $in"),
     "TEXT_ON_NON_TEXT": (10113904, "{op} can only be used on an encrypted text field: '{path}'"),
     "NO_PREFIX_INDEX": (10248500, "$encStrStartsWith requires a prefix query type on encrypted field '{path}'"),
     "NO_SUFFIX_INDEX": (10209400, "$encStrEndsWith requires a suffix query type on encrypted field '{path}'"),
     "NO_SUBSTRING_INDEX": (10209500, "$encStrContains requires a substring query type on encrypted field '{path}'"),
-    "NO_EQUALITY_TEXT": (10209600, "$encStrNormalizedEq requires an equality query type on encrypted field '{path}'"),
     "TEXT_INPUT": (10112204, "{op} input must be an encrypted field."),
     "TEXT_ARGUMENT": (10112205, "{op} requires an object with 'input' and '{argument}' fields"),
     "TEXT_STRING": (10112206, "{op} '{argument}' must be a string"),
     # writes
-    "MULTI_UPDATE": (6329900, "Multi-document updates are not allowed with Queryable Encryption"),
-    "TIMESTAMP_ZERO": (
-        51129,
-        "A command that inserts cannot supply Timestamp(0, 0) for an encrypted top-level field at path {path}",
-    ),
     "MULTI_NAMESPACE_MISMATCH": (
         9686712, "Namespace in encryption schemas: does not match namespace given in command: '{namespace}'"
     ),
-    "ID_REQUIRED": (51130, "_id must be explicitly provided when configured as encrypted"),
-    "PIPELINE_UPDATE": (
-        6329902,
-        "Pipelines in updates are not allowed to modify encrypted fields or add encrypted fields which are not "
-        "present in the schema",
-    ),
-    "PIPELINE_REFERENCE": (6331100, "Invalid reference to an encrypted field within aggregate expression: {path}"),
-    "UPDATE_PIPELINE_STAGE": (72, "{stage} is not allowed to be used within an update"),
-    "RENAME": (6329901, "$rename between encrypted fields is not permitted with Queryable Encryption"),
-    "RENAME_PREFIX": (51161, "$rename is not allowed on an object containing encrypted fields"),
-    "UPDATE_OPERATOR": (51150, "{op} not allowed on encrypted values"),
-    "POSITIONAL": (51149, "Cannot encrypt fields below '$' positional update operator"),
-    "SET_PREFIX": (51159, "Cannot $set to a path {path} that is an encrypted prefix to a non-object type"),
-    "UNKNOWN_UPDATE_OPERATOR": (9, "Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update "
-                                   "specified as an array"),
     "BULK_ONLY_INSERT": (2, "Only insert is supported in BulkWrite with multiple operations and Queryable Encryption."),
     "BULK_ONE_NAMESPACE": (2, "BulkWrite with Queryable Encryption supports only a single namespace"),
     "BULK_NEEDS_INFO": (
@@ -180,31 +143,6 @@ ERRORS: dict[str, tuple[int, str]] = {
         "BulkWrite with Queryable Encryption expects NamespaceInfoEntry to contain encryptionInformation",
     ),
     # aggregation
-    "STAGE": (31011, "Aggregation stage {stage} is not allowed or supported with automatic encryption."),
-    "OTHER_COLLECTION": (51204, "Pipeline over an encrypted collection cannot reference additional collections."),
-    "LOOKUP_LET": (
-        51208,
-        "Non-empty 'let' field is not allowed in the $lookup aggregation stage over an encrypted collection.",
-    ),
-    "LOOKUP_LOCAL": (51206, "'localField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."),
-    "LOOKUP_FOREIGN": (
-        51207, "'foreignField' '{path}' in the $lookup aggregation stage cannot have an encrypted child."
-    ),
-    "UNWIND_ENCRYPTED": (31153, "$unwind is not allowed on the encrypted field '{path}'"),
-    "SORT": (51201, "Sorting on key '{path}' is not allowed due to encryption."),
-    "GROUP_BY": (51238, "'groupBy' expression cannot reference encrypted fields or their prefixes."),
-    "ADD_TO_SET": (
-        51223,
-        "'{name}' cannot have fields encrypted with the random algorithm or whose encryption properties are not "
-        "known until runtime when used in an $addToSet accumulator.",
-    ),
-    "LOOKUP_ENCRYPTED": (6331103, "Cannot refer to encrypted field in $lookup 'localField' or 'foreignField'"),
-    "ACCUMULATOR": (51221, "Accumulator '{op}' cannot aggregate encrypted fields."),
-    "GROUP_KEY": (
-        51222,
-        "Cannot group on field '{path}' which is encrypted with the random algorithm or whose encryption "
-        "properties are not known until runtime",
-    ),
     "EXPRESSION": (6331102, "Invalid reference to an encrypted field within aggregate expression: {path}"),
     "NON_CONSTANT_COMPARISON": (
         6334105,
@@ -212,26 +150,15 @@ ERRORS: dict[str, tuple[int, str]] = {
         "field '{path}' is encrypted.",
     ),
     "ENCRYPTED_PREFIX_OF_ENCRYPTED": (6316401, "Cannot add an encrypted field as a prefix of another encrypted field"),
-    "PROJECTION": (6331103, "Cannot compute field '{path}' over encrypted fields with Queryable Encryption"),
     # commands
-    "COMMAND": (115, "Command '{command}' is not supported with Queryable Encryption analysis"),
-    "VIEW": (7501300, "Creating a view is not supported with automatic encryption"),
     "JSON_SCHEMA_VALIDATOR": (51092, "Invalid match expression operator on encrypted field: $jsonSchema"),
-    "VALIDATOR": (6491100, "Comparison to encrypted fields not supported in collection validator."),
-    "PARTIAL_FILTER": (6491102, "Comparison to encrypted fields not supported in a partialFilterExpression."),
     "INDEX_ON_ENCRYPTED": (6346502, "Index key '{path}' cannot refer to an encrypted field"),
-    "DISTINCT_PREFIX": (31027, "Distinct key is not allowed to be a prefix of an encrypted field"),
     # QE ciphertexts are not deterministic, so mongocryptd treats every QE field like a randomized one here.
-    "DISTINCT_ENCRYPTED": (
-        31026, "Distinct key is not allowed to be marked for encryption with the randomized encryption algorithm"
-    ),
-    "MALFORMED": (9, "{detail}"),
     "COMPARE_UNINDEXED": (
         31158,
         "Comparison disallowed between fields where one is randomly encrypted; field '{path}' is randomly encrypted.",
     ),
     "DUPLICATE_FIELD": (40413, "BSON field '{field}' is a duplicate field"),
-    "ADD_BELOW_ENCRYPTED": (51096, "Cannot add a field to an existing encrypted field"),
     "BOTH_SCHEMAS_MULTI": (9686708, "Cannot specify both jsonSchema and encryptionInformation"),
     "MULTI_ONLY_AGGREGATE": (9686713, "csfleEncryptionSchemas is only supported for aggregate command."),
     "TWO_ENCRYPTED": (

@@ -50,7 +50,7 @@ class Qe(Scheme):
                       ) -> Binary:
         assert isinstance(encryption, EncryptedField)
         if value is None:
-            raise error("EQ_NULL", path=path)
+            raise error("null_equality", path=path)
         if not scope.collation_simple and _type(value) in STRING_TYPES:
             element = path.rsplit(".", 1)[-1] if name is None else name
             scope.fail("collation_compare", element=notation.quoted_element(element, value))
@@ -199,9 +199,9 @@ def _in_values(field: EncryptedField, leaf: Leaf) -> list[Any]:
         return values  # each element goes through the range type checks (null -> 6742000)
     for element in values:
         if element is None:
-            raise error("IN_NULL", path=leaf.path)
+            raise error("null_in", path=leaf.path)
         if is_regex(element):
-            raise error("IN_REGEX", path=leaf.path)
+            raise error("regex_in", path=leaf.path)
         if isinstance(element, list):
             raise error("IN_NESTED_ARRAY")
     return values
@@ -352,7 +352,7 @@ def _expression_comparison(name: str, arguments: list[Any], scope: Scope) -> Any
             # An ordering comparison cannot use an equality index: the field reference itself is refused.
             raise error("EXPRESSION", path=field.path)
         if value is None:
-            raise error("EQ_NULL", path=field.path)
+            raise error("null_equality", path=field.path)
         marked = scope.analysis.marked(placeholders.equality_find_placeholder(field, value))
         return {name: [left, {"$const": marked}]}
     if field.algorithm == RANGE:
@@ -410,7 +410,7 @@ def _in_list(field: EncryptedField, values: Any, scope: Scope) -> Any:
         if not is_constant:
             raise error("EXPR_IN_CONSTANT")
         if constant is None:
-            raise error("IN_NULL", path=field.path)
+            raise error("null_in", path=field.path)
         marked.append({"$const": scope.analysis.marked(placeholders.equality_find_placeholder(field, constant))})
     return marked
 
