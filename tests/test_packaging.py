@@ -31,6 +31,9 @@ from markd.wire import FrameReader, encode_op_msg
 from tests.support.process import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
+# PyPI's "markd" is an unrelated project: ours is distributed as markd-cryptd (import package markd).
+DISTRIBUTION = "markd-cryptd"
+WHEEL_PREFIX = DISTRIBUTION.replace("-", "_")
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "systemd" / "markd.service"
 SERVICE_YAML = REPO / "systemd" / "markd.yaml"
@@ -134,7 +137,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     if built.returncode != 0:
         built = _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), ".", cwd=context)
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = wheels.glob("markd-*.whl")
+    (wheel,) = wheels.glob(f"{WHEEL_PREFIX}-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     done = _pip("--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel))
@@ -219,6 +222,22 @@ def test_wheel_has_package_and_console_scripts(installed: Installed) -> None:
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)
     assert re.search(r"^markd\s*=\s*markd\.cli:main$", scripts, re.M), scripts
     assert re.search(r"^mongocryptd\s*=\s*markd\.cli:main$", scripts, re.M), scripts
+    assert "markd/__main__.py" in names  # python -m markd
+
+
+def test_wheel_is_ours_by_name_and_carries_the_license(installed: Installed) -> None:
+    assert installed.wheel.name.startswith(f"{WHEEL_PREFIX}-0.1.0-"), installed.wheel.name
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = wheel.namelist()
+        metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        # setuptools < 77 writes .dist-info/LICENSE, newer ones .dist-info/licenses/LICENSE (PEP 639)
+        (license_name,) = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/(licenses/)?LICENSE", n)]
+        shipped = wheel.read(license_name).decode()
+    assert re.search(rf"^Name: {DISTRIBUTION}$", metadata, re.M), metadata[:300]
+    assert re.search(r"^License: Apache-2\.0$", metadata, re.M)
+    assert shipped == (REPO / "LICENSE").read_text()
+    assert "Apache License" in shipped and "Version 2.0, January 2004" in shipped
+    assert "END OF TERMS AND CONDITIONS" in shipped  # the full text, not a pointer to it
 
 
 def test_installed_markd_comes_from_the_wheel(installed: Installed) -> None:
@@ -227,6 +246,10 @@ def test_installed_markd_comes_from_the_wheel(installed: Installed) -> None:
     assert len(out) == 2 and all(Path(f).is_relative_to(installed.venv) for f in out), out
     version = run_in_venv(installed, [str(installed.bin / "mongocryptd"), "--version"])
     assert version.returncode == 0 and "markd 0.1.0" in version.stdout
+    as_module = run_in_venv(installed, [str(installed.bin / "python"), "-m", "markd", "--version"])
+    assert as_module.returncode == 0 and as_module.stdout == version.stdout
+    code = f"from importlib.metadata import version; print(version({DISTRIBUTION!r}))"
+    assert run_in_venv(installed, [str(installed.bin / "python"), "-c", code]).stdout.strip() == "0.1.0"
 
 
 # ---- the container's command and health check, run here ------------------------------------------
@@ -411,6 +434,10 @@ def test_dockerfile_shape() -> None:
     assert argv[argv.index("--port") + 1] == "27020"
     assert healthcheck_command()[:3] == ["python", "-m", "markd.healthcheck"]
     assert any("pip wheel" in run for run in instruction("RUN"))
+    # The runtime stage installs our distribution by its own name, offline, from the build stage's wheels.
+    assert any(re.search(rf"install --no-index --find-links=/wheels {DISTRIBUTION}\b", run)
+               for run in instruction("RUN"))
+    assert "LICENSE" in build_stage_copies()
 
 
 def test_dockerignore_admits_exactly_the_build_context() -> None:
