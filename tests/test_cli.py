@@ -1,20 +1,24 @@
-"""The command line as drivers and operators use it: both flag forms, unknown flags, a YAML config,
---version, and a clean exit on SIGTERM."""
+"""The command line as drivers and operators use it: both flag forms, every option mongocryptd accepts
+(and nothing else), a YAML config, --version, python -m markd, and a clean exit on SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from markd.cli import IGNORED_FLAGS
 from tests.support.process import MONGOCRYPTD, MarkdProcess, RawConnection, free_port, wait_for_port
 
 
@@ -34,10 +38,10 @@ def test_help_lists_the_mongocryptd_flags():
         assert flag in result.stdout
 
 
-def test_equals_and_space_forms_and_unknown_flags_warn():
+def test_equals_and_space_forms_and_mongocryptds_other_flags_warn():
     # MarkdProcess passes --port=N (equals form) and --pidfilepath PATH (space form).
-    unknown = ["--setParameter", "enableTestCommands=1", "--someFutureFlag=3", "--anotherFlag"]
-    with MarkdProcess(args=["--idleShutdownTimeoutSecs", "600", *unknown]) as daemon:
+    ignored = ["--setParameter", "enableTestCommands=1", "--timeZoneInfo=/usr/share/zoneinfo", "--noobjcheck"]
+    with MarkdProcess(args=["--idleShutdownTimeoutSecs", "600", *ignored]) as daemon:
         with daemon.client() as client:
             options = client.admin.command("getCmdLineOpts")
         parsed = options["parsed"]  # mongod's layout
@@ -46,9 +50,136 @@ def test_equals_and_space_forms_and_unknown_flags_warn():
         assert parsed["net"]["unixDomainSocket"] == {"pathPrefix": str(daemon.workdir)}
         assert parsed["systemLog"] == {"path": str(daemon.logfile), "logAppend": True, "verbosity": 1}
         assert options["argv"][1:] == daemon.command_line()[1:]
-        log = daemon.wait_for_log("--anotherFlag")
-        for flag in ("--setParameter", "--someFutureFlag=3", "--anotherFlag"):
-            assert f"ignoring unrecognized option option={flag}" in log
+        log = daemon.wait_for_log("markd started")
+        for flag in ("--setParameter", "--timeZoneInfo", "--noobjcheck"):
+            assert f"ignoring an option of mongocryptd's that markd has no use for option={flag}" in log
+
+
+def test_every_option_mongocryptd_has_is_accepted():
+    """All of IGNORED_FLAGS at once (a value for those that take one): markd serves and names each in a warning."""
+    args: list[str] = []
+    for flag, takes_value in IGNORED_FLAGS.items():
+        args += [flag, "1"] if takes_value else [flag]
+    with MarkdProcess(args=args) as daemon:
+        with RawConnection(daemon.port) as connection:
+            assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+        log = daemon.wait_for_log("markd started")
+    warned = set(re.findall(r"that markd has no use for option=(\S+)", log))
+    assert warned == set(IGNORED_FLAGS)
+
+
+# What drivers append to the spawn command line (their mongocryptd_spawn_args and their own defaults).
+DRIVER_SPAWN_ARGS = {
+    "pymongo, libmongoc, Java, Go, Ruby": ["--idleShutdownTimeoutSecs=60"],
+    "Node.js, C#": ["--idleShutdownTimeoutSecs", "60"],
+    "spec prose tests": ["--pidfilepath=bypass-spawning-mongocryptd.pid", "--idleShutdownTimeoutSecs=60"],
+    "logging to a file": ["--logpath=spawned.log", "--logappend", "--quiet", "--idleShutdownTimeoutSecs=60"],
+    "verbose": ["-vvv", "--verbose", "--idleShutdownTimeoutSecs=60"],
+}
+
+
+@pytest.mark.parametrize("who", sorted(DRIVER_SPAWN_ARGS))
+def test_driver_spawn_args_start_markd(who, tmp_path):
+    port = free_port()
+    argv = [MONGOCRYPTD, *DRIVER_SPAWN_ARGS[who], f"--port={port}", f"--unixSocketPrefix={tmp_path}"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        with RawConnection(port) as connection:
+            assert connection.command({"hello": 1, "$db": "admin"})["iscryptd"] is True
+            opts = connection.command({"getCmdLineOpts": 1, "$db": "admin"})
+        assert opts["parsed"]["processManagement"]["idleShutdownTimeoutSecs"] == 60
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0, process.stderr.read().decode() if process.stderr else ""
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_mongosh_spawn_line_with_port_zero(tmp_path):
+    """mongosh spawns `--idleShutdownTimeoutSecs 60 --pidfilepath P --port 0 --unixSocketPrefix D` and reads
+    the port the system chose; markd's pid file names it."""
+    pidfile = tmp_path / "mongocryptd.pid"
+    argv = [MONGOCRYPTD, "--idleShutdownTimeoutSecs", "60", "--pidfilepath", str(pidfile), "--port", "0",
+            "--unixSocketPrefix", str(tmp_path)]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        content = _wait_for_pidfile_content(pidfile)
+        assert content["pid"] == process.pid and content["port"] > 0
+        with RawConnection(int(content["port"])) as connection:
+            assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0
+
+
+def _wait_for_pidfile_content(path: Path, timeout: float = 30.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):  # not yet there, or locked but not yet written
+            time.sleep(0.05)
+    raise AssertionError(f"no pid file at {path} after {timeout}s")
+
+
+# Refused: one line naming the option, exit 2, nothing opened or bound ---------------------------------
+@pytest.mark.parametrize("bad, named", [
+    (["--prot", "1234"], "--prot"),
+    (["-V"], "-V"),
+    (["--someFutureFlag=3"], "--someFutureFlag"),
+    (["--idleShutdownTimeoutSecs=60", "--bogus"], "--bogus"),
+    (["--port", "twenty"], "--port"),
+    (["serve"], "serve"),
+    (["--fork"], "--fork"),
+])
+def test_anything_else_is_refused_before_anything_is_bound(bad, named, tmp_path):
+    port = free_port()
+    argv = [MONGOCRYPTD, f"--port={port}", "--pidfilepath", str(tmp_path / "m.pid"),
+            "--unixSocketPrefix", str(tmp_path), "--logpath", str(tmp_path / "m.log"), *bad]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and named in lines[0] and lines[0].startswith("markd: "), result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command line must create nothing"
+
+
+def test_a_typo_gets_a_hint_of_markds_own_option():
+    result = subprocess.run([MONGOCRYPTD, "--prot", "1234"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == "markd: unrecognised option '--prot' (did you mean --port?); try 'markd --help'\n"
+
+
+def test_output_config_prints_the_options_and_exits(tmp_path):
+    result = subprocess.run([MONGOCRYPTD, "--outputConfig", "--port", "27999", "--idleShutdownTimeoutSecs=60"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == {"net": {"port": 27999},
+                                             "processManagement": {"idleShutdownTimeoutSecs": 60}}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_markd_is_the_same_program(tmp_path):
+    for args in (["--version"], ["--prot", "1"], ["--fork"]):
+        script = subprocess.run([MONGOCRYPTD, *args], capture_output=True, text=True, timeout=60)
+        module = subprocess.run([sys.executable, "-m", "markd", *args], capture_output=True, text=True, timeout=60)
+        assert (module.returncode, module.stdout, module.stderr) == (script.returncode, script.stdout,
+                                                                      script.stderr), args
+    port = free_port()
+    argv = [sys.executable, "-m", "markd", f"--port={port}", "--pidfilepath", str(tmp_path / "m.pid"),
+            "--unixSocketPrefix", str(tmp_path), "--setParameter", "x=1"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        with RawConnection(tmp_path / "mongocryptd.sock") as connection:
+            assert connection.command({"hello": 1, "$db": "admin"})["iscryptd"] is True
+            argv_seen = connection.command({"getCmdLineOpts": 1, "$db": "admin"})["argv"]
+        assert argv_seen == ["mongocryptd", *argv[3:]]
+        assert json.loads((tmp_path / "m.pid").read_text())["pid"] == process.pid
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0
 
 
 def test_config_file_yaml():
@@ -64,11 +195,15 @@ def test_config_file_yaml():
             f"    pathPrefix: {root}\n"
             "processManagement:\n"
             f"  pidFilePath: {root / 'from-config.pid'}\n"
+            "  timeZoneInfo: /usr/share/zoneinfo\n"
             "systemLog:\n"
             f"  path: {root / 'from-config.log'}\n"
             "  verbosity: 1\n"
-            "storage:\n"
-            "  dbPath: /nonexistent\n"
+            "  component:\n"
+            "    network:\n"
+            "      verbosity: 2\n"
+            "setParameter:\n"
+            "  enableTestCommands: 1\n"
         )
         process = subprocess.Popen([MONGOCRYPTD, "--config", str(config)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -79,11 +214,29 @@ def test_config_file_yaml():
             with RawConnection(root / "mongocryptd.sock") as connection:
                 assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
             log = (root / "from-config.log").read_text()
-            assert "ignoring unrecognized config file setting setting=storage.dbPath" in log
+            for setting in ("processManagement.timeZoneInfo", "systemLog.component.network.verbosity",
+                            "setParameter.enableTestCommands"):
+                assert f"that markd has no use for setting={setting}" in log
             assert "command=ping" in log  # verbosity 1 from the file: per-command debug lines
         finally:
             process.terminate()
             assert process.wait(10) == 0
+
+
+@pytest.mark.parametrize("text, named", [
+    ("storage:\n  dbPath: /data/db\n", "storage.dbPath"),  # mongod's, not mongocryptd's
+    ("net:\n  prot: 27020\n", "net.prot"),
+    ("processManagement:\n  fork: true\n", "does not fork"),
+])
+def test_config_file_settings_mongocryptd_lacks_are_refused(text, named, tmp_path):
+    config = tmp_path / "markd.yaml"
+    config.write_text(text)
+    result = subprocess.run([MONGOCRYPTD, "--config", str(config), "--unixSocketPrefix", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["markd.yaml"]
 
 
 def test_flags_override_the_config_file():
