@@ -12,24 +12,35 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from markd.cli import IGNORED_FLAGS
-from tests.support.process import MONGOCRYPTD, MarkdProcess, RawConnection, free_port, wait_for_port
+from tests.support.process import (
+    MONGOCRYPTD,
+    PATIENCE,
+    MarkdProcess,
+    RawConnection,
+    free_port,
+    poll_until,
+    wait_for_port,
+)
+
+
+def _run(argv: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=PATIENCE, **options)  # type: ignore[call-overload]
 
 
 def test_version():
-    result = subprocess.run([MONGOCRYPTD, "--version"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([MONGOCRYPTD, "--version"], capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 0
     assert result.stdout.startswith("markd 0.")
 
 
 def test_help_lists_the_mongocryptd_flags():
-    result = subprocess.run([MONGOCRYPTD, "--help"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([MONGOCRYPTD, "--help"], capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 0
     for flag in ("--port", "--bind_ip", "--bind_ip_all", "--ipv6", "--idleShutdownTimeoutSecs", "--pidfilepath",
                  "--unixSocketPrefix", "--nounixsocket", "--filePermissions", "--logpath", "--logappend", "--logRotate",
@@ -91,7 +102,7 @@ def test_driver_spawn_args_start_markd(who, tmp_path):
         assert opts["parsed"]["processManagement"]["idleShutdownTimeoutSecs"] == 60
     finally:
         process.terminate()
-        assert process.wait(15) == 0, process.stderr.read().decode() if process.stderr else ""
+        assert process.wait(PATIENCE) == 0, process.stderr.read().decode() if process.stderr else ""
         if process.stderr:
             process.stderr.close()
 
@@ -110,17 +121,17 @@ def test_mongosh_spawn_line_with_port_zero(tmp_path):
             assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
     finally:
         process.terminate()
-        assert process.wait(15) == 0
+        assert process.wait(PATIENCE) == 0
 
 
-def _wait_for_pidfile_content(path: Path, timeout: float = 30.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_for_pidfile_content(path: Path) -> dict[str, object]:
+    def content() -> dict[str, object] | None:
         try:
             return json.loads(path.read_text())
         except (FileNotFoundError, ValueError):  # not yet there, or locked but not yet written
-            time.sleep(0.05)
-    raise AssertionError(f"no pid file at {path} after {timeout}s")
+            return None
+
+    return poll_until(content, f"a pid file at {path}")
 
 
 # Refused: one line naming the option, exit 2, nothing opened or bound ---------------------------------
@@ -137,7 +148,7 @@ def test_anything_else_is_refused_before_anything_is_bound(bad, named, tmp_path)
     port = free_port()
     argv = [MONGOCRYPTD, f"--port={port}", "--pidfilepath", str(tmp_path / "m.pid"),
             "--unixSocketPrefix", str(tmp_path), "--logpath", str(tmp_path / "m.log"), *bad]
-    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 2, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and named in lines[0] and lines[0].startswith("markd: "), result.stderr
@@ -146,14 +157,14 @@ def test_anything_else_is_refused_before_anything_is_bound(bad, named, tmp_path)
 
 
 def test_a_typo_gets_a_hint_of_markds_own_option():
-    result = subprocess.run([MONGOCRYPTD, "--prot", "1234"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([MONGOCRYPTD, "--prot", "1234"], capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 2
     assert result.stderr == "markd: unrecognised option '--prot' (did you mean --port?); try 'markd --help'\n"
 
 
 def test_output_config_prints_the_options_and_exits(tmp_path):
     result = subprocess.run([MONGOCRYPTD, "--outputConfig", "--port", "27999", "--idleShutdownTimeoutSecs=60"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout) == {"net": {"port": 27999},
                                              "processManagement": {"idleShutdownTimeoutSecs": 60}}
@@ -162,8 +173,8 @@ def test_output_config_prints_the_options_and_exits(tmp_path):
 
 def test_python_dash_m_markd_is_the_same_program(tmp_path):
     for args in (["--version"], ["--prot", "1"], ["--fork"]):
-        script = subprocess.run([MONGOCRYPTD, *args], capture_output=True, text=True, timeout=60)
-        module = subprocess.run([sys.executable, "-m", "markd", *args], capture_output=True, text=True, timeout=60)
+        script = subprocess.run([MONGOCRYPTD, *args], capture_output=True, text=True, timeout=PATIENCE)
+        module = _run([sys.executable, "-m", "markd", *args])
         assert (module.returncode, module.stdout, module.stderr) == (script.returncode, script.stdout,
                                                                       script.stderr), args
     port = free_port()
@@ -179,7 +190,7 @@ def test_python_dash_m_markd_is_the_same_program(tmp_path):
         assert json.loads((tmp_path / "m.pid").read_text())["pid"] == process.pid
     finally:
         process.terminate()
-        assert process.wait(15) == 0
+        assert process.wait(PATIENCE) == 0
 
 
 def test_config_file_yaml():
@@ -220,7 +231,7 @@ def test_config_file_yaml():
             assert "command=ping" in log  # verbosity 1 from the file: per-command debug lines
         finally:
             process.terminate()
-            assert process.wait(10) == 0
+            assert process.wait(PATIENCE) == 0
 
 
 @pytest.mark.parametrize("text, named", [
@@ -232,7 +243,7 @@ def test_config_file_settings_mongocryptd_lacks_are_refused(text, named, tmp_pat
     config = tmp_path / "markd.yaml"
     config.write_text(text)
     result = subprocess.run([MONGOCRYPTD, "--config", str(config), "--unixSocketPrefix", str(tmp_path)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and named in lines[0], result.stderr
@@ -255,11 +266,11 @@ def test_bad_config_file_is_a_clear_error():
     with tempfile.TemporaryDirectory(prefix="markd-config-") as directory:
         config = Path(directory) / "markd.yaml"
         config.write_text("net:\n  port: [not, a, port]\n")
-        result = subprocess.run([MONGOCRYPTD, "--config", str(config)], capture_output=True, text=True, timeout=30)
+        result = _run([MONGOCRYPTD, "--config", str(config)])
         assert result.returncode == 2
         assert "Bad value for net.port" in result.stderr
         missing = subprocess.run([MONGOCRYPTD, "--config", str(Path(directory) / "absent.yaml")],
-                                 capture_output=True, text=True, timeout=30)
+                                 capture_output=True, text=True, timeout=PATIENCE)
         assert missing.returncode != 0
 
 
@@ -313,7 +324,7 @@ def test_ipv6_adds_the_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     with MarkdProcess(args=["--ipv6"]) as daemon:
         for host in ("127.0.0.1", "::1"):
-            with socket.create_connection((host, daemon.port), timeout=5):
+            with socket.create_connection((host, daemon.port), timeout=PATIENCE):
                 pass
         assert "addresses=127.0.0.1,::1" in daemon.wait_for_log("markd started")
         assert "non-loopback" not in daemon.log_text()
@@ -352,13 +363,13 @@ def test_file_permissions_from_the_config_file_are_octal():
 
 def test_bad_file_permissions_are_a_clear_error():
     for bad in ("0800", "rwx", "01777"):
-        result = subprocess.run([MONGOCRYPTD, "--filePermissions", bad], capture_output=True, text=True, timeout=30)
+        result = _run([MONGOCRYPTD, "--filePermissions", bad])
         assert result.returncode == 2, bad
         assert "filePermissions" in result.stderr, result.stderr
     with tempfile.TemporaryDirectory(prefix="markd-config-") as directory:
         config = Path(directory) / "markd.yaml"
         config.write_text("net:\n  unixDomainSocket:\n    filePermissions: 0x1ff\n")
-        result = subprocess.run([MONGOCRYPTD, "--config", str(config)], capture_output=True, text=True, timeout=30)
+        result = _run([MONGOCRYPTD, "--config", str(config)])
         assert result.returncode == 2
         assert "Bad value for net.unixDomainSocket.filePermissions" in result.stderr
 
@@ -370,7 +381,7 @@ def _connects_as_nobody(path: Path, extra_groups: list[int]) -> bool:
     for python in (sys.executable, "/usr/bin/python3"):  # the venv's may sit under a home nobody can enter
         try:
             result = subprocess.run([python, "-c", code, str(path)], user=65534, group=65534, cwd="/",
-                                    extra_groups=extra_groups, capture_output=True, text=True, timeout=30)
+                                    extra_groups=extra_groups, capture_output=True, text=True, timeout=PATIENCE)
         except (PermissionError, FileNotFoundError):
             continue
         assert result.returncode in (0, 3), result.stderr
@@ -395,7 +406,7 @@ def test_file_permissions_decide_which_users_can_connect():
 def _notify_listener(address: str) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind("\0" + address[1:] if address.startswith("@") else address)
-    listener.settimeout(15)
+    listener.settimeout(PATIENCE)
     return listener
 
 
@@ -417,7 +428,7 @@ def test_notify_socket_gets_ready_once_listening_and_stopping_at_shutdown(kind, 
             assert ready["READY"] == "1"
             assert ready["MAINPID"] == str(daemon.process.pid)
             # READY means serving: no retry loop, the first connection attempts must succeed.
-            with socket.create_connection(("127.0.0.1", daemon.port), timeout=2):
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=PATIENCE):
                 pass
             with RawConnection(daemon.socket_path) as connection:
                 assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
@@ -495,7 +506,7 @@ def test_sighup_when_logging_to_stdout():
                 assert connection.command({"ping": 1, "$db": "admin"})["ok"] == 1
             assert process.poll() is None
             process.terminate()
-            out, _ = process.communicate(timeout=10)
+            out, _ = process.communicate(timeout=PATIENCE)
         finally:
             if process.poll() is None:
                 process.kill()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import yaml
 
 from markd.config import load_config_file
 from markd.wire import FrameReader, encode_op_msg
-from tests.support.process import free_port, wait_for_port
+from tests.support.process import PATIENCE, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 # PyPI's "markd" is an unrelated project: ours is distributed as markd-cryptd (import package markd).
@@ -167,7 +166,7 @@ class Daemon:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(15)
+            return self.process.wait(PATIENCE)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -188,7 +187,7 @@ def start(tmp_path: Path) -> Iterator[StartDaemon]:
         daemon = Daemon(process, log, port)
         daemons.append(daemon)
         try:
-            wait_for_port(port, timeout=20)
+            wait_for_port(port)
         except TimeoutError:
             process.kill()
             raise AssertionError(f"{argv} did not listen: {log.read_text(errors='replace')}") from None
@@ -201,13 +200,13 @@ def start(tmp_path: Path) -> Iterator[StartDaemon]:
             daemon.process.wait()
 
 
-def run_in_venv(installed: Installed, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_in_venv(installed: Installed, argv: list[str], timeout: float = PATIENCE) -> subprocess.CompletedProcess[str]:
     """Run from the venv's directory, not the checkout: `python -m`/`-c` put the cwd first on sys.path."""
     return subprocess.run(argv, cwd=installed.venv, env=clean_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
-def run_probe(installed: Installed, args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def run_probe(installed: Installed, args: list[str], timeout: float = PATIENCE) -> subprocess.CompletedProcess[str]:
     return run_in_venv(installed, [str(installed.bin / "python"), "-m", "markd.healthcheck", *args], timeout)
 
 
@@ -344,7 +343,7 @@ def test_healthcheck_over_tls(installed: Installed, start: StartDaemon, tmp_path
     port = free_port()
     start([str(installed.bin / "markd"), "--port", str(port), "--nounixsocket", "--pidfilepath",
            str(tmp_path / "markd.pid"), "--tlsMode", "requireTLS", "--tlsCertificateKeyFile", str(pem)], port)
-    base = ["--host", "127.0.0.1", "--port", str(port), "--timeout", "3"]
+    base = ["--host", "127.0.0.1", "--port", str(port), "--timeout", str(PATIENCE / 2)]
     verified = run_probe(installed, [*base, "--tls", "--tlsCAFile", str(ca)])
     assert verified.returncode == 0, verified.stderr
     assert run_probe(installed, [*base, "--tlsAllowInvalidCertificates"]).returncode == 0
@@ -357,6 +356,9 @@ class FakeServer:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        # "half-frame" and "silent" hold the connection open until the test has its verdict: a probe that
+        # ignored its --timeout would hang until run_probe's own (generous) timeout fails the test.
+        self.release = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
@@ -391,9 +393,9 @@ class FakeServer:
                     conn.sendall(b"\x10\x00\x00\x00" + b"\xff" * 12)
                 elif self.mode == "half-frame":
                     conn.sendall(encode_op_msg(request_id, {"ok": 1, "iscryptd": True})[:20])
-                    time.sleep(3)
+                    self.release.wait(PATIENCE * 2)
                 elif self.mode == "silent":
-                    time.sleep(3)
+                    self.release.wait(PATIENCE * 2)
                 # "close": nothing
 
 
@@ -401,16 +403,17 @@ class FakeServer:
                                   "half-frame", "silent", "close"])
 def test_healthcheck_rejects_what_is_not_a_healthy_cryptd(installed: Installed, mode: str) -> None:
     server = FakeServer(mode)
-    started = time.monotonic()
-    result = run_probe(installed, ["--port", str(server.port), "--timeout", "1"])
+    try:
+        result = run_probe(installed, ["--port", str(server.port), "--timeout", "1"], timeout=PATIENCE)
+    finally:
+        server.release.set()
     assert result.returncode == 1, (mode, result.stdout, result.stderr)
-    assert time.monotonic() - started < 10
 
 
 def test_healthcheck_accepts_a_cryptd_reply(installed: Installed) -> None:
     """The fake server harness itself: the same probe passes when the reply is right."""
     server = FakeServer("cryptd")
-    result = run_probe(installed, ["--port", str(server.port), "--timeout", "2"])
+    result = run_probe(installed, ["--port", str(server.port), "--timeout", str(PATIENCE / 2)])
     assert result.returncode == 0, result.stderr
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from markd.cli import EXIT_NET_ERROR
 from tests.support.fake_mongod import FakeMongod
-from tests.support.process import MONGOCRYPTD, MarkdProcess, RawConnection
+from tests.support.process import MONGOCRYPTD, PATIENCE, MarkdProcess, RawConnection
 
 ANOTHER_MARKD = "another markd is already serving; exiting"
 
@@ -85,7 +85,7 @@ def test_pid_file_held_by_another_markd(tmp_path):
     with MarkdProcess() as first:
         argv = [MONGOCRYPTD, "--port=0", "--pidfilepath", str(first.pidfile), "--unixSocketPrefix", str(tmp_path),
                 "--logpath", str(tmp_path / "second.log")]
-        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE)
         assert result.returncode == 0, result.stderr
         assert ANOTHER_MARKD in (tmp_path / "second.log").read_text()
         assert "is locked by another process" in (tmp_path / "second.log").read_text()
