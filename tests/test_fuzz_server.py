@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import frames
+from tests.fuzz.budget import examples
 from tests.fuzz.core import known_crash, reply_document
 from tests.fuzz.load import fd_count
 from tests.support.process import PATIENCE, MarkdProcess, RawConnection, poll_until
 
-SERVER = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+SERVER = settings(max_examples=examples(80), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
