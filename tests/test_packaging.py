@@ -239,6 +239,22 @@ def test_wheel_is_ours_by_name_and_carries_the_license(installed: Installed) -> 
     assert "END OF TERMS AND CONDITIONS" in shipped  # the full text, not a pointer to it
 
 
+def test_docs_install_our_distribution_and_stay_inside_the_repository() -> None:
+    """Install lines name markd-cryptd or a checkout, never PyPI's unrelated `markd`; wheel paths have our
+    wheel's name; nothing cites a harness a clone does not contain."""
+    texts = {path: path.read_text() for path in [REPO / "README.md", REPO / "systemd" / "markd.service",
+                                                 *sorted((REPO / "docs").glob("*.md"))]}
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if re.search(r"pip install\s+markd(?![-_\w])", line):
+                assert re.search(r"\b(never|not|nor)\b", line, re.I), f"{path.name}: {line}"
+            assert not re.search(r"dist/markd-[0-9*<]", line), f"{path.name}: {line}"
+            assert "../shared" not in line and "spec-harness" not in line, f"{path.name}: {line}"
+    assert "markd-cryptd" in texts[REPO / "README.md"]
+    for name in ("LICENSE", "SECURITY.md", "CHANGELOG.md"):
+        assert (REPO / name).is_file() and f"({name})" in texts[REPO / "README.md"], name
+
+
 def test_installed_markd_comes_from_the_wheel(installed: Installed) -> None:
     code = "import markd, markd.healthcheck, markd.cli; print(markd.__file__, markd.healthcheck.__file__)"
     out = run_in_venv(installed, [str(installed.bin / "python"), "-c", code]).stdout.split()
@@ -550,6 +566,34 @@ def test_k8s_pod_sidecar() -> None:
     app_code = config_map["data"]["app.py"]
     assert all(option in app_code for option in DRIVER_OPTS)
     compile(app_code, "app.py", "exec")
+
+
+def _sidecar_apps() -> dict[str, str]:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    (config_map,) = [doc for doc in yaml.safe_load_all(K8S_POD.read_text()) if doc and doc["kind"] == "ConfigMap"]
+    return {"compose": compose["configs"]["app_py"]["content"], "k8s": config_map["data"]["app.py"]}
+
+
+@pytest.mark.parametrize("example", ["compose", "k8s"])
+def test_sidecar_example_app_runs_as_shipped(example: str, tmp_path: Path) -> None:
+    """The example's own app.py, against a real markd and the stand-in mongod: it brings its encryption
+    rules (schema_map) and its data key, so nothing needs to exist on the server beforehand."""
+    from tests.support.fake_mongod import FakeMongod, emulate_database
+    from tests.support.process import MarkdProcess
+
+    code = _sidecar_apps()[example]
+    assert "schema_map=" in code or "encrypted_fields_map=" in code
+    with MarkdProcess() as markd, emulate_database(FakeMongod()) as mongod:  # evaluates {ssn: {$eq: ...}}
+        app = tmp_path / "app.py"
+        app.write_text(code.replace("mongodb://localhost:27020", markd.uri))
+        env = {**clean_env(), "MONGODB_URI": mongod.uri, "LOCAL_MASTER_KEY_HEX": os.urandom(96).hex()}
+        result = subprocess.run([sys.executable, str(app)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=PATIENCE * 2)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (stored,) = [doc for doc in mongod.documents("app.people") if doc.get("name") == "Ada"]
+    decrypted = next(line for line in result.stdout.splitlines() if line.startswith("decrypted:"))
+    assert "'ssn': '123-45-6789'" in decrypted
+    assert getattr(stored["ssn"], "subtype", None) == 6 and b"123-45-6789" not in bytes(stored["ssn"])
 
 
 @pytest.mark.skipif(shutil.which("kubernetes-validate") is None, reason="kubernetes-validate not installed")
