@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
                               standalone_mode=False)
     except click.UsageError as exc:
         _refuse(_usage_error_line(exc))
+    except click.ClickException as exc:
+        _refuse(exc.format_message())
     except click.Abort:
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
