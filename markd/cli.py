@@ -148,6 +148,8 @@ _EPILOG = ("Also accepted, as mongocryptd accepts them, and ignored with a warni
               help="Refuse the shutdown command (shared hosts).")
 @click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
 @click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
+@click.option("--tlsCertificateKeyFilePassword", "tls_certificate_key_file_password",
+              help="Password of an encrypted --tlsCertificateKeyFile.")
 @click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")
 @click.option("--tlsAllowConnectionsWithoutCertificates", "tls_allow_connections_without_certificates",
               is_flag=True, default=None, help="With --tlsCAFile, still accept clients that present no certificate.")

@@ -77,6 +77,7 @@ class Settings:
     disable_shutdown_command: bool = False
     tls_mode: str = "disabled"  # disabled | requireTLS
     tls_certificate_key_file: str | None = None
+    tls_certificate_key_file_password: str | None = None  # for an encrypted key; never shown (getCmdLineOpts)
     tls_ca_file: str | None = None
     # As mongod: with a CA file, clients must present a certificate unless this is set.
     tls_allow_connections_without_certificates: bool = False
@@ -112,6 +113,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("net", "unixDomainSocket", "filePermissions"): ("unix_socket_permissions", file_permissions),
     ("net", "tls", "mode"): ("tls_mode", str),
     ("net", "tls", "certificateKeyFile"): ("tls_certificate_key_file", str),
+    ("net", "tls", "certificateKeyFilePassword"): ("tls_certificate_key_file_password", str),
     ("net", "tls", "CAFile"): ("tls_ca_file", str),
     ("net", "tls", "allowConnectionsWithoutCertificates"): ("tls_allow_connections_without_certificates", bool),
     ("processManagement", "pidFilePath"): ("pidfile", str),
@@ -228,6 +230,9 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
 _YAML_PATHS: dict[str, tuple[str, ...]] = {name: path for path, (name, _) in _YAML_KEYS.items()}
 
 
+_SECRET_FIELDS = frozenset({"tls_certificate_key_file_password"})
+
+
 def parsed_options(values: dict[str, Any], config_file: str | None) -> dict[str, Any]:
     """The options given (config file, then flags), nested as mongod's getCmdLineOpts shows them."""
     parsed: dict[str, Any] = {"config": config_file} if config_file else {}
@@ -237,6 +242,8 @@ def parsed_options(values: dict[str, Any], config_file: str | None) -> dict[str,
             continue
         if isinstance(value, tuple):
             value = ",".join(value)
+        if name in _SECRET_FIELDS:
+            value = "<password>"  # as mongod's getCmdLineOpts shows a password
         node = parsed
         for key in path[:-1]:
             node = node.setdefault(key, {})

@@ -934,7 +934,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
     # A bare server context: create_default_context would also trust the system CAs for client certificates.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_certificate_key_file)
+    context.load_cert_chain(settings.tls_certificate_key_file, password=settings.tls_certificate_key_file_password)
     if settings.tls_ca_file:
         context.load_verify_locations(settings.tls_ca_file)
         context.verify_mode = (

@@ -89,7 +89,9 @@ def test_a_client_that_never_reads_does_not_stall_others(daemon):
             # ... and the other client is served, ping after ping, while the hog is stuck.
             for i in range(50):
                 assert other.command({"ping": 1, "$db": "admin"}, request_id=i + 1)["ok"] == 1
-            assert not sender_done.is_set(), f"the hog's send ended early: {sender_error}"
+            # The hog's 44 MB can never all be read: its send is stuck, or markd dropped it for leaving its
+            # replies unread (--frameTimeoutSecs). A send that completed would mean no back-pressure.
+            assert not sender_done.is_set() or sender_error, "markd read all the hog sent: no back-pressure"
     finally:
         hog.shutdown(socket.SHUT_RDWR)  # wakes the blocked sendall
         sender.join(PATIENCE)

@@ -335,6 +335,34 @@ def test_allow_connections_without_certificates(tmp_path):
         assert _healthcheck(*base, "--tlsCertificateKeyFile", str(stranger["client"])) == 1
 
 
+def test_encrypted_certificate_key_with_its_password(tmp_path):
+    """--tlsCertificateKeyFilePassword (mongod's) unlocks an encrypted key; getCmdLineOpts never shows it."""
+    from cryptography.hazmat.primitives import serialization
+
+    certs = _certificates(tmp_path)
+    pem = certs["server"].read_bytes()
+    cert_pem = pem[: pem.index(b"-----BEGIN PRIVATE KEY-----")]
+    key = serialization.load_pem_private_key(pem[len(cert_pem):], password=None)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(cert_pem + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.BestAvailableEncryption(b"PLAIN-tls-pw-41")))
+    args = ["--tlsMode", "requireTLS", "--tlsCertificateKeyFile", str(locked),
+            "--tlsCertificateKeyFilePassword", "PLAIN-tls-pw-41"]
+    with MarkdProcess(args=args) as daemon:
+        assert _healthcheck("--host", "localhost", "--port", str(daemon.port), "--tls", "--tlsCAFile",
+                            str(certs["ca"])) == 0
+        with MongoClient(daemon.uri, tls=True, tlsCAFile=str(certs["ca"]), serverSelectionTimeoutMS=30_000) as client:
+            options = client.admin.command("getCmdLineOpts")
+        assert options["parsed"]["net"]["tls"]["certificateKeyFilePassword"] == "<password>"
+        assert "PLAIN-tls-pw-41" not in repr(options)
+        assert "PLAIN-tls-pw-41" not in daemon.log_text()
+    wrong = MarkdProcess(args=[*args[:-1], "not-it"], wait=False).start()
+    try:
+        assert wrong.exit_code() == 1  # a clear startup error, not a daemon without TLS
+    finally:
+        wrong.cleanup()
+
+
 def test_tls_without_certificate_file_is_a_clear_startup_error():
     daemon = MarkdProcess(args=["--tlsMode", "requireTLS"], wait=False).start()
     try:
