@@ -71,10 +71,15 @@ class MarkdProcess:
     """A markd started with `mongocryptd` from the venv; stop() or use as a context manager."""
 
     args: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one, chosen here (and chosen again if another process takes it first)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="markd-test-")))
     process: subprocess.Popen[bytes] | None = None
     wait: bool = True
+    port_chosen_here: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port, self.port_chosen_here = free_port(), True
 
     @property
     def pidfile(self) -> Path:
@@ -100,11 +105,47 @@ class MarkdProcess:
         return line + self.args
 
     def start(self) -> MarkdProcess:
-        self.process = subprocess.Popen(self.command_line(), cwd=self.workdir,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if self.wait:
-            wait_for_port(self.port)
-        return self
+        """Start markd; with `wait`, return once it serves: its pid file names it (it writes the file once every
+        listener is bound), so an answer on the port from some other process never passes for it."""
+        for _attempt in range(5):
+            self.process = subprocess.Popen(self.command_line(), cwd=self.workdir,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if not self.wait or self._serving():
+                return self
+            # It exited at startup. Other test runs share this machine: one may have taken the port between
+            # free_port() and markd's bind. A port chosen here is chosen again; any other exit is a failure.
+            code = self.process.returncode
+            stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            if self.process.stderr:
+                self.process.stderr.close()
+            port_lost = code == 48 or (code == 0 and "another markd is already serving" in self.log_text())
+            if not (self.port_chosen_here and port_lost):
+                raise AssertionError(f"markd exited at startup with {code}: {stderr}{self.log_text()}")
+            self.port = free_port()
+        raise AssertionError("markd could not get a free port in 5 attempts")
+
+    def _effective_pidfile(self) -> Path:
+        flags = [a for a in self.args if a.startswith("--pidfilepath")]
+        if not flags:
+            return self.pidfile
+        last = flags[-1]
+        return Path(last.split("=", 1)[1] if "=" in last else self.args[self.args.index(last) + 1])
+
+    def _serving(self) -> bool:
+        assert self.process is not None
+        process, pidfile = self.process, self._effective_pidfile()
+
+        def ours() -> bool:
+            try:
+                return json.loads(pidfile.read_text()).get("pid") == process.pid
+            except (OSError, ValueError):  # not yet written
+                return False
+
+        poll_until(lambda: process.poll() is not None or ours(), f"markd (pid {process.pid}) to serve")
+        if process.poll() is not None:
+            return False
+        wait_for_port(self.port)
+        return True
 
     def client(self, **kwargs: object) -> MongoClient[dict[str, object]]:
         options: dict[str, object] = {"serverSelectionTimeoutMS": int(PATIENCE * 1000), **kwargs}
