@@ -16,11 +16,12 @@ ARG PYTHON_VERSION=3.12
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY markd ./markd
 RUN pip wheel --wheel-dir /wheels .
 
 # ---- runtime: a venv with only markd and its dependencies, no compilers, no pip ----------
+# The distribution is markd-cryptd (PyPI's "markd" is another project); it installs the markd package.
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -31,7 +32,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv --without-pip /opt/markd \
- && pip --python /opt/markd/bin/python install --no-index --find-links=/wheels markd \
+ && pip --python /opt/markd/bin/python install --no-index --find-links=/wheels markd-cryptd \
  && groupadd --system --gid 10001 markd \
  && useradd --system --uid 10001 --gid markd --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin markd \

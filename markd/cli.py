@@ -1,17 +1,91 @@
-"""The command line: mongocryptd's flags, accepted as mongocryptd accepts them."""
+"""The command line: mongocryptd's flags, accepted as mongocryptd accepts them, and nothing else.
+
+Every option mongocryptd takes (its own and the general server options it inherits from mongod) is
+accepted: markd's own implementation where it has one, otherwise logged as ignored, so a driver's
+`mongocryptd_spawn_args` and an existing mongocryptd command line keep working. Anything else is refused
+before anything is opened or bound: one line naming the option on stderr, exit 2, as mongocryptd exits
+on a bad option.
+"""
 
 from __future__ import annotations
 
+import os
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+import yaml
 
 import markd
 from markd import logs
-from markd.config import ConfigError, Settings, file_permissions, load_config_file, parsed_options
+from markd.config import (
+    FORK_REFUSAL,
+    ConfigError,
+    Settings,
+    file_permissions,
+    load_config_file,
+    log_format_name,
+    parsed_options,
+)
 from markd.pidfile import PidFile, PidFileLocked
+
+EXIT_BAD_OPTIONS = 2  # mongod's EXIT_BADOPTIONS
+EXIT_NET_ERROR = 48  # mongod's exit code when a listener cannot be set up (its port is taken)
+
+# mongocryptd's command-line options that mean nothing to markd (mongod's general server options of 4.2
+# to 8.x that mongocryptd inherits): flag -> whether it takes a value. Accepted and logged as ignored.
+IGNORED_FLAGS: dict[str, bool] = {
+    # server parameters and logging details markd has no use for
+    "--setParameter": True,
+    "--timeStampFormat": True,  # markd's log stamps are ISO 8601 UTC
+    "--syslog": False,
+    "--syslogFacility": True,
+    "--logv2": False,
+    "--traceExceptions": False,
+    "--redactClientLogData": False,  # markd's logs never carry a value, redacted or not
+    # networking internals
+    "--listenBacklog": True,
+    "--networkMessageCompressors": True,  # markd offers no compression; the handshake says so
+    "--transportLayer": True,
+    "--serviceExecutor": True,
+    "--priorityPort": True,
+    "--proxyUnixSocketPrefix": True,
+    "--proxyUnixSocketFileGroupId": True,
+    "--objcheck": False,  # markd always validates what it reads
+    "--noobjcheck": False,
+    # process management and start-up internals
+    "--timeZoneInfo": True,
+    "--configExpand": True,
+    "--configExpandTimeoutSecs": True,
+    "--loadExtensions": True,
+    "--extensionsSignaturePublicKeyPath": True,
+    "--extensionsConfigPath": True,
+    "--relaxPermChecks": False,
+    "--crashOnInvalidBSONError": False,
+    "--initializerShuffleSeed": True,
+    "--enableExperimentalStorageDetailsCmd": False,
+    "--tracingSpanRoot": True,
+}
+
+
+def _param_name(flag: str) -> str:
+    return "ignored_" + flag.lstrip("-").lower()
+
+
+_IGNORED_PARAMS: dict[str, str] = {_param_name(flag): flag for flag in IGNORED_FLAGS}
+
+
+def _with_ignored_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add IGNORED_FLAGS as hidden click options (they are listed in --help's epilog instead)."""
+    for flag, takes_value in IGNORED_FLAGS.items():
+        if takes_value:
+            decorator = click.option(flag, _param_name(flag), multiple=True, hidden=True)
+        else:
+            decorator = click.option(flag, _param_name(flag), is_flag=True, hidden=True)
+        command = decorator(command)
+    return command
 
 
 def _split_ips(value: str | None) -> tuple[str, ...] | None:
@@ -29,10 +103,12 @@ def _file_permissions(ctx: click.Context, param: click.Parameter, value: str | N
         raise click.BadParameter(str(exc)) from None
 
 
-_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help", "-h"]}
+_CONTEXT = {"help_option_names": ["--help", "-h"]}
+_EPILOG = ("Also accepted, as mongocryptd accepts them, and ignored with a warning: "
+           + ", ".join(sorted(IGNORED_FLAGS, key=str.lower)) + ".")
 
 
-@click.command(context_settings=_CONTEXT)
+@click.command(context_settings=_CONTEXT, epilog=_EPILOG)
 @click.option("--port", type=int, help="TCP port [27020].")
 @click.option("--bind_ip", "bind_ip", help="Comma-separated addresses to listen on [127.0.0.1].")
 @click.option("--bind_ip_all", is_flag=True, default=None, help="Listen on every interface.")
@@ -48,7 +124,8 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
 @click.option("--logappend", is_flag=True, default=None, help="Append to --logpath.")
 @click.option("--logRotate", "log_rotate", type=click.Choice(["rename", "reopen"]),
               help="What SIGUSR1 does to --logpath [rename]; SIGHUP always reopens it.")
-@click.option("--logFormat", "log_format", type=click.Choice(["text", "json"]), help="Log line format [text].")
+@click.option("--logFormat", "log_format", type=click.Choice(["default", "text", "json"]),
+              help="Log line format [text] (default is text).")
 @click.option("--quiet", is_flag=True, default=None, help="Only warnings and errors.")
 @click.option("-v", "--verbose", "verbosity", count=True, help="Debug logging (per command).")
 @click.option("--config", "-f", "config_file", type=click.Path(dir_okay=False),
@@ -73,32 +150,45 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
               help="Error replies show each value they quote from a command as its type name.")
 @click.option("--tlsMode", "tls_mode", type=click.Choice(["disabled", "requireTLS"]), help="TLS [disabled].")
 @click.option("--tlsCertificateKeyFile", "tls_certificate_key_file", help="PEM with certificate and key.")
+@click.option("--tlsCertificateKeyFilePassword", "tls_certificate_key_file_password",
+              help="Password of an encrypted --tlsCertificateKeyFile.")
 @click.option("--tlsCAFile", "tls_ca_file", help="CA bundle to verify client certificates.")
 @click.option("--tlsAllowConnectionsWithoutCertificates", "tls_allow_connections_without_certificates",
               is_flag=True, default=None, help="With --tlsCAFile, still accept clients that present no certificate.")
+@click.option("--fork", is_flag=True, hidden=True)  # mongocryptd's; refused below, with the reason
+@click.option("--outputConfig", "output_config", is_flag=True, help="Print the resolved options as YAML and exit.")
 @click.option("--version", is_flag=True, help="Print the version and exit.")
-@click.pass_context
-def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: int, **options: Any) -> None:
+@_with_ignored_flags
+def command(config_file: str | None, version: bool, verbosity: int, fork: bool, output_config: bool,
+            **options: Any) -> None:
     """markd: an open, drop-in mongocryptd."""
     if version:
         click.echo(f"markd {markd.__version__} (mongocryptd-compatible)")
         return
+    if fork:
+        _refuse(f"--fork: {FORK_REFUSAL}")
+    ignored = [_IGNORED_PARAMS[name] for name in _IGNORED_PARAMS if options.pop(name)]
     base: dict[str, Any] = {}
-    unknown_config: list[str] = []
+    ignored_config: list[str] = []
     if config_file:
         try:
-            base, unknown_config = load_config_file(config_file)
+            base, ignored_config = load_config_file(config_file)
         except ConfigError as exc:
-            click.echo(str(exc), err=True)
-            sys.exit(2)
+            _refuse(str(exc))
     overrides = dict(options)
     overrides["bind_ip"] = _split_ips(overrides.pop("bind_ip"))
     if overrides.pop("nounixsocket"):
         overrides["unix_socket"] = False
+    if overrides["log_format"] is not None:
+        overrides["log_format"] = log_format_name(overrides["log_format"])
     if verbosity:
         overrides["verbosity"] = verbosity
+    parsed = parsed_options({**base, **{k: v for k, v in overrides.items() if v is not None}}, config_file)
+    if output_config:
+        click.echo(yaml.safe_dump(parsed, sort_keys=True).rstrip())
+        return
     settings = Settings().with_overrides(**base).with_overrides(**overrides)
-    settings = settings.with_overrides(unknown_options=tuple(ctx.args))
+    settings = settings.with_overrides(ignored_options=(*ignored, *ignored_config))
     # The pid file lock comes first: a process that loses the race must not truncate the winner's log.
     pidfile = PidFile(settings.pidfile) if settings.pidfile else None
     unopenable_pidfile = ""
@@ -122,15 +212,18 @@ def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: 
     _configure_logs(settings, append=settings.logappend)
     if unopenable_pidfile:
         logs.log.warning("running without a pid file", extra={"attr": {"reason": unopenable_pidfile}})
-    for flag in settings.unknown_options:
-        logs.log.warning("ignoring unrecognized option", extra={"attr": {"option": flag}})
-    for key in unknown_config:
-        logs.log.warning("ignoring unrecognized config file setting", extra={"attr": {"setting": key}})
-    parsed = parsed_options({**base, **{k: v for k, v in overrides.items() if v is not None}}, config_file)
+    for flag in ignored:
+        logs.log.warning("ignoring an option of mongocryptd's that markd has no use for",
+                         extra={"attr": {"option": flag}})
+    for key in ignored_config:
+        logs.log.warning("ignoring a config file setting of mongocryptd's that markd has no use for",
+                         extra={"attr": {"setting": key}})
     from markd import server
 
     try:
         code = server.run(settings, ["mongocryptd", *sys.argv[1:]], parsed, pidfile)
+    except server.PortInUse as exc:
+        _fatal(settings, f"cannot start: {exc}", EXIT_NET_ERROR)
     except (OSError, ValueError, ssl.SSLError) as exc:
         _fatal(settings, f"cannot start: {exc}")
     sys.exit(code)
@@ -140,12 +233,48 @@ def _configure_logs(settings: Settings, append: bool) -> None:
     logs.configure(settings.logpath, append, settings.log_format, settings.verbosity, settings.quiet)
 
 
-def _fatal(settings: Settings, message: str) -> NoReturn:
-    """Log why markd cannot start, say it on stderr too when the log is a file, and exit 1."""
+def _fatal(settings: Settings, message: str, exit_code: int = 1) -> NoReturn:
+    """Log why markd cannot start, say it on stderr too when the log is a file, and exit."""
     logs.log.error(message)
     if settings.logpath:
         click.echo(f"markd: {message}", err=True)
-    sys.exit(1)
+    sys.exit(exit_code)
+
+
+def _refuse(message: str) -> NoReturn:
+    """A bad command line or config file: one line on stderr, exit 2, nothing opened or bound."""
+    click.echo(f"markd: {' '.join(message.split())}", err=True)
+    sys.exit(EXIT_BAD_OPTIONS)
+
+
+def _usage_error_line(error: click.UsageError) -> str:
+    if isinstance(error, click.NoSuchOption):
+        line = f"unrecognised option '{error.option_name}'"
+        # Suggest markd's own options only: an ignored one would be no better than the typo.
+        hints = sorted(set(error.possibilities or ()) - set(IGNORED_FLAGS) - {"--fork"})
+        if hints:
+            line += f" (did you mean {' or '.join(hints)}?)"
+        return f"{line}; try 'markd --help'"
+    return error.format_message()
+
+
+def _program_name() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "markd"
+    return "python -m markd" if name in ("__main__.py", "-m", "-c") else name
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The `markd` and `mongocryptd` console scripts, and `python -m markd`."""
+    try:
+        result = command.main(sys.argv[1:] if argv is None else argv, prog_name=_program_name(),
+                              standalone_mode=False)
+    except click.UsageError as exc:
+        _refuse(_usage_error_line(exc))
+    except click.ClickException as exc:
+        _refuse(exc.format_message())
+    except click.Abort:
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

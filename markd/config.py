@@ -30,6 +30,23 @@ def log_rotate_mode(value: Any) -> str:
     return str(value)
 
 
+def log_format_name(value: Any) -> str:
+    """mongod's systemLog.logFormat: default | text | json; markd's default is text."""
+    if value not in ("default", "text", "json"):
+        raise ValueError(f"logFormat must be default, text or json, not {value!r}")
+    return "json" if value == "json" else "text"
+
+
+def _refuse_fork(value: Any) -> bool:
+    if bool(value):
+        raise ValueError(FORK_REFUSAL)
+    return False
+
+
+FORK_REFUSAL = ("markd does not fork: run it in the foreground under a supervisor (systemd, a container, "
+                "or the driver that spawns it)")
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = DEFAULT_PORT
@@ -62,10 +79,11 @@ class Settings:
     redact_errors: bool = False
     tls_mode: str = "disabled"  # disabled | requireTLS
     tls_certificate_key_file: str | None = None
+    tls_certificate_key_file_password: str | None = None  # for an encrypted key; never shown (getCmdLineOpts)
     tls_ca_file: str | None = None
     # As mongod: with a CA file, clients must present a certificate unless this is set.
     tls_allow_connections_without_certificates: bool = False
-    unknown_options: tuple[str, ...] = field(default=())
+    ignored_options: tuple[str, ...] = field(default=())  # mongocryptd's, accepted, of no use to markd
 
     @property
     def socket_path(self) -> str | None:
@@ -97,6 +115,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("net", "unixDomainSocket", "filePermissions"): ("unix_socket_permissions", file_permissions),
     ("net", "tls", "mode"): ("tls_mode", str),
     ("net", "tls", "certificateKeyFile"): ("tls_certificate_key_file", str),
+    ("net", "tls", "certificateKeyFilePassword"): ("tls_certificate_key_file_password", str),
     ("net", "tls", "CAFile"): ("tls_ca_file", str),
     ("net", "tls", "allowConnectionsWithoutCertificates"): ("tls_allow_connections_without_certificates", bool),
     ("processManagement", "pidFilePath"): ("pidfile", str),
@@ -106,7 +125,9 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("systemLog", "logRotate"): ("log_rotate", log_rotate_mode),
     ("systemLog", "verbosity"): ("verbosity", int),
     ("systemLog", "quiet"): ("quiet", bool),
-    ("systemLog", "format"): ("log_format", str),
+    ("systemLog", "format"): ("log_format", log_format_name),  # markd's first spelling, still read
+    ("systemLog", "logFormat"): ("log_format", log_format_name),  # mongod's
+    ("processManagement", "fork"): ("fork", _refuse_fork),
     ("markd", "metricsPort"): ("metrics_port", int),
     ("markd", "frameTimeoutSecs"): ("frame_timeout_secs", float),
     ("markd", "metricsBindIp"): ("metrics_bind_ip", str),
@@ -117,6 +138,29 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("markd", "disableShutdownCommand"): ("disable_shutdown_command", bool),
     ("markd", "redactErrors"): ("redact_errors", bool),
 }
+
+
+# mongocryptd's own settings (its general server options, as the YAML of mongod 4.2 to 8.x names them)
+# that mean nothing to markd: accepted, so a mongocryptd config file still starts markd, and logged as ignored.
+# Anything neither here nor in _YAML_KEYS is refused, as mongocryptd refuses it.
+IGNORED_YAML_KEYS: frozenset[str] = frozenset({
+    "net.listenBacklog", "net.maxIncomingConnectionsOverride", "net.reservedAdminThreads",
+    "net.transportLayer", "net.serviceExecutor", "net.priorityPort", "net.wireObjectCheck",
+    "net.compression.compressors",  # markd offers no compression (the handshake says so)
+    "net.proxyUnixDomainSocket.pathPrefix", "net.proxyUnixDomainSocket.fileGroupId",
+    "processManagement.timeZoneInfo", "processManagement.loadExtensions",
+    "processManagement.extensionsSignaturePublicKeyPath", "processManagement.extensionsConfigPath",
+    "security.redactClientLogData",  # markd's logs never carry a value, redacted or not
+    "security.relaxPermChecks",
+    "systemLog.destination", "systemLog.syslogFacility", "systemLog.timeStampFormat",
+    "systemLog.traceAllExceptions",
+})
+# Whole subtrees: per-component verbosity and server parameters.
+IGNORED_YAML_PREFIXES: tuple[str, ...] = ("systemLog.component.", "setParameter.")
+
+
+def ignored_yaml_key(dotted: str) -> bool:
+    return dotted in IGNORED_YAML_KEYS or dotted.startswith(IGNORED_YAML_PREFIXES)
 
 
 class ConfigError(ValueError):
@@ -152,7 +196,10 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
-    """Settings fields from a YAML file, and the dotted keys markd does not know."""
+    """Settings fields from a YAML file, and the dotted keys of mongocryptd's that markd ignores.
+
+    ConfigError for a file that cannot be read, a value of the wrong kind, or a key mongocryptd does not
+    have either (a typo must not start a daemon configured otherwise than its operator thinks)."""
     try:
         with open(path, encoding="utf-8") as handle:
             tree = yaml.load(handle, Loader=_Loader) or {}  # a SafeLoader subclass
@@ -161,11 +208,14 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(tree, dict):
         raise ConfigError(f"Error reading config file {path}: not a mapping")
     values: dict[str, Any] = {}
-    unknown: list[str] = []
+    ignored: list[str] = []
     for key_path, raw in _flatten(tree).items():
         target = _YAML_KEYS.get(key_path)
         if target is None:
-            unknown.append(".".join(key_path))
+            dotted = ".".join(key_path)
+            if not ignored_yaml_key(dotted):
+                raise ConfigError(f"Error reading config file {path}: unrecognised option '{dotted}'")
+            ignored.append(dotted)
             continue
         name, convert = target
         if isinstance(raw, _YamlInt):
@@ -173,12 +223,17 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
         try:
             values[name] = convert(raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"Bad value for {'.'.join(key_path)} in {path}: {raw!r}") from exc
-    return values, unknown
+            detail = str(exc) if convert is _refuse_fork else repr(raw)
+            raise ConfigError(f"Bad value for {'.'.join(key_path)} in {path}: {detail}") from exc
+    values.pop("fork", None)
+    return values, ignored
 
 
 # Settings field -> its place in the YAML tree, for getCmdLineOpts's "parsed" (mongod's layout).
 _YAML_PATHS: dict[str, tuple[str, ...]] = {name: path for path, (name, _) in _YAML_KEYS.items()}
+
+
+_SECRET_FIELDS = frozenset({"tls_certificate_key_file_password"})
 
 
 def parsed_options(values: dict[str, Any], config_file: str | None) -> dict[str, Any]:
@@ -190,6 +245,8 @@ def parsed_options(values: dict[str, Any], config_file: str | None) -> dict[str,
             continue
         if isinstance(value, tuple):
             value = ",".join(value)
+        if name in _SECRET_FIELDS:
+            value = "<password>"  # as mongod's getCmdLineOpts shows a password
         node = parsed
         for key in path[:-1]:
             node = node.setdefault(key, {})

@@ -108,6 +108,19 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
     return reply
 
 
+def answers_as_cryptd(host: str = "127.0.0.1", port: int = 27020, socket_path: str | None = None,
+                      timeout: float = 5.0, tls: bool = False) -> bool:
+    """Whether whoever listens there answers `hello` with `iscryptd: true` (markd's test of a busy port).
+    With `tls`, the peer's certificate is not checked: only its answer is wanted, and nothing is sent but hello."""
+    args = argparse.Namespace(host=host, port=port, socket_path=socket_path, timeout=timeout, tls=tls,
+                              tls_ca_file=None, tls_cert_key_file=None, tls_insecure=tls)
+    try:
+        probe(args)
+    except (OSError, Unhealthy, InvalidBSON, ValueError):
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     target = args.socket_path or f"{args.host}:{args.port}"

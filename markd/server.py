@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import markd
-from markd import cache, core, limits, logs, memory
+from markd import cache, core, healthcheck, limits, logs, memory
 from markd.analysis.patterns import SliceExpired
 from markd.commands import ConnectionInfo, Dispatcher
 from markd.config import Settings
@@ -65,10 +65,24 @@ _FD_TARGET = 65_536
 # At shutdown: how long requests already sent get to be read and answered, and the hard limit.
 _GRACE_SECS = 0.05
 _DRAIN_SECS = 5.0
+# How long a process holding our port or socket gets to answer hello before it is taken for a stranger.
+_PEER_PROBE_SECS = 5.0
 
 
 class AlreadyRunning(Exception):
-    """Another markd holds the pid file, the port or the socket: this one is not needed."""
+    """Another markd (a peer answering hello with iscryptd) holds the pid file, the port or the socket:
+    this one is not needed."""
+
+
+class PortInUse(Exception):
+    """The port or the Unix socket is held by a process that is not a cryptd: markd cannot serve."""
+
+
+async def _held_by(kind: str, where: str, **target: Any) -> Exception:
+    """Who holds an address markd could not take: AlreadyRunning for a cryptd, PortInUse for anyone else."""
+    if await asyncio.to_thread(healthcheck.answers_as_cryptd, timeout=_PEER_PROBE_SECS, **target):
+        return AlreadyRunning(f"{kind} {where} is served by another cryptd")
+    return PortInUse(f"{kind} in use by another process ({where})")
 
 
 def default_max_conns() -> int:
@@ -694,7 +708,8 @@ class MarkdServer:
                     )
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
-                        raise AlreadyRunning(f"address {address}:{settings.port} is already in use") from exc
+                        raise await _held_by("port", f"{address}:{settings.port}", host=address, port=settings.port,
+                                             tls=ssl_context is not None) from exc
                     raise
                 self.servers.append(server)
             if settings.socket_path:
@@ -746,7 +761,7 @@ class MarkdServer:
         loop = asyncio.get_running_loop()
         if os.path.exists(path):
             if _socket_is_live(path):
-                raise AlreadyRunning(f"unix socket {path} is in use by another process")
+                raise await _held_by("unix socket", path, socket_path=path)
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode):
                     os.unlink(path)
@@ -921,7 +936,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
     # A bare server context: create_default_context would also trust the system CAs for client certificates.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_certificate_key_file)
+    context.load_cert_chain(settings.tls_certificate_key_file, password=settings.tls_certificate_key_file_password)
     if settings.tls_ca_file:
         context.load_verify_locations(settings.tls_ca_file)
         context.verify_mode = (

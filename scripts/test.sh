@@ -5,7 +5,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import markd, pymongocrypt, pytest, hypothesis, ruff' 2>/dev/null; then
+if ! .venv/bin/python -c 'import importlib.metadata as m, markd, pymongocrypt, pytest, hypothesis, ruff; m.version("markd-cryptd")' 2>/dev/null; then
+  # A venv made before the distribution was renamed holds this checkout as "markd": replace it.
+  .venv/bin/pip uninstall -q -y --disable-pip-version-check markd >/dev/null 2>&1 || true
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
 # Django MongoDB Backend's encryption support (>= 6.0.1) declares Python >= 3.12 but runs on 3.10+;

@@ -7,17 +7,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from pymongo import MongoClient
 
 from tests.support import plaintext_watch
 from tests.support.process import MarkdProcess
 
+# Nothing in hypothesis may judge by the clock either: no per-example deadline, no "too slow" health check
+# (both fire on a loaded machine). Every test's own settings() inherits this.
+settings.register_profile("markd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # CI runs the property tests on a fixed sequence of examples, so a red run is reproducible; runs by
 # hand (and tests/fuzz/run_long.py) keep exploring new ones.
-settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+settings.register_profile("ci", parent=settings.get_profile("markd"), derandomize=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI") else "markd")
 
 # Before any client exists: every command any test sends is watched for values that reach a markd log.
 plaintext_watch.install()

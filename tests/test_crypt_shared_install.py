@@ -68,7 +68,7 @@ def _install(root: Path, env: dict[str, str] | None = None) -> Install:
         built = _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), ".", cwd=checkout,
                      env=env)
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = wheels.glob("markd-*.whl")
+    (wheel,) = wheels.glob("markd_cryptd-*.whl")  # the distribution markd-cryptd
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     done = _pip("--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel), cwd=root)

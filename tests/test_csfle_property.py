@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from markd import bsonvalues
+from tests.fuzz.budget import examples
 from tests.support.process import raw_command
 from tests.test_csfle_support import DET, RND, encrypt, read_placeholder
 
@@ -124,7 +125,7 @@ REFUSALS = {31041, 31118, 31006, 51130, 51129}
 
 
 @pytest.mark.filterwarnings("ignore")
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), tree=TREES, well_typed=st.booleans())
 def test_insert_marks_exactly_the_encrypted_paths(client, data, tree, well_typed):
     if not schema_allows(tree):
@@ -141,7 +142,7 @@ def test_insert_marks_exactly_the_encrypted_paths(client, data, tree, well_typed
     check_marked(document, result["documents"][0], tree)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
 @given(tree=TREES, value=ANY_VALUE, name=NAMES)
 def test_equality_find_marks_or_refuses(client, tree, value, name):
     if not schema_allows(tree):
@@ -170,7 +171,7 @@ def test_equality_find_marks_or_refuses(client, tree, value, name):
         assert bsonvalues.encode({"v": compared}) == bsonvalues.encode({"v": {name: {"$eq": value}}})
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), tree=TREES, well_typed=st.booleans())
 def test_set_marks_exactly_the_encrypted_paths(client, data, tree, well_typed):
     """$set of a document's fields: the same marking as an insert of it (or a refusal)."""

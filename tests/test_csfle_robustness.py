@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from markd.analysis import mark_command
 from markd.errors import CommandError
+from tests.fuzz.budget import examples
 from tests.test_csfle_support import schema_for
 
 KEY = Binary(b"\x07" * 16, 4)
@@ -97,7 +98,7 @@ def plaintext_at_encrypted_top_level(command: dict[str, Any], result: dict[str, 
     return leaks
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=COMMANDS, remote=st.booleans())
 def test_any_command_is_marked_or_refused(command, remote):
     body = {**command, "jsonSchema": SCHEMA, "isRemoteSchema": remote, "$db": "db"}

@@ -22,6 +22,7 @@ from tests.support.fake_mongod import FakeMongod
 from tests.support.process import (
     OP_MSG,
     OP_REPLY,
+    PATIENCE,
     MarkdProcess,
     RawConnection,
     assert_markd_answered_insert,
@@ -31,6 +32,7 @@ from tests.support.process import (
     markd_metrics,
     op_msg_frame,
     op_query_frame,
+    poll_until,
     ssn_schema,
 )
 
@@ -66,11 +68,9 @@ class Pinger:
             time.sleep(0.005)
 
     def assert_served_since(self, answers_before: int) -> None:
-        deadline = time.monotonic() + 5
-        while self.answers <= answers_before + 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll_until(lambda: self.errors or self.answers > answers_before + 2,
+                   f"the well-behaved client to get answers (stalled at {self.answers})", interval=0.01)
         assert not self.errors, f"the well-behaved client got errors: {self.errors}"
-        assert self.answers > answers_before + 2, f"the well-behaved client stalled at {self.answers} answers"
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,7 +97,7 @@ def _auto_encrypting_client(mongod: FakeMongod, mongocryptd_uri: str) -> tuple[M
     key_id = mongod.create_data_key(KMS)
     opts = AutoEncryptionOpts(KMS, "keyvault.datakeys", schema_map={"db.coll": ssn_schema(key_id)},
                               mongocryptd_uri=mongocryptd_uri, mongocryptd_bypass_spawn=True)
-    return MongoClient(mongod.uri, auto_encryption_opts=opts, serverSelectionTimeoutMS=5000), "123-45-6789"
+    return MongoClient(mongod.uri, auto_encryption_opts=opts, serverSelectionTimeoutMS=30_000), "123-45-6789"
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
@@ -283,10 +283,10 @@ def test_bad_input_is_contained_to_its_connection(daemon, pinger, name):
     with RawConnection(daemon.port) as connection:
         connection.send(data)
         if effect == "close":
-            assert connection.is_closed_by_peer(timeout=3), "markd kept a connection it cannot frame"
+            assert connection.is_closed_by_peer(), "markd kept a connection it cannot frame"
         elif effect == "close_on_eof":
             connection.sock.shutdown(socket.SHUT_WR)
-            assert connection.is_closed_by_peer(timeout=3)
+            assert connection.is_closed_by_peer()
         else:
             reply = connection.read_reply()
             assert reply.document["ok"] == 0 and reply.document["code"] in PROTOCOL_ERROR_CODES, reply.document
@@ -302,7 +302,7 @@ def test_random_bytes_are_contained(daemon, pinger, seed):
     with RawConnection(daemon.port) as connection:
         connection.send(bytes(rng.getrandbits(8) for _ in range(4096)))
         # Either unframeable at once, or a plausible length that never completes (dropped after the frame timeout).
-        assert connection.is_closed_by_peer(timeout=FRAME_TIMEOUT + 3)
+        assert connection.is_closed_by_peer()
     pinger.assert_served_since(answers)
 
 
@@ -312,52 +312,51 @@ def test_stalled_half_frame_is_dropped_after_the_frame_timeout(daemon, pinger):
     with RawConnection(daemon.port) as stalled, RawConnection(daemon.port) as healthy:
         started = time.monotonic()
         stalled.send(frame[: len(frame) // 2])
+        # Not before the timeout (load can only delay markd's timer, never advance it) ...
         assert not stalled.is_closed_by_peer(timeout=FRAME_TIMEOUT / 2)
         assert healthy.command({"ping": 1, "$db": "admin"})["ok"] == 1
-        assert stalled.is_closed_by_peer(timeout=FRAME_TIMEOUT + 3)
-        assert FRAME_TIMEOUT - 0.2 <= time.monotonic() - started <= FRAME_TIMEOUT + 3
+        # ... but after it, however long a loaded machine takes to get there.
+        assert stalled.is_closed_by_peer()
+        assert time.monotonic() - started >= FRAME_TIMEOUT - 0.2  # uvloop's clock has millisecond steps
         assert healthy.command({"ping": 1, "$db": "admin"})["ok"] == 1
     pinger.assert_served_since(answers)
 
 
 def test_a_slow_but_complete_sender_is_not_dropped(daemon):
+    """The frame clock restarts with every complete message: ten half-frames in a row, each completed
+    well within the timeout (a margin of 1.75 s for a loaded machine), add up to more than the timeout."""
     frame = op_msg_frame({"ping": 1, "$db": "admin"}, request_id=4)
+    pause = FRAME_TIMEOUT / 8
     with RawConnection(daemon.port) as connection:
-        for _ in range(3):
-            # Each frame completes within the timeout, but partial frames straddle several timeouts' worth.
-            connection.send(frame + frame[:10])
-            time.sleep(FRAME_TIMEOUT * 0.6)
-            connection.send(frame[10:])
+        connection.send(frame[:10])
+        for _ in range(10):
+            time.sleep(pause)
+            connection.send(frame[10:] + frame[:10])  # this message completed, the next one begun
             assert connection.read_reply().response_to == 4
-            assert connection.read_reply().response_to == 4
+        connection.send(frame[10:])
+        assert connection.read_reply().response_to == 4
 
 
-def test_thousand_connections_opened_and_dropped(daemon, markd_client, pinger):
-    # The baseline counts the pinger's connections: once it has been answered, they are all open.
-    pinger.assert_served_since(0)
-    answers = pinger.answers
-    before = markd_metrics(markd_client)["connections"]
-    baseline = before["current"]
-    sockets = []
-    for i in range(1000):
-        sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
-        if i % 2:  # half of them reset instead of closing politely
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        if i % 3 == 0:
-            sock.sendall(op_msg_frame({"ping": 1, "$db": "admin"})[:7])
-        sockets.append(sock)
-    # All accepted before any is closed: a connection reset while still in the kernel's accept queue
-    # never reaches markd (a busy machine made that happen).
-    deadline = time.monotonic() + 20
-    while (markd_metrics(markd_client)["connections"]["totalCreated"] < before["totalCreated"] + 1000
-           and time.monotonic() < deadline):
-        time.sleep(0.05)
-    for sock in sockets:
-        sock.close()
-    deadline = time.monotonic() + 20
-    while markd_metrics(markd_client)["connections"]["current"] > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    connections = markd_metrics(markd_client)["connections"]
-    assert connections["current"] <= baseline, f"connections left open: {connections}, baseline {baseline}"
-    assert connections["totalCreated"] >= 1000, connections
-    pinger.assert_served_since(answers)
+def test_thousand_connections_opened_and_dropped():
+    """A daemon of its own, so the only other connections are this test's: the count must come back to exactly
+    the watcher and the well-behaved client."""
+    with MarkdProcess() as daemon, RawConnection(daemon.port) as watch, RawConnection(daemon.port) as healthy:
+        assert healthy.command({"ping": 1, "$db": "admin"})["ok"] == 1  # accepted, then
+        assert watch.other_connections() == 1  # the well-behaved client is the only other one
+        sockets = []
+        for i in range(1000):
+            sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=PATIENCE)
+            if i % 2:  # half of them reset instead of closing politely
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if i % 3 == 0:
+                sock.sendall(op_msg_frame({"ping": 1, "$db": "admin"})[:7])
+            sockets.append(sock)
+            if i % 100 == 0:  # served all along
+                assert healthy.command({"ping": 1, "$db": "admin"}, request_id=i + 1)["ok"] == 1
+        # All accepted before any is closed: a connection reset while still in the kernel's accept queue
+        # never reaches markd.
+        watch.wait_for_accepted(1002)
+        for sock in sockets:
+            sock.close()
+        assert watch.wait_for_other_connections(at_most=1) == 1
+        assert healthy.command({"ping": 1, "$db": "admin"})["ok"] == 1

@@ -182,7 +182,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     markd_process = MarkdProcess().start() if mode == "daemon" else None
     environment = {
         "DJANGO_SETTINGS_MODULE": "qe_project.settings",
-        "MONGODB_URI": f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
+        "MONGODB_URI": f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=30000",
         "MARKD_URI": markd_process.uri if markd_process else "mongodb://127.0.0.1:1",  # never asked
         "MARKD_CRYPT_SHARED": "1" if mode == "crypt_shared" else "",
         "QE_DB_NAME": PLAIN_DB,
@@ -634,7 +634,7 @@ def test_example_with_markd_spawned_from_path(tmp_path: Path) -> None:
             os.environ,
             PATH=f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
             DJANGO_SETTINGS_MODULE="qe_project.settings",
-            MONGODB_URI=f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=5000",
+            MONGODB_URI=f"{mongod.uri}/?directConnection=true&serverSelectionTimeoutMS=30000",
             MARKD_URI=f"mongodb://127.0.0.1:{port}",
             MARKD_SPAWN="1",
             MARKD_CRYPT_SHARED="",

@@ -7,13 +7,12 @@ import signal
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
 
-from tests.support.process import MarkdProcess, RawConnection, markd_metrics, op_msg_frame
+from tests.support.process import PATIENCE, MarkdProcess, RawConnection, op_msg_frame, poll_until
 
 PING = op_msg_frame({"ping": 1, "$db": "admin"})
 HELLO = op_msg_frame({"hello": 1, "$db": "admin"})
@@ -31,71 +30,83 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def _wait_connections(client, at_most: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    current = markd_metrics(client)["connections"]["current"]
-    while current > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)
-        current = markd_metrics(client)["connections"]["current"]
-    return current
-
-
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_client_gone_mid_frame(daemon, how):
-    with daemon.client() as client:
-        baseline = markd_metrics(client)["connections"]["current"]
-        for cut in (3, 16, len(HELLO) - 1):
+    with RawConnection(daemon.port) as watch:
+        baseline, accepted = watch.other_connections(), watch.connections_accepted()
+        for n, cut in enumerate((3, 16, len(HELLO) - 1), start=1):
             sock = socket.create_connection(("127.0.0.1", daemon.port))
             sock.sendall(HELLO[:cut])
-            time.sleep(0.05)
+            # Accepted first: a connection reset in the kernel's accept queue never reaches markd.
+            watch.wait_for_accepted(accepted + n)
             if how == "reset":
                 _reset(sock)
             else:
                 sock.close()
-        assert _wait_connections(client, baseline) <= baseline
-        assert client.admin.command("ping")["ok"] == 1
+        assert watch.wait_for_other_connections(at_most=baseline) <= baseline
+        assert watch.command({"ping": 1, "$db": "admin"})["ok"] == 1
     assert daemon.process.poll() is None
 
 
 def test_client_gone_mid_reply(daemon):
     """Thousands of pipelined requests, then a reset before reading a byte: markd's writes fail mid-reply."""
-    with daemon.client() as client:
-        baseline = markd_metrics(client)["connections"]["current"]
-        for _ in range(3):
+    with RawConnection(daemon.port) as watch:
+        baseline, accepted = watch.other_connections(), watch.connections_accepted()
+        for n in range(1, 4):
             sock = socket.create_connection(("127.0.0.1", daemon.port))
             sock.sendall(HELLO * 20_000)  # about 4 MB of replies: far more than the socket buffers hold
-            time.sleep(0.2)
+            watch.wait_for_accepted(accepted + n)  # a reset in the accept queue never reaches markd
             _reset(sock)
-        assert _wait_connections(client, baseline) <= baseline
-        assert client.admin.command("ping")["ok"] == 1
+        assert watch.wait_for_other_connections(at_most=baseline) <= baseline
+        assert watch.command({"ping": 1, "$db": "admin"})["ok"] == 1
     assert daemon.process.poll() is None
 
 
 def test_a_client_that_never_reads_does_not_stall_others(daemon):
+    """A hog sends far more requests than every buffer between it and markd can hold as replies, and reads
+    none. markd stops reading from it (back-pressure), so the hog's send never completes; meanwhile another
+    client is answered."""
     hog = socket.create_connection(("127.0.0.1", daemon.port))
+    flood = HELLO * 800_000  # about 44 MB of requests, some 250 MB of replies: no buffer holds that
+    sender_done = threading.Event()
+    sender_error: list[BaseException] = []
+
+    def send_flood() -> None:
+        try:
+            hog.sendall(flood)
+        except OSError as exc:  # the test's own shutdown below
+            sender_error.append(exc)
+        sender_done.set()
+
+    sender = threading.Thread(target=send_flood, daemon=True)
     try:
-        hog.setblocking(False)
-        sent = 0
-        deadline = time.monotonic() + 3
-        payload = HELLO * 1000
-        while time.monotonic() < deadline and sent < 40 * len(payload):
-            try:
-                sent += hog.send(payload)
-            except BlockingIOError:
-                time.sleep(0.01)  # markd stopped reading (back-pressure): the hog is throttled
         with RawConnection(daemon.port) as other:
-            started = time.monotonic()
+            before = _hello_count(other)
+            sender.start()
+            # The hog's stream is being answered (its replies are piling up unread) ...
+            poll_until(lambda: sender_done.is_set() or _hello_count(other) > before + 2_000,
+                       "markd to answer the hog's first requests")
+            # ... and the other client is served, ping after ping, while the hog is stuck.
             for i in range(50):
                 assert other.command({"ping": 1, "$db": "admin"}, request_id=i + 1)["ok"] == 1
-            assert time.monotonic() - started < 10.0  # generous: CI machines are shared
+            # The hog's 44 MB can never all be read: its send is stuck, or markd dropped it for leaving its
+            # replies unread (--frameTimeoutSecs). A send that completed would mean no back-pressure.
+            assert not sender_done.is_set() or sender_error, "markd read all the hog sent: no back-pressure"
     finally:
+        hog.shutdown(socket.SHUT_RDWR)  # wakes the blocked sendall
+        sender.join(PATIENCE)
         _reset(hog)
     assert daemon.process.poll() is None
 
 
+def _hello_count(connection: RawConnection) -> int:
+    metrics = connection.command({"getMarkdMetrics": 1, "$db": "admin"})
+    return sum(row["count"] for row in metrics["commands"] if row["command"] == "hello")
+
+
 def test_sigterm_answers_requests_already_sent_then_exits_zero():
     with MarkdProcess() as daemon:
-        connections = [RawConnection(daemon.port, timeout=10) for _ in range(20)]
+        connections = [RawConnection(daemon.port) for _ in range(20)]
         for connection in connections:
             connection.command({"ping": 1, "$db": "admin"})  # accepted and handshaken before the signal
         for connection in connections:
@@ -103,19 +114,20 @@ def test_sigterm_answers_requests_already_sent_then_exits_zero():
         daemon.process.send_signal(signal.SIGTERM)
         for connection in connections:
             assert [connection.read_reply().response_to for _ in range(100)] == list(range(1, 101))
-            assert connection.is_closed_by_peer(timeout=10)
+            assert connection.is_closed_by_peer()
             connection.close()
         assert daemon.exit_code() == 0
         assert not daemon.pidfile.exists() and not daemon.socket_path.exists()
 
 
 def test_sigterm_waits_for_a_frame_being_received():
-    with MarkdProcess() as daemon, RawConnection(daemon.port, timeout=10) as connection:
+    with MarkdProcess() as daemon, RawConnection(daemon.port) as connection:
+        # On loopback, sendall returns once the bytes are in markd's socket buffer: markd reads them before it
+        # acts on the signal's wakeup or in its first drain pass, so the half frame counts as being received.
         connection.send(PING[:10])
-        time.sleep(0.1)
         daemon.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        connection.send(PING[10:])
+        daemon.wait_for_log("shutting down")
+        connection.send(PING[10:])  # markd waits up to 5 s for it: plenty, even on a loaded machine
         assert connection.read_reply().document["ok"] == 1
         assert daemon.exit_code() == 0
 
@@ -125,16 +137,19 @@ def test_sigterm_under_pymongo_load_exits_zero_and_no_reply_is_garbled():
         failures: list[BaseException] = []
         answered = [0]
         stop = threading.Event()
+        signalled = threading.Event()
 
         def work() -> None:
-            with daemon.client(serverSelectionTimeoutMS=1000, retryReads=False) as client:
+            with daemon.client(serverSelectionTimeoutMS=10_000, retryReads=False) as client:
                 while not stop.is_set():
                     try:
                         reply = client.db.command({"count": "c", "query": {}, "jsonSchema": {},
                                                    "isRemoteSchema": False}, check=False)
                         assert "ok" in reply
                         answered[0] += 1
-                    except (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError):
+                    except (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError) as exc:
+                        if not signalled.is_set():  # before the signal nothing may fail
+                            failures.append(exc)
                         return  # the daemon went away between requests: expected once it stops
                     except BaseException as exc:
                         failures.append(exc)
@@ -143,14 +158,14 @@ def test_sigterm_under_pymongo_load_exits_zero_and_no_reply_is_garbled():
         threads = [threading.Thread(target=work) for _ in range(8)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
-        before = answered[0]
+        # Real load first: a few hundred commands answered.
+        poll_until(lambda: answered[0] >= 400 or failures, "the clients to get going")
+        signalled.set()
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.exit_code() == 0
         stop.set()
         for thread in threads:
-            thread.join(10)
-        assert before > 50, "there was no load to speak of"
+            thread.join(PATIENCE)
         assert failures == []
 
 
@@ -212,7 +227,7 @@ def test_default_pid_file_in_a_read_only_working_directory_is_skipped_with_a_war
         assert "running without a pid file" in log.read_text()
     finally:
         process.terminate()
-        assert process.wait(10) == 0
+        assert process.wait(PATIENCE) == 0
 
 
 def test_log_file_moved_away_is_reopened(tmp_path):
@@ -222,9 +237,7 @@ def test_log_file_moved_away_is_reopened(tmp_path):
         client.admin.command("ping")
         log.rename(tmp_path / "markd.log.1")
         client.admin.command("buildInfo")
-        deadline = time.monotonic() + 5
-        while not (log.exists() and "command=buildInfo" in log.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # markd writes a command's debug line before its reply: the line is there once the reply is.
         assert "command=buildInfo" in log.read_text()
         assert "command=ping" in (tmp_path / "markd.log.1").read_text()
         log.unlink()  # deleted outright: recreated too

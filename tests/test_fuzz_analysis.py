@@ -19,10 +19,11 @@ from markd import bsonvalues
 from markd.analysis import MARKING_COMMANDS, mark_command
 from markd.errors import CommandError
 from tests.fuzz.bsongen import scalar_values, values
+from tests.fuzz.budget import examples
 from tests.fuzz.known import known_id, signature
 from tests.fuzz.oracle import KEYS, _all_values, command_case
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
 
 SCHEMA_KEYWORDS = ["bsonType", "properties", "patternProperties", "additionalProperties", "items", "additionalItems",
                    "encrypt", "encryptMetadata", "keyId", "algorithm", "required", "type", "anyOf", "allOf", "oneOf",

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from markd import bsonvalues
 from tests.fuzz.bsongen import raw_document, values
+from tests.fuzz.budget import examples
 
-FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _readable(data: bytes) -> bool:

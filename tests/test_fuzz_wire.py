@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from markd.wire import FrameReader, OpMsg, OpQuery, ProtocolError, parse_message
 from tests.fuzz import frames
+from tests.fuzz.budget import examples
 from tests.fuzz.core import handle_frame
 
-FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HEAVY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HEAVY = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 any_frame = st.one_of(frames.mutated_frame(), frames.random_frame(), st.binary(max_size=64))
 

@@ -13,6 +13,7 @@ import pytest
 from bson import Regex
 from hypothesis import HealthCheck, assume, given, settings
 
+from tests.fuzz.budget import examples
 from tests.fuzz.inproc import mark
 from tests.fuzz.oracle import (
     COMMANDS,
@@ -28,7 +29,7 @@ from tests.fuzz.oracle import (
     qe_info,
 )
 
-EXAMPLES = int(os.environ.get("MARKD_ORACLE_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("MARKD_ORACLE_EXAMPLES", str(examples(25))))
 ORACLE = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 

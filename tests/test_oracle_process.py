@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
+from tests.fuzz.budget import examples
 from tests.fuzz.oracle import command_case, judge, known_trigger
 from tests.support.process import raw_command
 
-PROCESS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+PROCESS = settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.mark.parametrize("flavour", ["csfle", "qe"])

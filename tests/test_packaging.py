@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,9 +27,12 @@ import yaml
 
 from markd.config import load_config_file
 from markd.wire import FrameReader, encode_op_msg
-from tests.support.process import free_port, wait_for_port
+from tests.support.process import PATIENCE, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
+# PyPI's "markd" is an unrelated project: ours is distributed as markd-cryptd (import package markd).
+DISTRIBUTION = "markd-cryptd"
+WHEEL_PREFIX = DISTRIBUTION.replace("-", "_")
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "systemd" / "markd.service"
 SERVICE_YAML = REPO / "systemd" / "markd.yaml"
@@ -134,7 +136,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     if built.returncode != 0:
         built = _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), ".", cwd=context)
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = wheels.glob("markd-*.whl")
+    (wheel,) = wheels.glob(f"{WHEEL_PREFIX}-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     done = _pip("--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel))
@@ -164,7 +166,7 @@ class Daemon:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(15)
+            return self.process.wait(PATIENCE)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -185,7 +187,7 @@ def start(tmp_path: Path) -> Iterator[StartDaemon]:
         daemon = Daemon(process, log, port)
         daemons.append(daemon)
         try:
-            wait_for_port(port, timeout=20)
+            wait_for_port(port)
         except TimeoutError:
             process.kill()
             raise AssertionError(f"{argv} did not listen: {log.read_text(errors='replace')}") from None
@@ -198,13 +200,13 @@ def start(tmp_path: Path) -> Iterator[StartDaemon]:
             daemon.process.wait()
 
 
-def run_in_venv(installed: Installed, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_in_venv(installed: Installed, argv: list[str], timeout: float = PATIENCE) -> subprocess.CompletedProcess[str]:
     """Run from the venv's directory, not the checkout: `python -m`/`-c` put the cwd first on sys.path."""
     return subprocess.run(argv, cwd=installed.venv, env=clean_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
-def run_probe(installed: Installed, args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def run_probe(installed: Installed, args: list[str], timeout: float = PATIENCE) -> subprocess.CompletedProcess[str]:
     return run_in_venv(installed, [str(installed.bin / "python"), "-m", "markd.healthcheck", *args], timeout)
 
 
@@ -219,6 +221,38 @@ def test_wheel_has_package_and_console_scripts(installed: Installed) -> None:
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)
     assert re.search(r"^markd\s*=\s*markd\.cli:main$", scripts, re.M), scripts
     assert re.search(r"^mongocryptd\s*=\s*markd\.cli:main$", scripts, re.M), scripts
+    assert "markd/__main__.py" in names  # python -m markd
+
+
+def test_wheel_is_ours_by_name_and_carries_the_license(installed: Installed) -> None:
+    assert installed.wheel.name.startswith(f"{WHEEL_PREFIX}-0.1.0-"), installed.wheel.name
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = wheel.namelist()
+        metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        # setuptools < 77 writes .dist-info/LICENSE, newer ones .dist-info/licenses/LICENSE (PEP 639)
+        (license_name,) = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/(licenses/)?LICENSE", n)]
+        shipped = wheel.read(license_name).decode()
+    assert re.search(rf"^Name: {DISTRIBUTION}$", metadata, re.M), metadata[:300]
+    assert re.search(r"^License: Apache-2\.0$", metadata, re.M)
+    assert shipped == (REPO / "LICENSE").read_text()
+    assert "Apache License" in shipped and "Version 2.0, January 2004" in shipped
+    assert "END OF TERMS AND CONDITIONS" in shipped  # the full text, not a pointer to it
+
+
+def test_docs_install_our_distribution_and_stay_inside_the_repository() -> None:
+    """Install lines name markd-cryptd or a checkout, never PyPI's unrelated `markd`; wheel paths have our
+    wheel's name; nothing cites a harness a clone does not contain."""
+    texts = {path: path.read_text() for path in [REPO / "README.md", REPO / "systemd" / "markd.service",
+                                                 *sorted((REPO / "docs").glob("*.md"))]}
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if re.search(r"pip install\s+markd(?![-_\w])", line):
+                assert re.search(r"\b(never|not|nor)\b", line, re.I), f"{path.name}: {line}"
+            assert not re.search(r"dist/markd-[0-9*<]", line), f"{path.name}: {line}"
+            assert "../shared" not in line and "spec-harness" not in line, f"{path.name}: {line}"
+    assert "markd-cryptd" in texts[REPO / "README.md"]
+    for name in ("LICENSE", "SECURITY.md", "CHANGELOG.md"):
+        assert (REPO / name).is_file() and f"({name})" in texts[REPO / "README.md"], name
 
 
 def test_installed_markd_comes_from_the_wheel(installed: Installed) -> None:
@@ -227,6 +261,10 @@ def test_installed_markd_comes_from_the_wheel(installed: Installed) -> None:
     assert len(out) == 2 and all(Path(f).is_relative_to(installed.venv) for f in out), out
     version = run_in_venv(installed, [str(installed.bin / "mongocryptd"), "--version"])
     assert version.returncode == 0 and "markd 0.1.0" in version.stdout
+    as_module = run_in_venv(installed, [str(installed.bin / "python"), "-m", "markd", "--version"])
+    assert as_module.returncode == 0 and as_module.stdout == version.stdout
+    code = f"from importlib.metadata import version; print(version({DISTRIBUTION!r}))"
+    assert run_in_venv(installed, [str(installed.bin / "python"), "-c", code]).stdout.strip() == "0.1.0"
 
 
 # ---- the container's command and health check, run here ------------------------------------------
@@ -321,7 +359,7 @@ def test_healthcheck_over_tls(installed: Installed, start: StartDaemon, tmp_path
     port = free_port()
     start([str(installed.bin / "markd"), "--port", str(port), "--nounixsocket", "--pidfilepath",
            str(tmp_path / "markd.pid"), "--tlsMode", "requireTLS", "--tlsCertificateKeyFile", str(pem)], port)
-    base = ["--host", "127.0.0.1", "--port", str(port), "--timeout", "3"]
+    base = ["--host", "127.0.0.1", "--port", str(port), "--timeout", str(PATIENCE / 2)]
     verified = run_probe(installed, [*base, "--tls", "--tlsCAFile", str(ca)])
     assert verified.returncode == 0, verified.stderr
     assert run_probe(installed, [*base, "--tlsAllowInvalidCertificates"]).returncode == 0
@@ -334,6 +372,9 @@ class FakeServer:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        # "half-frame" and "silent" hold the connection open until the test has its verdict: a probe that
+        # ignored its --timeout would hang until run_probe's own (generous) timeout fails the test.
+        self.release = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
@@ -368,9 +409,9 @@ class FakeServer:
                     conn.sendall(b"\x10\x00\x00\x00" + b"\xff" * 12)
                 elif self.mode == "half-frame":
                     conn.sendall(encode_op_msg(request_id, {"ok": 1, "iscryptd": True})[:20])
-                    time.sleep(3)
+                    self.release.wait(PATIENCE * 2)
                 elif self.mode == "silent":
-                    time.sleep(3)
+                    self.release.wait(PATIENCE * 2)
                 # "close": nothing
 
 
@@ -378,16 +419,17 @@ class FakeServer:
                                   "half-frame", "silent", "close"])
 def test_healthcheck_rejects_what_is_not_a_healthy_cryptd(installed: Installed, mode: str) -> None:
     server = FakeServer(mode)
-    started = time.monotonic()
-    result = run_probe(installed, ["--port", str(server.port), "--timeout", "1"])
+    try:
+        result = run_probe(installed, ["--port", str(server.port), "--timeout", "1"], timeout=PATIENCE)
+    finally:
+        server.release.set()
     assert result.returncode == 1, (mode, result.stdout, result.stderr)
-    assert time.monotonic() - started < 10
 
 
 def test_healthcheck_accepts_a_cryptd_reply(installed: Installed) -> None:
     """The fake server harness itself: the same probe passes when the reply is right."""
     server = FakeServer("cryptd")
-    result = run_probe(installed, ["--port", str(server.port), "--timeout", "2"])
+    result = run_probe(installed, ["--port", str(server.port), "--timeout", str(PATIENCE / 2)])
     assert result.returncode == 0, result.stderr
 
 
@@ -411,6 +453,10 @@ def test_dockerfile_shape() -> None:
     assert argv[argv.index("--port") + 1] == "27020"
     assert healthcheck_command()[:3] == ["python", "-m", "markd.healthcheck"]
     assert any("pip wheel" in run for run in instruction("RUN"))
+    # The runtime stage installs our distribution by its own name, offline, from the build stage's wheels.
+    assert any(re.search(rf"install --no-index --find-links=/wheels {DISTRIBUTION}\b", run)
+               for run in instruction("RUN"))
+    assert "LICENSE" in build_stage_copies()
 
 
 def test_dockerignore_admits_exactly_the_build_context() -> None:
@@ -520,6 +566,34 @@ def test_k8s_pod_sidecar() -> None:
     app_code = config_map["data"]["app.py"]
     assert all(option in app_code for option in DRIVER_OPTS)
     compile(app_code, "app.py", "exec")
+
+
+def _sidecar_apps() -> dict[str, str]:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    (config_map,) = [doc for doc in yaml.safe_load_all(K8S_POD.read_text()) if doc and doc["kind"] == "ConfigMap"]
+    return {"compose": compose["configs"]["app_py"]["content"], "k8s": config_map["data"]["app.py"]}
+
+
+@pytest.mark.parametrize("example", ["compose", "k8s"])
+def test_sidecar_example_app_runs_as_shipped(example: str, tmp_path: Path) -> None:
+    """The example's own app.py, against a real markd and the stand-in mongod: it brings its encryption
+    rules (schema_map) and its data key, so nothing needs to exist on the server beforehand."""
+    from tests.support.fake_mongod import FakeMongod, emulate_database
+    from tests.support.process import MarkdProcess
+
+    code = _sidecar_apps()[example]
+    assert "schema_map=" in code or "encrypted_fields_map=" in code
+    with MarkdProcess() as markd, emulate_database(FakeMongod()) as mongod:  # evaluates {ssn: {$eq: ...}}
+        app = tmp_path / "app.py"
+        app.write_text(code.replace("mongodb://localhost:27020", markd.uri))
+        env = {**clean_env(), "MONGODB_URI": mongod.uri, "LOCAL_MASTER_KEY_HEX": os.urandom(96).hex()}
+        result = subprocess.run([sys.executable, str(app)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=PATIENCE * 2)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (stored,) = [doc for doc in mongod.documents("app.people") if doc.get("name") == "Ada"]
+    decrypted = next(line for line in result.stdout.splitlines() if line.startswith("decrypted:"))
+    assert "'ssn': '123-45-6789'" in decrypted
+    assert getattr(stored["ssn"], "subtype", None) == 6 and b"123-45-6789" not in bytes(stored["ssn"])
 
 
 @pytest.mark.skipif(shutil.which("kubernetes-validate") is None, reason="kubernetes-validate not installed")

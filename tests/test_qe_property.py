@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from markd import bsonvalues
+from tests.fuzz.budget import examples
 from tests.support.process import raw_command
 
 PATHS = ["a", "b", "c.d", "c.e", "f.g.h", "i.j"]
@@ -199,8 +200,8 @@ def send(client, command: dict[str, Any], fields: list[dict[str, Any]]) -> dict[
     return raw_command(client, "db", {**command, "encryptionInformation": information})
 
 
-PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                            HealthCheck.too_slow])
+PROPERTY = settings(max_examples=examples(200), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @PROPERTY

@@ -25,6 +25,7 @@ from markd.wire.codec import (
     parse_message,
 )
 from markd.wire.crc32c import _crc32c_py, crc32c
+from tests.fuzz.budget import examples
 from tests.support.process import compressed_frame, op_msg_frame, op_query_frame
 
 HEADER = struct.Struct("<iiii")
@@ -312,7 +313,7 @@ def test_dates_outside_pythons_range_are_valid_bson():
     assert isinstance(parse_message(op_query_frame({"ismaster": 1, **far})), OpQuery)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: "\x00" not in k and k != "$db"),
                                 st.one_of(st.integers(-(2**31), 2**31 - 1), st.text(max_size=20)), max_size=4),
                 min_size=1, max_size=5),

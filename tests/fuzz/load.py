@@ -1,14 +1,19 @@
 """Load and soak: many concurrent raw connections to a real markd, mixed valid and invalid traffic.
 
-Every worker holds one connection and loops until the deadline:
+Every worker holds one connection and sends a fixed number of requests (CI: `rounds`) or loops until a
+deadline (the soak: `duration`):
 
 - valid commands (OP_MSG hello, legacy OP_QUERY ismaster, marking commands, an unknown command):
   hello must succeed, and every other command must get exactly the reply it got in isolation;
 - now and then invalid traffic: a mutated frame, a frame whose length lies (client gone mid-frame),
   a command sent and the socket closed before the reply (client gone mid-reply), a truncated header.
-  After a bad input that earns an error reply the same connection must keep answering; after one
-  that makes markd close the connection (or that we abandon) the worker reconnects.
+  Each bad input is followed by a hello: the replies up to the hello's tell whether markd answered the
+  bad input, and EOF that it closed the connection; nothing waits on a clock. After a bad input that
+  earns an error reply the same connection must keep answering; after one that makes markd close the
+  connection (or that we abandon) the worker reconnects.
 
+Traffic starts once every worker is connected and markd holds every connection (its descriptor count
+says so), so the peak is a state reached, not a sample that happened to be taken in time.
 Meanwhile a monitor samples markd's open file descriptors and RSS from /proc.  `run_load` returns
 a `LoadReport`; the caller asserts on it (tests/test_load.py) or prints it (tests/fuzz/run_long.py).
 """
@@ -90,7 +95,8 @@ async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> tuple[int
 @dataclass
 class LoadReport:
     connections: int
-    duration: float
+    duration: float  # seconds of traffic, or 0 with rounds
+    rounds: int = 0  # requests per worker, or 0 with a duration
     valid_sent: int = 0
     valid_ok: int = 0
     invalid_sent: int = 0
@@ -115,7 +121,7 @@ class LoadReport:
     def summary(self) -> str:
         rate = self.valid_sent / self.elapsed if self.elapsed else 0.0
         return (
-            f"{self.connections} connections for {self.elapsed:.1f}s: {self.valid_sent} valid commands "
+            f"{self.connections} connections, {self.elapsed:.1f}s: {self.valid_sent} valid commands "
             f"({rate:.0f}/s), {self.valid_ok} answered as expected, {len(self.errors)} wrong; "
             f"{self.invalid_sent} invalid inputs ({self.invalid_answered} answered with an error, "
             f"{self.invalid_closed} closed), {self.reconnects} reconnects, {self.connect_failures} connect failures, "
@@ -172,11 +178,15 @@ def _mutate(rng: random.Random, frame: bytes) -> bytes:
     return bytes(data)
 
 
+# Generous bounds for what a working markd does at once: reply, accept, release descriptors.
+_PATIENCE = 60.0
+
+
 class _Load:
-    def __init__(self, host: str, port: int, pid: int, connections: int, duration: float, seed: int,
+    def __init__(self, host: str, port: int, pid: int, connections: int, duration: float, rounds: int, seed: int,
                  invalid_ratio: float) -> None:
         self.host, self.port, self.pid = host, port, pid
-        self.report = LoadReport(connections, duration)
+        self.report = LoadReport(connections, duration, rounds)
         self.deadline = 0.0
         self.seed = seed
         self.invalid_ratio = invalid_ratio
@@ -185,12 +195,15 @@ class _Load:
         self.connect_gate = asyncio.Semaphore(128)  # ramp up without overflowing the listen backlog
         self.connected = 0
         self.all_connected = asyncio.Event()
+        self.traffic = asyncio.Event()  # set once markd holds every connection
+        self.finished = asyncio.Event()
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         for attempt in range(50):
             try:
                 async with self.connect_gate:
-                    reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+                                                            _PATIENCE)
                 self.open_now += 1
                 self.report.concurrent_peak = max(self.report.concurrent_peak, self.open_now)
                 return reader, writer
@@ -208,7 +221,7 @@ class _Load:
         for index, name in enumerate(MARKING_COMMANDS):
             writer.write(_frame_for(name, index + 1))
             await writer.drain()
-            _, reply = await _read_reply(reader, 10)
+            _, reply = await _read_reply(reader, _PATIENCE)
             self.expected[name] = reply
         self.close(writer)
 
@@ -240,7 +253,7 @@ class _Load:
         writer.write(frame)
         await writer.drain()
         try:
-            response_to, reply = await _read_reply(reader, 30)
+            response_to, reply = await _read_reply(reader, _PATIENCE)
         except (ConnectionDropped, asyncio.TimeoutError) as exc:
             self.report.errors.append(f"{kind}: no reply ({type(exc).__name__} {exc})")
             raise ConnectionDropped("valid command unanswered") from exc
@@ -275,16 +288,30 @@ class _Load:
             body = b"\x00\x00\x00\x00\x00" + struct.pack("<i", 12) + b"\x10a\x00\x01\x00\x00\x00\x7f"
             writer.write(_HEADER.pack(16 + len(body), request_id, 0, 2013) + body)
         await writer.drain()
+        # A hello behind it: markd answers the bad input (or not: moreToCome) and then the hello, or closes.
+        sentinel = request_id + 1_000_000_000
+        writer.write(frames.op_msg({"hello": 1}, "admin", sentinel))
+        answers: list[dict[str, Any]] = []
         try:
-            _, reply = await _read_reply(reader, 2)
-        except (ConnectionDropped, asyncio.TimeoutError):
+            await writer.drain()
+            while True:
+                response_to, reply = await _read_reply(reader, _PATIENCE)
+                if response_to == sentinel:
+                    break
+                answers.append(reply)
+        except (ConnectionDropped, ConnectionError):
             report.invalid_closed += 1
             return False
-        if reply.get("code") == 1:
-            report.internal_errors += 1
-            if len(report.crash_frames) < 20:
-                report.crash_frames.append(sent)
-        report.invalid_answered += 1
+        except asyncio.TimeoutError:
+            report.errors.append(f"{kind}: neither an answer nor a close after a bad input")
+            return False
+        for reply in answers:
+            if reply.get("code") == 1:
+                report.internal_errors += 1
+                if len(report.crash_frames) < 20:
+                    report.crash_frames.append(sent)
+        if answers:
+            report.invalid_answered += 1
         return True
 
     async def worker(self, index: int) -> None:
@@ -295,10 +322,10 @@ class _Load:
         self.connected += 1
         if self.connected == self.report.connections:
             self.all_connected.set()
-        await self.all_connected.wait()
+        await self.traffic.wait()
         request_id = 1
         try:
-            while time.monotonic() < self.deadline:
+            while self.more(request_id - 1):
                 request_id += 1
                 usable = True
                 try:
@@ -318,18 +345,40 @@ class _Load:
             self.close(writer)
             await asyncio.sleep(0)
 
+    def more(self, done: int) -> bool:
+        if self.report.rounds:
+            return done < self.report.rounds
+        return time.monotonic() < self.deadline
+
+    async def open_the_gate(self) -> None:
+        """Once every worker is connected, wait until markd has accepted every connection, then let traffic go."""
+        report = self.report
+        await self.all_connected.wait()
+        until = time.monotonic() + _PATIENCE
+        while True:
+            report.fd_peak = max(report.fd_peak, fd_count(self.pid))
+            if report.fd_peak >= report.fd_baseline + report.connections or time.monotonic() > until:
+                break
+            await asyncio.sleep(0.05)
+        self.deadline = time.monotonic() + report.duration
+        self.traffic.set()
+
     async def monitor(self) -> None:
         report = self.report
+        await self.traffic.wait()
         started = time.monotonic()
         next_sample = started
-        while time.monotonic() < self.deadline:
+        while not self.finished.is_set():
             rss = rss_kib(self.pid)
             report.fd_peak = max(report.fd_peak, fd_count(self.pid))
             report.rss_peak_kib = max(report.rss_peak_kib, rss)
             if time.monotonic() >= next_sample:
                 report.rss_samples.append((round(time.monotonic() - started, 1), rss))
                 next_sample += 5.0
-            await asyncio.sleep(0.25)
+            try:
+                await asyncio.wait_for(self.finished.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
 
     async def run(self) -> LoadReport:
         report = self.report
@@ -338,16 +387,19 @@ class _Load:
         await self.isolation_replies()
         report.rss_warm_kib = rss_kib(self.pid)
         started = time.monotonic()
-        self.deadline = started + report.duration
+        gate = asyncio.create_task(self.open_the_gate())
         monitor = asyncio.create_task(self.monitor())
         results = await asyncio.gather(*(self.worker(i) for i in range(report.connections)), return_exceptions=True)
         report.elapsed = time.monotonic() - started
+        self.finished.set()
+        self.traffic.set()  # in case every worker died before the gate opened
+        gate.cancel()
         await monitor
         for result in results:
             if isinstance(result, BaseException):
                 report.errors.append(f"worker died: {type(result).__name__}: {result}")
-        # Every client is closed: markd must be back at its baseline soon.
-        until = time.monotonic() + 15
+        # Every client is closed: markd must be back at its baseline.
+        until = time.monotonic() + _PATIENCE
         while time.monotonic() < until:
             report.fd_end = fd_count(self.pid)
             if report.fd_end <= report.fd_baseline:
@@ -357,12 +409,14 @@ class _Load:
         return report
 
 
-def run_load(port: int, pid: int, *, connections: int = 1000, duration: float = 20.0, seed: int = 9,
+def run_load(port: int, pid: int, *, connections: int = 1000, duration: float = 0.0, rounds: int = 0, seed: int = 9,
              invalid_ratio: float = 0.1, host: str = "127.0.0.1") -> LoadReport:
-    """Drive markd at host:port (pid for /proc) and report; loopback only."""
+    """Drive markd at host:port (pid for /proc) and report; loopback only. Each worker sends `rounds`
+    requests, or traffic goes on for `duration` seconds (a soak)."""
     assert host in ("127.0.0.1", "::1", "localhost"), "load is only ever sent to a loopback address"
+    assert (rounds > 0) != (duration > 0), "give rounds or a duration"
     raise_fd_limit(connections * 2 + 256)
-    load = _Load(host, port, pid, connections, duration, seed, invalid_ratio)
+    load = _Load(host, port, pid, connections, duration, rounds, seed, invalid_ratio)
     try:
         import uvloop
 

@@ -1,8 +1,8 @@
 """The long fuzzing and soak run, by hand (see tests/fuzz/README.md).
 
-    /work/venv/bin/python -m tests.fuzz.run_long --all              # everything, default sizes
-    /work/venv/bin/python -m tests.fuzz.run_long --oracle 20000     # one part, a bigger budget
-    /work/venv/bin/python -m tests.fuzz.run_long --long          # the 60 s soak, 1,000 connections
+    .venv/bin/python -m tests.fuzz.run_long --all              # everything, default sizes
+    .venv/bin/python -m tests.fuzz.run_long --oracle 20000     # one part, a bigger budget
+    .venv/bin/python -m tests.fuzz.run_long --long          # the 60 s soak, 1,000 connections
 
 Unlike the CI tests, nothing stops at the first finding: every input is tried, findings are grouped
 by signature (crash: exception type + innermost markd frame; oracle: the finding's first words) and

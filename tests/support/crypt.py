@@ -110,7 +110,7 @@ class CryptDriver:
     def __init__(self, markd_uri: str | None, *, schema_map: dict[str, Any] | None = None,
                  encrypted_fields_map: dict[str, Any] | None = None, only_requested_keys: bool = False) -> None:
         self.client: MongoClient[Any] | None = (
-            MongoClient(markd_uri, serverSelectionTimeoutMS=5000) if markd_uri else None
+            MongoClient(markd_uri, serverSelectionTimeoutMS=30_000) if markd_uri else None
         )
         self.callback = _Callback(self.client, only_requested_keys=only_requested_keys)
         self.kms_providers = {"local": {"key": LOCAL_MASTER_KEY}}

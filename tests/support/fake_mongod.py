@@ -128,7 +128,7 @@ class FakeMongod:
         from pymongo import MongoClient
         from pymongo.encryption import ClientEncryption
 
-        with MongoClient(self.uri, serverSelectionTimeoutMS=5000) as client:
+        with MongoClient(self.uri, serverSelectionTimeoutMS=30_000) as client:
             encryption = ClientEncryption(kms_providers, key_vault_namespace, client, _CODEC)
             try:
                 provider = next(iter(kms_providers))

@@ -1,4 +1,8 @@
-"""Start real markd processes for tests: a free port, a private pid file and socket directory."""
+"""Start real markd processes for tests: a free port, a private pid file and socket directory.
+
+Tests never depend on timing: they wait for an event or poll for a state, and every bound here is
+generous (PATIENCE), so a loaded machine only makes a run slower, never red.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
@@ -24,6 +29,24 @@ from tests.support import plaintext_watch
 # The console script next to this interpreter (the venv's bin/), as drivers find it on PATH.
 BIN_DIR = Path(sys.executable).parent
 MONGOCRYPTD = str(BIN_DIR / "mongocryptd")
+# How long a test waits for something a working markd does at once (start, answer, close, exit):
+# only a broken markd ever uses it up, a machine under load merely eats into it.
+PATIENCE = 60.0
+
+T = TypeVar("T")
+
+
+def poll_until(check: Callable[[], T], what: str, timeout: float = PATIENCE, interval: float = 0.05) -> T:
+    """Call `check` until it returns something true, and return that; AssertionError naming `what` if it
+    never does within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still waiting after {timeout:g}s for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -32,7 +55,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+def wait_for_port(port: int, timeout: float = PATIENCE, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -48,10 +71,15 @@ class MarkdProcess:
     """A markd started with `mongocryptd` from the venv; stop() or use as a context manager."""
 
     args: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one, chosen here (and chosen again if another process takes it first)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="markd-test-")))
     process: subprocess.Popen[bytes] | None = None
     wait: bool = True
+    port_chosen_here: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port, self.port_chosen_here = free_port(), True
 
     @property
     def pidfile(self) -> Path:
@@ -77,20 +105,56 @@ class MarkdProcess:
         return line + self.args
 
     def start(self) -> MarkdProcess:
-        self.process = subprocess.Popen(self.command_line(), cwd=self.workdir,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if self.wait:
-            wait_for_port(self.port)
-        return self
+        """Start markd; with `wait`, return once it serves: its pid file names it (it writes the file once every
+        listener is bound), so an answer on the port from some other process never passes for it."""
+        for _attempt in range(5):
+            self.process = subprocess.Popen(self.command_line(), cwd=self.workdir,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if not self.wait or self._serving():
+                return self
+            # It exited at startup. Other test runs share this machine: one may have taken the port between
+            # free_port() and markd's bind. A port chosen here is chosen again; any other exit is a failure.
+            code = self.process.returncode
+            stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            if self.process.stderr:
+                self.process.stderr.close()
+            port_lost = code == 48 or (code == 0 and "another markd is already serving" in self.log_text())
+            if not (self.port_chosen_here and port_lost):
+                raise AssertionError(f"markd exited at startup with {code}: {stderr}{self.log_text()}")
+            self.port = free_port()
+        raise AssertionError("markd could not get a free port in 5 attempts")
+
+    def _effective_pidfile(self) -> Path:
+        flags = [a for a in self.args if a.startswith("--pidfilepath")]
+        if not flags:
+            return self.pidfile
+        last = flags[-1]
+        return Path(last.split("=", 1)[1] if "=" in last else self.args[self.args.index(last) + 1])
+
+    def _serving(self) -> bool:
+        assert self.process is not None
+        process, pidfile = self.process, self._effective_pidfile()
+
+        def ours() -> bool:
+            try:
+                return json.loads(pidfile.read_text()).get("pid") == process.pid
+            except (OSError, ValueError):  # not yet written
+                return False
+
+        poll_until(lambda: process.poll() is not None or ours(), f"markd (pid {process.pid}) to serve")
+        if process.poll() is not None:
+            return False
+        wait_for_port(self.port)
+        return True
 
     def client(self, **kwargs: object) -> MongoClient[dict[str, object]]:
-        options: dict[str, object] = {"serverSelectionTimeoutMS": 5000, **kwargs}
+        options: dict[str, object] = {"serverSelectionTimeoutMS": int(PATIENCE * 1000), **kwargs}
         return MongoClient(self.uri, **options)
 
     def pidfile_content(self) -> dict[str, object]:
         return json.loads(self.pidfile.read_text())
 
-    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
+    def wait_for_log(self, needle: str, timeout: float = PATIENCE) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_text()
@@ -99,7 +163,7 @@ class MarkdProcess:
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} not in the log after {timeout}s:\n{self.log_text()}")
 
-    def exit_code(self, timeout: float = 10.0) -> int:
+    def exit_code(self, timeout: float = PATIENCE) -> int:
         """Wait for the process to exit by itself; its exit code."""
         assert self.process is not None
         return self.process.wait(timeout)
@@ -107,7 +171,7 @@ class MarkdProcess:
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = PATIENCE) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -205,7 +269,7 @@ class Reply:
 class RawConnection:
     """A plain socket to markd (TCP port or Unix socket path) that sends bytes and reads replies."""
 
-    def __init__(self, address: int | str | Path, timeout: float = 5.0) -> None:
+    def __init__(self, address: int | str | Path, timeout: float = PATIENCE) -> None:
         if isinstance(address, int):
             self.sock = socket.create_connection(("127.0.0.1", address), timeout=timeout)
         else:
@@ -244,8 +308,9 @@ class RawConnection:
         assert reply.response_to == request_id
         return reply.document
 
-    def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
-        """True once markd has closed this connection (EOF or reset) within `timeout`."""
+    def is_closed_by_peer(self, timeout: float = PATIENCE) -> bool:
+        """True once markd has closed this connection (EOF or reset) within `timeout`; replies that arrive
+        meanwhile are read and dropped."""
         self.sock.settimeout(timeout)
         try:
             while True:
@@ -258,6 +323,39 @@ class RawConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+    def _connection_metrics(self) -> dict[str, int]:
+        connections = self.command({"getMarkdMetrics": 1, "$db": "admin"})["connections"]
+        assert isinstance(connections, dict)
+        return connections
+
+    def other_connections(self) -> int:
+        """How many client connections markd has open besides this one (getMarkdMetrics)."""
+        return int(self._connection_metrics()["current"]) - 1
+
+    def connections_accepted(self) -> int:
+        """How many client connections markd has accepted since it started (this one included)."""
+        return int(self._connection_metrics()["totalCreated"])
+
+    def wait_for_accepted(self, at_least: int, timeout: float = PATIENCE) -> None:
+        """Poll until markd has accepted `at_least` connections in all: a client's connect returns once the
+        kernel has the connection, before markd's accept."""
+        poll_until(lambda: self.connections_accepted() >= at_least, f"markd to accept {at_least} connections",
+                   timeout)
+
+    def wait_for_other_connections(self, at_most: int, timeout: float = PATIENCE) -> int:
+        """Poll markd's count of open connections (besides this one) until it is at most `at_most`."""
+        counts: list[int] = []
+
+        def settled() -> bool:
+            counts.append(self.other_connections())
+            return counts[-1] <= at_most
+
+        try:
+            poll_until(settled, f"markd to have at most {at_most} other connections open", timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: still {counts[-1]}") from None
+        return counts[-1]
 
     def __enter__(self) -> RawConnection:
         return self
