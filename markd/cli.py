@@ -32,7 +32,19 @@ def _file_permissions(ctx: click.Context, param: click.Parameter, value: str | N
 _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help", "-h"]}
 
 
-@click.command(context_settings=_CONTEXT)
+class _DaemonOrCheck(click.Command):
+    """mongocryptd's command line, untouched; only `markd check ...` (markd/checkcli.py) is something else."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["check"]:
+            from markd import checkcli
+
+            sys.exit(checkcli.main(argv[1:], prog_name=f"{prog_name or 'markd'} check"))
+        return super().main(argv, prog_name, **extra)
+
+
+@click.command(cls=_DaemonOrCheck, context_settings=_CONTEXT)
 @click.option("--port", type=int, help="TCP port [27020].")
 @click.option("--bind_ip", "bind_ip", help="Comma-separated addresses to listen on [127.0.0.1].")
 @click.option("--bind_ip_all", is_flag=True, default=None, help="Listen on every interface.")
@@ -79,7 +91,10 @@ _CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opti
 @click.option("--version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, version: bool, verbosity: int, **options: Any) -> None:
-    """markd: an open, drop-in mongocryptd."""
+    """markd: an open, drop-in mongocryptd.
+
+    `markd check --help`: try a command against encryption rules offline, and see why one is refused.
+    """
     if version:
         click.echo(f"markd {markd.__version__} (mongocryptd-compatible)")
         return
