@@ -53,7 +53,10 @@ def _accepted_lines(result: CheckResult) -> list[str]:
         lines.append("marked command (placeholders shown as <placeholder N>; --json prints them as sent):")
     else:
         lines.append("marked command:")
-    lines.append(dumps(_numbered(reply.get("result"), iter(range(1, len(result.marked) + 1)))))
+    shown = _numbered(reply.get("result"), iter(range(1, len(result.marked) + 1)))
+    if isinstance(shown, dict) and "encryptionInformation" in shown:
+        shown["encryptionInformation"] = "<the rules, as sent>"  # QE keeps them for the server: the input again
+    lines.append(dumps(shown))
     if result.marked:
         lines.append(f"marked values ({len(result.marked)}):")
         for number, marked in enumerate(result.marked, 1):

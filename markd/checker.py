@@ -276,8 +276,9 @@ def _resolve_namespace(command: Mapping[str, Any], rules: Rules, namespace: str 
 def _schema_for(rules: Rules, database: str, collection: str) -> Mapping[str, Any]:
     found = rules.lookup(database, collection)
     if found is None:
+        empty = "{}" if rules.scheme == CSFLE else '{"fields": []}'
         raise BadInput(f"{database}.{collection} is not in the rules (they describe: {rules.described()}); add it, "
-                       "with empty rules if it has no encrypted fields")
+                       f"as {empty} if it has no encrypted fields")
     return found
 
 

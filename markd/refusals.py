@@ -76,8 +76,8 @@ _JOIN_SAME = ("Both join fields must be unencrypted, or encrypted alike (same ke
 # `{operator}`, `{stage}`, `{encrypted}` (the encrypted ancestor) and `{bounds}` are filled in.
 HINTS: dict[str, tuple[str, bool]] = {
     # paths and schemas
-    "through_encrypted": ("`{path}` goes below the encrypted field `{encrypted}`: a ciphertext has no subfields. "
-                          "Query `{encrypted}` as a whole.", True),
+    "through_encrypted": ("`{path}` goes below the encrypted field `{encrypted}`: a ciphertext has no subfields; "
+                          "only `{encrypted}` itself can be queried, as its encryption allows.", True),
     "conflicting_metadata": ("Several subschemas (properties, patternProperties, additionalProperties) govern "
                              "`{path}` and disagree about its encryption: make them agree.", False),
     "unknown_path": ("Here markd cannot tell what `{path}` holds: an earlier stage ($lookup, $group, $unwind, a "
@@ -379,6 +379,9 @@ ALLOWED = {
                 "string; nothing else compares it."),
     "qe-unindexed": ("`{path}` is a Queryable Encryption field without queries: it can be written and tested with "
                      "$exists only; give it queries {{queryType: equality}} (or range) to query it."),
+    "qe-unindexable": ("`{path}` is a Queryable Encryption field without queries, and its type ({types}) cannot have "
+                       "any: it can be written and tested with $exists only; to query what it holds, encrypt its "
+                       "fields one by one instead."),
     "prefix": ("`{path}` is an object holding encrypted fields: query those fields one by one, with what each "
                "allows."),
     "unknown": "",
@@ -439,7 +442,11 @@ def _describe_leaf(encryption: Any) -> Encryption:
         query_types = [query.query_type for query in encryption.queries]
         base = f"bsonType {types}, key {_uuid(encryption.key_id)}"
         if not query_types:
-            return Encryption("qe-unindexed", f"Queryable Encryption, unindexed (no queries), {base}", types=types)
+            from markd.analysis.qe.fields import EQUALITY_TYPES, RANGE_TYPES
+
+            queryable = encryption.bson_type in EQUALITY_TYPES | RANGE_TYPES
+            return Encryption("qe-unindexed" if queryable else "qe-unindexable",
+                              f"Queryable Encryption, unindexed (no queries), {base}", types=types)
         if "range" in query_types:
             config = encryption.range
             bounds = f"[{_number(config.min)}, {_number(config.max)}]"
