@@ -49,8 +49,10 @@ def finish_and(nodes: list[Any], scope: Scope, in_and: bool) -> list[Any]:
     ranges: dict[str, list[RangeComparison]] = {}
     for node in nodes:
         if isinstance(node, NonRangeComparison):
-            raise error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.path,
-                        op=notation.quoted({node.path: {node.operator: node.value}}))
+            refusal = error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.path,
+                            op=notation.quoted({node.path: {node.operator: node.value}}))
+            refusal.locate(operator=node.operator)
+            raise refusal
         if isinstance(node, RangeComparison):
             ranges.setdefault(node.path, []).append(node)
         else:
