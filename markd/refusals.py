@@ -32,16 +32,19 @@ RULES_KEYS = frozenset({
     "type_set_type", "type_set_elements", "type_integer", "type_duplicate", "unknown_bson_type",
     "encrypt_not_allowed", "encrypt_siblings", "id_algorithm", "metadata_not_allowed", "no_algorithm", "no_key_id",
     "keyword_unsupported", "keyword_remote_only", "bad_pattern", "deterministic_one_type", "deterministic_pointer",
-    "schema_type_illegal", "encrypt_field", "metadata_field", "bad_algorithm", "idl_wrong_type", "bad_key_id",
-    "bad_pointer",
+    "schema_type_illegal", "encrypt_field", "metadata_field", "bad_algorithm", "idl_wrong_type", "bad_pointer",
+    "key_id_kind", "key_id_not_bindata", "key_id_not_uuid", "key_id_uuid_length", "key_id_empty",
     # QE encryptedFields
     "BAD_FIELD", "EMPTY_PATH", "ENCRYPT_ID", "DUPLICATE_KEY_ID", "DUPLICATE_PATH", "PREFIX_CONFLICT",
     "NEEDS_BSON_TYPE", "EQUALITY_TYPE", "UNINDEXED_TYPE", "RANGE_TYPE", "TEXT_TYPE", "UNKNOWN_QUERY_TYPE",
-    "NOT_ALLOWED_FOR_INDEX", "SPARSITY_RANGE", "MIN_TYPE", "MAX_TYPE", "MIN_LT_MAX", "PRECISION_TOGETHER",
-    "PRECISION_NOT_ALLOWED", "CONTENTION_NEGATIVE", "TRIM_FACTOR", "TEXT_PARAM_REQUIRED", "TEXT_MIN_GT_MAX",
-    "TEXT_MAX_GT_LENGTH", "TEXT_SAME", "TEXT_NO_QUERIES", "TEXT_TOO_MANY", "TEXT_COMBINATION", "PREVIEW_TYPE",
+    "SPARSITY_RANGE", "MIN_TYPE", "MAX_TYPE", "MIN_LT_MAX", "PRECISION_TOGETHER", "PRECISION_NOT_ALLOWED",
+    "PRECISION_MIN_DIGITS_DOUBLE", "PRECISION_MAX_DIGITS_DOUBLE", "PRECISION_MIN_DIGITS_DECIMAL",
+    "PRECISION_MAX_DIGITS_DECIMAL", "PRECISION_DOMAIN_DOUBLE", "PRECISION_DOMAIN_DECIMAL", "CONTENTION_NEGATIVE",
+    "TRIM_FACTOR", "TEXT_MIN_GT_MAX", "TEXT_MAX_GT_LENGTH", "TEXT_NO_QUERIES", "TEXT_TOO_MANY", "TEXT_COMBINATION",
     "ADD_BELOW_ENCRYPTED", "SCHEMA_NOT_OBJECT", "DUPLICATE_FIELD",
 })
+# Families of rules keys the QE table generates per option ("NOT_ALLOWED:range:strMaxLength", ...).
+RULES_FAMILIES = frozenset({"NOT_ALLOWED", "TEXT_REQUIRED", "TEXT_SAME"})
 # The rule fields a command carries, against the command (libmongocrypt writes them; markd check too).
 ENVELOPE_KEYS = frozenset({
     "schema_not_object", "remote_not_bool", "schema_required", "remote_required", "multi_remote_required",
@@ -100,8 +103,6 @@ HINTS: dict[str, tuple[str, bool]] = {
              "unencrypted field, or sort the decrypted results in the application.", True),
     "unwind_encrypted": ("$unwind would have to read the array inside the ciphertext of `{path}`: unwind an "
                          "unencrypted array.", True),
-    "unwind_unknown": ("At this stage markd cannot tell what `{path}` holds: $unwind a field of the collection "
-                       "itself.", False),
     "prefix_in_output": ("A stage output cannot copy a whole object holding encrypted fields: project its fields "
                          "one by one.", False),
     "variable_in_output": ("A whole document variable ($$ROOT, $$CURRENT) cannot become an output field with "
@@ -260,8 +261,6 @@ HINTS: dict[str, tuple[str, bool]] = {
     "NO_SUBSTRING_INDEX": ("{operator} needs queryType substring on `{path}`.", True),
     "TEXT_INPUT": ("{operator}'s input must be an encrypted text field (\"$field\").", False),
     "TEXT_STRING": ("{operator} needs a constant string.", True),
-    "COLLATION": ("Ciphertext equality cannot honour a collation: use the simple collation (or none) for "
-                  "queries on `{path}`.", True),
     "JSON_SCHEMA_VALIDATOR": ("A Queryable Encryption collection cannot have a $jsonSchema validator: validate "
                               "unencrypted fields with query operators.", False),
     "VALIDATOR": ("The server evaluates a validator against stored ciphertext: compare only unencrypted fields "
@@ -276,6 +275,7 @@ HINTS: dict[str, tuple[str, bool]] = {
     "ENCRYPTED_PREFIX_OF_ENCRYPTED": ("The stage would put encrypted values at or above `{path}`, where encrypted "
                                       "values already are: choose another output name.", False),
     "TWO_ENCRYPTED": ("Two Queryable Encryption fields cannot be compared with each other.", True),
+    "COMPARE_UNINDEXED": ("A field without queries cannot be compared, not even for equality.", True),
     "BULK_ONLY_INSERT": ("With Queryable Encryption a bulkWrite of several operations may only insert: send "
                          "updates and deletes one by one.", False),
     "BULK_ONE_NAMESPACE": ("Automatic encryption's bulkWrite writes to one collection: send one bulkWrite per "
@@ -298,11 +298,13 @@ def rule_class(rule: str | None, code: int = 0) -> str:
     for keys, name in ((RULES_KEYS, RULES), (ENVELOPE_KEYS, ENVELOPE), (MALFORMED_KEYS, MALFORMED)):
         if rule in keys:
             return name
+    if rule.partition(":")[0] in RULES_FAMILIES and ":" in rule:
+        return RULES
     return ENCRYPTION
 
 
 # Refusals of a value whose encryption is only known at run time.
-UNKNOWN_RULES = frozenset({"unknown_path", "unwind_unknown"})
+UNKNOWN_RULES = frozenset({"unknown_path"})
 # Refusals whose path is the unencrypted side of a comparison.
 PLAIN_PATH_RULES = frozenset({"compare_plain_enc"})
 

@@ -119,7 +119,6 @@ ROWS: list[tuple[str, Any, dict[str, Any], str | None, str]] = [
     ("view", CSFLE_SCHEMA, {"create": "v", "viewOn": "coll", "pipeline": [], "$db": "db"}, None, "create.viewOn"),
     ("sort", CSFLE, agg({"$sort": {"ssn": 1}}), "ssn", "$sort"),
     ("unwind_encrypted", CSFLE, agg({"$unwind": "$rnd"}), "rnd", "$unwind"),
-    ("unwind_unknown", CSFLE, agg(COND_MIX, {"$unwind": "$s"}), "s", "$unwind"),
     ("prefix_in_output", QE, agg({"$replaceRoot": {"newRoot": "$a"}}), "a", "$replaceRoot"),
     ("variable_in_output", CSFLE, agg({"$group": {"_id": "$$ROOT"}}), None, "$group"),
     ("add_below_encrypted", QE, agg({"$addFields": {"ssn.x": 1}}), "ssn.x", "$addFields"),
@@ -236,7 +235,7 @@ ROWS: list[tuple[str, Any, dict[str, Any], str | None, str]] = [
     ("BOUND_NAN_DECIMAL", QE, find({"dec": {"$in": [Decimal128("NaN")]}}), "dec", "$in"),
     ("EXPR_IN_CONTEXT", QE, agg({"$group": {"_id": "$x", "s": {"$sum": {"$cond": {
         "if": {"$in": ["$age", [1, 2]]}, "then": 1, "else": 2}}}}}), "age", "$in"),
-    ("EXPR_CONTEXT", QE, agg({"$project": {"x": {"$eq": ["$ssn", "1"]}}}), "ssn", "$eq"),
+    ("EXPR_CONTEXT", QE, agg({"$project": {"x": {"$gt": ["$age", 1]}}}), "age", "$gt"),
     ("EXPR_CONTEXT_AND", QE, agg({"$project": {"x": {"$and": [{"$gt": ["$age", 1]}, {"$lt": ["$age", 5]}]}}}),
      "age", "$and"),
     ("EXPR_IN_RANGE_PREFIX", QE, find({"$expr": {"$in": ["$r", [{"v": 1}]]}}), "r", "$in"),
@@ -257,7 +256,7 @@ ROWS: list[tuple[str, Any, dict[str, Any], str | None, str]] = [
      "$encStrStartsWith"),
     ("TEXT_STRING", QE, find({"$expr": {"$encStrStartsWith": {"input": "$text", "prefix": "$plain"}}}), "text",
      "$encStrStartsWith"),
-    ("COLLATION", QE, find({"ssn": "a"}, collation={"locale": "fr"}), "ssn", "$eq"),
+    ("COMPARE_UNINDEXED", QE, find({"$expr": {"$eq": ["$notes", "x"]}}), "notes", "$eq"),
     ("JSON_SCHEMA_VALIDATOR", QE, {"create": "coll", "validator": {"$jsonSchema": {}}, "$db": "db"}, None,
      "create.validator"),
     ("INDEX_ON_ENCRYPTED", QE, {"createIndexes": "coll", "indexes": [{"name": "i", "key": {"ssn": 1}}], "$db": "db"},
@@ -315,10 +314,13 @@ def test_every_refusal_class_has_a_row_and_a_hint() -> None:
     raised = _raised_keys()
     covered = {row[0] for row in ROWS}
     encryption = {key for key in raised if refusals.rule_class(key) == refusals.ENCRYPTION}
+    # A new key refusing something about encryption needs a row here and a hint in markd/refusals.py HINTS;
+    # one about the rules themselves, the command's shape or its rule fields goes in RULES_KEYS, MALFORMED_KEYS
+    # or ENVELOPE_KEYS there instead.
     assert encryption - covered == set(), "encryption refusals without a row in ROWS"
-    assert encryption - set(refusals.HINTS) == set(), "encryption refusals without a hint"
+    assert encryption - set(refusals.HINTS) == set(), "encryption refusals without a hint in refusals.HINTS"
     assert covered - encryption == set(), "rows for keys that are not encryption refusals the analysis raises"
-    # Every class named by the tables exists in some error table (no stale names).
+    # Every key the classes and hints name is still in some error table (no stale names).
     tables = set(shared_errors.ERRORS) | set(csfle_errors.ERRORS) | set(qe_errors.ERRORS)
     listed = refusals.RULES_KEYS | refusals.ENVELOPE_KEYS | refusals.MALFORMED_KEYS | set(refusals.HINTS)
-    assert listed - tables == set()
+    assert listed - tables == set(), "names in markd/refusals.py that no error table has any more"
