@@ -17,7 +17,10 @@ from pymongo import monitoring
 
 # Shorter strings ("x", "abc", "default") are as likely to be vocabulary as secrets.
 MIN_LENGTH = 8
-_RULES = frozenset({"jsonSchema", "encryptionInformation", "csfleEncryptionSchemas", "nsInfo", "lsid", "$db"})
+# (`encryptedFields` is a create/collMod's own copy of the rules: field paths and query types, which markd's
+# refusal log lines name.)
+_RULES = frozenset({"jsonSchema", "encryptionInformation", "csfleEncryptionSchemas", "encryptedFields", "nsInfo",
+                    "lsid", "$db"})
 
 sent_values: set[str] = set()
 findings: list[tuple[str, str]] = []  # (log file, value)
