@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 from bson.binary import Binary, UuidRepresentation
@@ -31,6 +31,9 @@ from markd import bsonvalues
 from markd.analysis import MARKING_COMMANDS, RULE_FIELDS, mark_command
 from markd.analysis.schema import Schema
 from markd.errors import CommandError
+
+if TYPE_CHECKING:
+    from markd.refusals import Refusal
 
 CSFLE, QE = "csfle", "qe"
 SCHEME_NAMES = {CSFLE: "CSFLE", QE: "Queryable Encryption"}
@@ -486,7 +489,7 @@ class CheckResult:
     sent: dict[str, Any]  # the command as libmongocrypt sends it to mongocryptd (with the rules)
     reply: dict[str, Any]
     marked: tuple[Marked, ...] = ()
-    refusal: Any = None
+    refusal: Refusal | None = None
     rules: Rules | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -527,10 +530,12 @@ def check(rules: Any, command: Any = None, *, namespace: str | None = None, filt
     if command is None:
         if (filter is None) == (pipeline is None):
             raise BadInput("give one of: a command, a filter, a pipeline")
-        loaded_filter = _document(filter, "--filter") if filter is not None else None
-        loaded_pipeline = _document({"p": parse_json(pipeline, "--pipeline") if isinstance(pipeline, str)
-                                     else pipeline}, "--pipeline")["p"] if pipeline is not None else None
-        command = shortcut(filter=loaded_filter, pipeline=loaded_pipeline, namespace=namespace, rules=detected)
+        if filter is not None:
+            command = shortcut(filter=_document(filter, "--filter"), namespace=namespace, rules=detected)
+        else:
+            stages = parse_json(pipeline, "--pipeline") if isinstance(pipeline, str) else pipeline
+            command = shortcut(pipeline=_document({"pipeline": stages}, "--pipeline")["pipeline"],
+                               namespace=namespace, rules=detected)
     elif filter is not None or pipeline is not None:
         raise BadInput("give one of: a command, a filter, a pipeline")
     loaded = _document(command, "CMD")
@@ -558,7 +563,7 @@ def check(rules: Any, command: Any = None, *, namespace: str | None = None, filt
     named = []
     for found in marked:
         paths = by_key.get((bytes(found.key_id), found.algorithm), []) if found.key_id is not None else []
-        named.append(Marked(**{**found.__dict__, "field": paths[0] if len(paths) == 1 else None}))
+        named.append(replace(found, field=paths[0] if len(paths) == 1 else None))
     return CheckResult(target, detected.scheme, sent, reply, tuple(named), None, detected)
 
 

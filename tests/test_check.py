@@ -296,6 +296,34 @@ def test_marked_values_of_every_kind() -> None:
     assert [(m.query_type, m.use, m.field) for m in result.marked] == [("suffix", "find", "name")]
 
 
+def test_malformed_commands_and_internal_errors_are_refusals_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mongod's own parse error: what the driver would get, with or without encryption (exit 1, not 2).
+    malformed = markd.check(CSFLE_SCHEMA, filter={"ssn": {"$frobnicate": 1}}, namespace=NS).refusal
+    assert malformed is not None and (malformed.code, malformed.rule, malformed.kind) == (2, None, "malformed")
+    assert "with or without encryption" in malformed.why and malformed.operator == "find.filter"
+    # A bug in the analysis is refused as the daemon refuses it (fail closed), with the bug's type only.
+    from markd import checker
+
+    def broken(command: Any) -> Any:
+        raise KeyError("a value")
+
+    monkeypatch.setattr(checker, "mark_command", broken)
+    internal = markd.check(CSFLE_SCHEMA, filter={"ssn": "x"}, namespace=NS)
+    assert internal.reply == {"ok": 0.0, "errmsg": "markd internal error: KeyError", "code": 1,
+                              "codeName": "InternalError"}
+    assert internal.refusal is not None and internal.refusal.kind == "internal"
+
+
+def test_python_values_a_test_suite_passes() -> None:
+    rules = {"bsonType": "object", "properties": {"ssn": {"encrypt": {
+        "keyId": [uuid.UUID("6b2a2a43-1bd8-4b21-8c3d-3f0c1f6f0a01")], "algorithm": DET, "bsonType": "string"}}}}
+    result = markd.check(rules, filter={"ssn": "x"}, namespace=NS)
+    assert result.marked[0].key_id == SSN_KEY  # a uuid.UUID is the BinData 4 libmongocrypt sends
+    assert markd.check(rules, pipeline=({"$match": {"ssn": "x"}},), namespace=NS).accepted  # a tuple is an array
+    with pytest.raises(BadInput, match="give one of"):
+        markd.check(rules, {"find": "people"}, filter={"ssn": "x"})
+
+
 def test_explain_and_bulk_write_are_built_as_libmongocrypt_sends_them() -> None:
     explain = markd.check(CSFLE_SCHEMA, {"explain": {"find": "people", "filter": {"ssn": "1"}},
                                          "verbosity": "queryPlanner", "$db": "hr"})
