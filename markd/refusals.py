@@ -53,7 +53,7 @@ ENVELOPE_KEYS = frozenset({
     "other_collection",
     "INFO_NOT_OBJECT", "BOTH_SCHEMAS", "BOTH_REMOTE", "ONE_NAMESPACE", "NAMESPACE_MISMATCH", "SCHEMA_TYPE",
     "MISSING_SCHEMA", "MIXED_SCHEMAS", "BAD_TYPE_FIELD", "MULTI_NAMESPACE_MISMATCH", "BOTH_SCHEMAS_MULTI",
-    "MULTI_ONLY_AGGREGATE", "BULK_NEEDS_INFO", "BULK_ADMIN",
+    "MULTI_ONLY_AGGREGATE", "BULK_NEEDS_INFO", "bulk_write_admin",
 })
 # mongod's own parse errors: the command is malformed, encrypted fields or not.
 MALFORMED_KEYS = frozenset({

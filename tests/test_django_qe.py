@@ -668,6 +668,8 @@ def test_what_django_asked_markd_is_answered_alike_offline(stack: Stack, patient
 
     import markd
 
+    if stack.mode != "daemon":
+        pytest.skip("libmongocrypt asks markd's library in process here: there is no exchange to replay")
     asked = len(stack.exchanges)
     Patient.objects.filter(patient_record__ssn=SSN).first()
     apps.get_model("medical", "IntegerSample").objects.filter(value__gt=3, value__lte=9).count()
