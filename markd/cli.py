@@ -161,7 +161,10 @@ _EPILOG = ("Also accepted, as mongocryptd accepts them, and ignored with a warni
 @_with_ignored_flags
 def command(config_file: str | None, version: bool, verbosity: int, fork: bool, output_config: bool,
             **options: Any) -> None:
-    """markd: an open, drop-in mongocryptd."""
+    """markd: an open, drop-in mongocryptd.
+
+    `markd check --help`: try a command against encryption rules offline, and see why one is refused.
+    """
     if version:
         click.echo(f"markd {markd.__version__} (mongocryptd-compatible)")
         return
@@ -265,8 +268,13 @@ def _program_name() -> str:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """The `markd` and `mongocryptd` console scripts, and `python -m markd`."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["check"]:  # mongocryptd's command line stays untouched; only this is something else
+        from markd import checkcli
+
+        sys.exit(checkcli.main(arguments[1:], prog_name=f"{_program_name()} check"))
     try:
-        result = command.main(sys.argv[1:] if argv is None else argv, prog_name=_program_name(),
+        result = command.main(arguments, prog_name=_program_name(),
                               standalone_mode=False)
     except click.UsageError as exc:
         _refuse(_usage_error_line(exc))

@@ -17,7 +17,7 @@ from typing import Any
 import bson
 from bson.errors import InvalidBSON
 
-from markd import bsonvalues
+from markd import bsonvalues, refusals
 from markd.analysis import MARKING_COMMANDS, patterns
 from markd.commands import UNKNOWN_COMMAND, ConnectionInfo, Dispatcher, NeedsServer, ShutdownCommand
 from markd.errors import CommandError
@@ -45,6 +45,7 @@ class Outcome:
     shutdown: bool = False  # the shutdown command: no reply, the daemon stops
     needs_server: bool = False  # a command only the server process can answer (it has the state)
     bug: dict[str, str] | None = None  # an exception escaped a handler: its type and stack, logged
+    refusal: dict[str, Any] | None = None  # a marking command refused: its code, rule and names, logged
 
     def log_fields(self, connection: ConnectionInfo) -> dict[str, Any]:
         return {"conn": connection.connection_id, "command": self.name, "ns": self.namespace,
@@ -108,6 +109,8 @@ def process_frame(frame: bytes, connection: ConnectionInfo, dispatcher: Dispatch
         return result
     except CommandError as exc:
         result.outcome = exc.code_name
+        if result.marking:
+            result.refusal = refusals.log_attributes(exc)
         body = bson.encode(exc.to_reply(dispatcher.redact_errors))
     except InvalidBSON as exc:
         result.outcome = "InvalidBSON"
@@ -163,5 +166,9 @@ def log_outcome(log: logging.Logger, result: Outcome, connection: ConnectionInfo
     if result.bug is not None:
         log.error("internal error while handling a command",
                   extra={"attr": {"command": result.name, **result.bug}})
+    if result.refusal is not None:
+        # Why the analysis refused, in names only (`markd check` explains the same refusal in words).
+        log.info("command refused", extra={"attr": {"conn": connection.connection_id, "command": result.name,
+                                                    "ns": result.namespace, **result.refusal}})
     if log.isEnabledFor(logging.DEBUG) and result.close_reason is None:
         log.debug("command", extra={"attr": result.log_fields(connection)})

@@ -54,6 +54,13 @@ class CommandError(Exception):
         self.rule: str | None = None
         self.names: dict[str, str] = {}
 
+    def locate(self, **names: str) -> None:
+        """Say where the refusal happened (the path, operator, stage being analysed). Called on the way
+        out, innermost first: a name already known is kept. Names only, never a value."""
+        for name, value in names.items():
+            if value and not self.names.get(name):
+                self.names[name] = value
+
     def to_reply(self, redact: bool = False) -> dict[str, object]:
         return {"ok": 0.0, "errmsg": self.redacted if redact else self.errmsg, "code": self.code,
                 "codeName": self.code_name}

@@ -606,6 +606,99 @@ def test_bulk_update_is_refused_by_django_itself(stack: Stack) -> None:
     assert stack.exchanges[asked:] == []  # Django refused before asking markd
 
 
+# --- markd check with the map Django prints (issue 16) ------------------------------------------
+
+RULE_FIELDS = ("encryptionInformation", "csfleEncryptionSchemas", "jsonSchema", "isRemoteSchema")
+
+
+def _shown_fields_map() -> str:
+    import io
+
+    from django.core.management import call_command
+
+    printed = io.StringIO()
+    call_command("showencryptedfieldsmap", database="encrypted", stdout=printed)
+    return printed.getvalue()
+
+
+def _shape(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{key: ("<key>" if key == "keyId" else value) for key, value in field.items()}
+            for field in fields["fields"]]
+
+
+def test_showencryptedfieldsmap_output_is_markd_checks_rules(stack: Stack, tmp_path: Path) -> None:
+    import subprocess
+
+    import markd
+    from tests.support.process import BIN_DIR
+
+    text = _shown_fields_map()
+    shown = bson.json_util.loads(text)
+    namespace = f"{ENCRYPTED_DB}.medical_patient"
+    # docs/check.md's fields_map.json has the shape Django prints (its keys are made up).
+    documented = Path(__file__).resolve().parent.parent / "docs" / "check.md"
+    from tests.test_check_docs import files
+
+    example = bson.json_util.loads(files(documented.read_text())["fields_map.json"])
+    assert list(example) == ["medical_patient"] and "medical_patient" in shown
+    assert _shape(example["medical_patient"]) == _shape(shown["medical_patient"])
+    ssn_key = next(f["keyId"] for f in shown["medical_patient"]["fields"] if f["path"] == "patient_record.ssn")
+
+    accepted = markd.check(text, filter={"patient_record.ssn": SSN}, namespace=namespace)
+    assert [(m.field, m.query_type, m.key_id) for m in accepted.marked] == [("patient_record.ssn", "equality",
+                                                                              ssn_key)]
+    refused = markd.check(text, filter={"patient_record.billing.cc_type": "Visa"}, namespace=namespace)
+    assert refused.refusal is not None and refused.refusal.rule == "through_encrypted"
+    assert "below the encrypted field patient_record.billing" in refused.refusal.encryption
+
+    rules = tmp_path / "fields_map.json"
+    rules.write_text(text)
+    for filter_, status in (('{"patient_record.ssn": "x"}', 0), ('{"patient_record.billing.cc_type": "x"}', 1)):
+        done = subprocess.run([str(BIN_DIR / "markd"), "check", "--rules", str(rules), "--namespace", namespace,
+                               "--filter", filter_], capture_output=True, text=True, timeout=60)
+        assert done.returncode == status, done
+
+
+def test_what_django_asked_markd_is_answered_alike_offline(stack: Stack, patients: list[Any]) -> None:
+    """Every command libmongocrypt sent markd for this ORM session, replayed through markd.check with the
+    rules Django prints: the same verdict, the same message, the same marked command."""
+    from django.apps import apps
+    from django.db import DatabaseError
+    from medical.models import Patient
+
+    import markd
+
+    if stack.mode != "daemon":
+        pytest.skip("libmongocrypt asks markd's library in process here: there is no exchange to replay")
+    asked = len(stack.exchanges)
+    Patient.objects.filter(patient_record__ssn=SSN).first()
+    apps.get_model("medical", "IntegerSample").objects.filter(value__gt=3, value__lte=9).count()
+    for _, model_name, operation, _ in REFUSED:
+        with pytest.raises(DatabaseError):
+            operation(apps.get_model("medical", model_name))
+    shown = bson.json_util.loads(_shown_fields_map())
+    replayed = 0
+    for sent, answer in stack.exchanges[asked:]:
+        if "encryptionInformation" not in sent:
+            # The handshake, and commands on collections without encrypted fields (libmongocrypt sends those
+            # with an empty jsonSchema): not analysed under the rules Django prints.
+            continue
+        rules = dict(shown)
+        for namespace in sent["encryptionInformation"]["schema"]:  # e.g. a collection a pipeline reads
+            rules.setdefault(namespace.partition(".")[2], {"fields": []})
+        command = {key: value for key, value in sent.items() if key not in RULE_FIELDS}
+        result = markd.check(rules, {**command, "$db": ENCRYPTED_DB})
+        if isinstance(answer, dict):
+            assert result.accepted, (sent, result.refusal)
+            strip = {key: value for key, value in answer["result"].items() if key not in RULE_FIELDS}
+            assert {key: value for key, value in result.result.items() if key not in RULE_FIELDS} == strip
+        else:
+            assert result.refusal is not None and result.refusal.errmsg in answer, (answer, result.refusal)
+            assert result.refusal.operator, result.refusal
+        replayed += 1
+    assert replayed >= len(REFUSED)
+
+
 # --- the other way to run markd: pymongo spawns it from PATH -------------------------------------
 
 # Django can be set up once per process: the spawn variant runs manage.py in a child process (with

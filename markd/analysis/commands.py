@@ -247,7 +247,11 @@ def _statement(spec: StatementSpec, name: str, statement: Any, command: Command,
     for required in spec.required:
         if required not in statement:
             raise CommandError(40414, f"BSON field '{context}.{required}' is missing but a required field")
-    return spec.analyse(statement, command, position)
+    try:
+        return spec.analyse(statement, command, position)
+    except CommandError as refusal:
+        refusal.locate(option=f"{name}.{position}")
+        raise
 
 
 def _update_statement(statement: Mapping[str, Any], command: Command, position: str) -> dict[str, Any]:
@@ -343,13 +347,13 @@ def _distinct_key(name: str, value: Any, command: Command) -> Any:
     metadata = lookup(scope.current, value) if scope.current.may_hold_encryption else NOT_ENCRYPTED
     if is_encrypted(metadata):
         if metadata.pointer:
-            scope.fail("distinct_pointer")
+            scope.fail("distinct_pointer", path=value)
         if metadata.randomized:
-            scope.fail("distinct_random")
+            scope.fail("distinct_random", path=value)
         if not scope.collation_simple and "string" in metadata.types:
-            scope.fail("distinct_collation")
+            scope.fail("distinct_collation", path=value)
     elif metadata is not NOT_ENCRYPTED:
-        scope.fail("distinct_prefix")
+        scope.fail("distinct_prefix", path=value)
     return value
 
 
@@ -571,13 +575,14 @@ def analyse(command: Mapping[str, Any], name: str, scheme: Scheme, rules: Rules,
     analysis = scheme.new_analysis(rules)
     state = Command(name, analysis, stripped, database=database)
     result: dict[str, Any] = dict(stripped)
-    for key in FIRST:
-        if key in stripped and key in fields:
+    order = [key for key in FIRST if key in stripped and key in fields]
+    order += [key for key in stripped if key != name and key not in FIRST and key in fields]
+    for key in order:
+        try:
             result[key] = fields[key](key, stripped[key], state)
-    for key, value in stripped.items():
-        if key == name or key in FIRST or key not in fields:
-            continue
-        result[key] = fields[key](key, value, state)
+        except CommandError as refusal:
+            refusal.locate(option=key)
+            raise
     rewrite = REWRITES.get(name)
     return (rewrite(result) if rewrite is not None else result), analysis
 

@@ -18,6 +18,7 @@ from markd.analysis import paths
 from markd.analysis.context import Scope
 from markd.analysis.expressions import is_document
 from markd.analysis.schema import Encryption, SchemaNode, child
+from markd.errors import CommandError
 
 Marker = Callable[[Encryption, Any, str, Scope], Binary]
 
@@ -41,7 +42,11 @@ def mark_value(value: Any, current: SchemaNode, path: str, scope: Scope, mark: M
                scalars_on_prefixes: bool = True) -> Any:
     """The value to put at `path`, given the node that governs it."""
     if current.encrypted is not None:
-        return mark(current.encrypted, value, path, scope)
+        try:
+            return mark(current.encrypted, value, path, scope)
+        except CommandError as refusal:
+            refusal.locate(path=path)
+            raise
     if current.unknown:
         scope.fail("unknown_path", path=path)
     if not current.contains_encrypted:
@@ -60,7 +65,7 @@ def check_inserted(document: Mapping[str, Any], scope: Scope) -> None:
     current = scope.current
     id_node = child(current, "_id") if current.may_hold_encryption else None
     if id_node is not None and id_node.encrypted is not None and "_id" not in document:
-        scope.fail("id_required")
+        scope.fail("id_required", path="_id")
     if not current.may_hold_encryption:
         return
     # mongod fills a top-level Timestamp(0, 0) with the current time: it cannot be encrypted in advance.

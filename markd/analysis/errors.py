@@ -172,7 +172,7 @@ def error(key: str, /, table: dict[str, tuple[int, str]] | None = None, **fields
 
 # Message fields that name things (never values): what explanations and logs may repeat.
 NAME_FIELDS = frozenset({"path", "op", "stage", "field", "local", "foreign", "source", "target", "name", "keyword",
-                         "bound", "ns", "namespace", "a", "b", "type", "command"})
+                         "bound", "ns", "namespace", "a", "b", "type", "command", "reads"})
 
 
 def fail(key: str, /, **fields: object) -> NoReturn:

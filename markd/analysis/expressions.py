@@ -326,7 +326,11 @@ def operator(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
     rule = scope.scheme.expression_rules.get(op) or OPERATORS.get(op)
     if rule is None:
         raise CommandError(168, f"Unrecognized expression '{op}'")
-    return rule(op, argument, scope)
+    try:
+        return rule(op, argument, scope)
+    except CommandError as refusal:
+        refusal.locate(operator=op)
+        raise
 
 
 def _arguments(argument: Any) -> list[Any]:
@@ -400,7 +404,7 @@ def check_output(value: Value, scope: Scope) -> None:
         if branch.kind == VARIABLE and branch.source in DOCUMENT_VARIABLES:
             scope.fail("variable_in_output", name=branch.source)
         if branch.kind == FIELD and node.encrypted is None and not node.unknown:
-            scope.fail("prefix_in_output")
+            scope.fail("prefix_in_output", path=branch.source)
 
 
 def _cond(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:

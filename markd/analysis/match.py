@@ -332,10 +332,14 @@ FIELD_OPERATORS = frozenset({
 
 def field_predicate(leaf: Leaf, scope: Scope) -> list[Node]:
     """One operator on one path: normalized where nothing is encrypted, the scheme's rule elsewhere."""
-    metadata = scope.metadata_for(leaf.path) if scope.current.may_hold_encryption else NOT_ENCRYPTED
-    if metadata is NOT_ENCRYPTED:
-        return plain_leaf(leaf, scope)
-    return scope.scheme.match_leaf(leaf, metadata, scope)
+    try:
+        metadata = scope.metadata_for(leaf.path) if scope.current.may_hold_encryption else NOT_ENCRYPTED
+        if metadata is NOT_ENCRYPTED:
+            return plain_leaf(leaf, scope)
+        return scope.scheme.match_leaf(leaf, metadata, scope)
+    except CommandError as refusal:
+        refusal.locate(path=leaf.path, operator=leaf.op)
+        raise
 
 
 def field_operators(path: str, spec: Mapping[str, Any], scope: Scope) -> list[Node]:
@@ -469,7 +473,11 @@ def _element(key: str, value: Any, scope: Scope) -> list[Node]:
                 return _unsupported(key, value, scope)
             raise bad_value(f"unknown top level operator: {key}. If you have a field name that starts with a '$' "
                             "symbol, consider using $getField or $setField.")
-        return rule(key, value, scope)
+        try:
+            return rule(key, value, scope)
+        except CommandError as refusal:
+            refusal.locate(operator=key)
+            raise
     if _is_operator_object(value):
         return field_operators(key, value, scope)
     if is_regex(value):

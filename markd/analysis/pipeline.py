@@ -59,13 +59,13 @@ def add_path(root: SchemaNode, path: str, child: SchemaNode, scope: Scope) -> Sc
     current = root
     for part in parts[:-1]:
         if current.encrypted is not None:
-            scope.fail("add_below_encrypted")
+            scope.fail("add_below_encrypted", path=path)
         if current.unknown:
             break
         current = schema_child(current, part)
     else:
         if current.encrypted is not None and parts:
-            scope.fail("add_below_encrypted")
+            scope.fail("add_below_encrypted", path=path)
     if len(parts) > 1 and child.may_hold_encryption:
         return with_path(root, parts[0], UNKNOWN_NODE)
     scope.scheme.check_added_field(root, path, child, scope)
@@ -208,7 +208,7 @@ def _group_key(key: Any, path: str, scope: Scope) -> tuple[Any, SchemaNode]:
         return fields, out
     # A group key is compared (documents group by equal keys): its schema is its output schema,
     # and constants it may be are marked as what they are compared with.
-    return scope.scheme.compared_output(key, scope, lambda: scope.fail("group_key", path=path))
+    return scope.scheme.compared_output(key, scope, lambda reads="": scope.fail("group_key", path=path, reads=reads))
 
 
 def accumulator(field: str, spec: Any, scope: Scope, group_key_encrypted: bool) -> tuple[Any, SchemaNode, Value]:
@@ -238,7 +238,7 @@ def accumulator(field: str, spec: Any, scope: Scope, group_key_encrypted: bool) 
     elif op == "$addToSet":
         # A set is built by comparing values: the argument is compared, as a group key is.
         inner, node = scope.scheme.compared_output(argument, scope.without_comparisons(),
-                                                   lambda: scope.fail("add_to_set", field=field))
+                                                   lambda reads="": scope.fail("add_to_set", field=field, reads=reads))
         serialized = {op: inner}
         value = Value(expressions.FORWARDED, node, field)
     else:
@@ -250,10 +250,10 @@ def accumulator(field: str, spec: Any, scope: Scope, group_key_encrypted: bool) 
         return serialized, value_node, value
     if op in COLLECTING_ACCUMULATORS:
         if op == "$addToSet" and value_node.may_hold_random:
-            scope.fail("add_to_set", field=field)
+            scope.fail("add_to_set", field=field, reads=value.source)
         return serialized, UNKNOWN_NODE if value_node.may_hold_encryption else EMPTY, value
     if value_node.may_hold_encryption:
-        scope.fail("accumulator", op=op)
+        scope.fail("accumulator", op=op, reads=value.source)
     return serialized, EMPTY, value
 
 
@@ -264,11 +264,20 @@ def accumulators(specs: Mapping[str, Any], scope: Scope, group_key_encrypted: bo
     serialized: dict[str, Any] = {}
     read: list[tuple[str, str, Value]] = []
     for field, spec_of_field in specs.items():
-        serialized[field], child, value = accumulator(field, spec_of_field, scope, group_key_encrypted)
+        try:
+            serialized[field], child, value = accumulator(field, spec_of_field, scope, group_key_encrypted)
+        except CommandError as refusal:
+            if is_document(spec_of_field) and len(spec_of_field) == 1:
+                refusal.locate(operator=next(iter(spec_of_field)))
+            raise
         read.append((field, next(iter(spec_of_field)), value))
         out = with_path(out, field, child)
     for field, op, value in read:
-        scope.scheme.accumulated(op, value, field, scope)
+        try:
+            scope.scheme.accumulated(op, value, field, scope)
+        except CommandError as refusal:
+            refusal.locate(operator=op)
+            raise
     return serialized, out
 
 
@@ -398,7 +407,7 @@ def _replace_root(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode
     expression, value = expressions.analyse(new_root, scope)
     expressions.check_output(value, scope)
     if value.node.encrypted is not None:
-        scope.fail("replace_root")
+        scope.fail("replace_root", reads=value.source)
     out = value.node
     return [{"$replaceRoot": {"newRoot": expression}}], out
 
@@ -439,7 +448,7 @@ def _join_fields(local_path: str, foreign_path: str, local: SchemaNode, foreign:
     if foreign_metadata in (PREFIX, UNKNOWN):
         scope.fail(child_foreign, field=foreign_path)
     if (is_encrypted(local_metadata) or is_encrypted(foreign_metadata)) and not scope.scheme.joins_encrypted:
-        scope.fail(qe)
+        scope.fail(qe, path=local_path if is_encrypted(local_metadata) else foreign_path)
     if local_metadata != foreign_metadata:
         scope.fail(mismatch, **{names[0]: local_path, names[1]: foreign_path})
     if is_encrypted(local_metadata) and local_metadata.randomized:
@@ -582,7 +591,7 @@ def _bucket_auto(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]
     group_by, value = expressions.analyse(spec["groupBy"], scope)
     expressions.check_output(value, scope)
     if value.may_hold_encryption:
-        scope.fail("bucket_auto")
+        scope.fail("bucket_auto", reads=value.source)
     buckets = spec["buckets"]
     serialized: dict[str, Any] = {"groupBy": group_by, "buckets": int(
         buckets.to_decimal() if isinstance(buckets, Decimal128) else buckets)}
@@ -754,10 +763,18 @@ def mark_stages(pipeline: Any, scope: Scope) -> tuple[list[Any], SchemaNode]:
         if not is_document(stage) or len(stage) != 1:
             _fail(40323, "A pipeline stage specification object must contain exactly one field.")
         name, spec = next(iter(stage.items()))
-        rules.append((name, spec, stage_rule(name)))  # every stage parsed before any is analysed, as mongod does
+        try:
+            rules.append((name, spec, stage_rule(name)))  # every stage parsed before any is analysed, as mongod does
+        except CommandError as refusal:
+            refusal.locate(stage=name)
+            raise
     serialized: list[Any] = []
     for name, spec, rule in rules:
-        stages, current = rule(name, spec, scope)
+        try:
+            stages, current = rule(name, spec, scope)
+        except CommandError as refusal:
+            refusal.locate(stage=name)
+            raise
         scope = scope.with_current(current)
         serialized.extend(stages)
     return serialized, scope.current

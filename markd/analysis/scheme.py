@@ -95,15 +95,17 @@ class Scheme:
         """The schema of a computed (or, `renamed`, moved by name) projection field."""
         return value.node
 
-    def compared_output(self, expression: Any, scope: Scope, random: Callable[[], NoReturn]) -> tuple[Any, SchemaNode]:
+    def compared_output(self, expression: Any, scope: Scope, random: Callable[[str], NoReturn]
+                        ) -> tuple[Any, SchemaNode]:
         """A value that is compared and passed on (a group key, an $addToSet argument): its serialization and
-        schema; `random` refuses it when it may hold randomly encrypted (or unknown) values."""
+        schema; `random` (given the field read) refuses it when it may hold randomly encrypted (or unknown)
+        values."""
         from markd.analysis import expressions
 
         serialized, value = expressions.analyse(expression, scope)
         expressions.check_output(value, scope)
         if value.node.may_hold_random:
-            random()
+            random(value.source)
         return serialized, value.node
 
     def accumulated(self, op: str, value: Value, field: str, scope: Scope) -> SchemaNode:

@@ -33,8 +33,8 @@ def _check_positional(path: str, scope: Scope) -> bool:
         metadata = _metadata(paths.join(parts[:index]), scope)
         if metadata is not NOT_ENCRYPTED:
             if component == "$":
-                scope.fail("positional")
-            scope.fail("update_op", op="Array update operations")
+                scope.fail("positional", path=path)
+            scope.fail("update_op", op="Array update operations", path=path)
         return True
     return False
 
@@ -67,12 +67,13 @@ def _rename(op: str, fields: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
                                   f"{bsonvalues.bson_type(target)}")
         source_metadata, target_metadata = _metadata(source, scope), _metadata(target, scope)
         if is_encrypted(source_metadata) or is_encrypted(target_metadata):
+            renamed = source if is_encrypted(source_metadata) else target
             if not scope.scheme.renames_encrypted:
-                scope.fail("rename_encrypted")
+                scope.fail("rename_encrypted", path=renamed)
             if source_metadata != target_metadata:
-                scope.fail("rename_metadata")
+                scope.fail("rename_metadata", path=renamed)
         elif {source_metadata, target_metadata} & {PREFIX, UNKNOWN}:
-            scope.fail("rename_prefix")
+            scope.fail("rename_prefix", path=source if source_metadata in (PREFIX, UNKNOWN) else target)
     return dict(fields)
 
 
@@ -86,7 +87,7 @@ def _refused_where_encrypted(label: str) -> Callable[[str, Mapping[str, Any], Sc
             if _check_positional(path, scope):
                 continue
             if _metadata(path, scope) is not NOT_ENCRYPTED:
-                scope.fail("update_op", op=label)
+                scope.fail("update_op", op=label, path=path)
         return dict(fields)
 
     return rule
@@ -138,7 +139,11 @@ def mark_modifiers(update: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
             kind = bsonvalues.bson_type(fields)
             raise CommandError(9, f"Modifiers operate on fields but we found type {kind} instead. For example: "
                                   f"{{$mod: {{<field>: ...}}}} not {{{op}: {kind}}}")
-        marked[op] = rule(op, fields, scope)
+        try:
+            marked[op] = rule(op, fields, scope)
+        except CommandError as refusal:
+            refusal.locate(operator=op)
+            raise
     return serialize_modifiers(marked)
 
 
@@ -147,7 +152,7 @@ def mark_update(update: Any, scope: Scope, *, upsert: bool, command: str) -> Any
     id_encrypted = is_encrypted(_metadata("_id", scope))
     if isinstance(update, list):
         if upsert and id_encrypted:
-            scope.fail("pipeline_update_upsert_id" if command == "update" else "pipeline_fam_upsert_id")
+            scope.fail("pipeline_update_upsert_id" if command == "update" else "pipeline_fam_upsert_id", path="_id")
         from markd.analysis.pipeline import mark_update_pipeline
 
         return mark_update_pipeline(update, scope)

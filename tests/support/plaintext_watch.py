@@ -3,8 +3,9 @@
 A pymongo command listener (registered for every client the tests create: raw clients, the
 libmongocrypt harness's client, pymongo's own mongocryptd client under auto-encryption) records
 the string values in each command; each markd log is scanned for them before its directory goes.
-Names are not values: keys, the command's target collection, `$db`, `$`-references and the
-encryption rules themselves (which name field paths, as markd's errors and logs may) are skipped.
+Names are not values: keys, the command's target collection, `$db`, `$`-references, the field paths a
+distinct key or a join stage's options give, and the encryption rules themselves (which name field paths,
+as markd's errors and logs may) are skipped.
 """
 
 from __future__ import annotations
@@ -17,19 +18,32 @@ from pymongo import monitoring
 
 # Shorter strings ("x", "abc", "default") are as likely to be vocabulary as secrets.
 MIN_LENGTH = 8
-_RULES = frozenset({"jsonSchema", "encryptionInformation", "csfleEncryptionSchemas", "nsInfo", "lsid", "$db"})
+# (`encryptedFields` is a create/collMod's own copy of the rules: field paths and query types, which markd's
+# refusal log lines name.)
+_RULES = frozenset({"jsonSchema", "encryptionInformation", "csfleEncryptionSchemas", "encryptedFields", "nsInfo",
+                    "lsid", "$db"})
 
 sent_values: set[str] = set()
 findings: list[tuple[str, str]] = []  # (log file, value)
 
 
-def _strings(value: Any) -> Iterator[str]:
+# Options of these stages whose string values name fields (markd's refusal log lines name those paths).
+_PATH_OPTIONS = {
+    "$lookup": frozenset({"localField", "foreignField", "as"}),
+    "$graphLookup": frozenset({"connectFromField", "connectToField", "as", "depthField"}),
+    "$unwind": frozenset({"includeArrayIndex"}),
+    "$geoNear": frozenset({"key", "distanceField", "includeLocs"}),
+}
+
+
+def _strings(value: Any, stage: str = "") -> Iterator[str]:
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
+        path_options = _PATH_OPTIONS.get(stage, frozenset())
         for key, item in value.items():
-            if key not in _RULES:
-                yield from _strings(item)
+            if key not in _RULES and not (key in path_options and isinstance(item, str)):
+                yield from _strings(item, key)
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _strings(item)
@@ -39,6 +53,8 @@ def values_in(command: Mapping[str, Any]) -> set[str]:
     """The string values of a command worth watching for."""
     items = list(command.items())
     body = items[1:] if items else []  # the first value names the collection
+    if items and items[0][0] == "distinct":
+        body = [(key, item) for key, item in body if key != "key"]  # the distinct key names a field
     return {
         text
         for key, item in body

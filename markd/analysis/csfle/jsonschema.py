@@ -88,6 +88,10 @@ class Encrypted(Encryption):
     def pointer(self) -> bool:
         return isinstance(self.key, str)
 
+    @property
+    def types(self) -> frozenset[str]:
+        return self.bson_types
+
 
 # -- parsing -------------------------------------------------------------------------------------------
 

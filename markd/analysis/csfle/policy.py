@@ -36,6 +36,7 @@ from markd.analysis.match import (
 from markd.analysis.ordering import sorted_set
 from markd.analysis.schema import EMPTY, PREFIX, UNKNOWN, Encryption, Metadata, SchemaNode, leaf, shape, subtree
 from markd.analysis.scheme import Rules, Scheme
+from markd.errors import CommandError
 
 
 def _text_search(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
@@ -67,7 +68,11 @@ class Csfle(Scheme):
                       ) -> Binary:
         assert isinstance(encryption, Encrypted)
         element = path.rsplit(".", 1)[-1] if name is None else name
-        return placeholders.placeholder(encryption, value, scope, comparison=True, name=element)
+        try:
+            return placeholders.placeholder(encryption, value, scope, comparison=True, name=element)
+        except CommandError as refusal:
+            refusal.locate(path=path)
+            raise
 
     # -- match language ------------------------------------------------------------------------
 
@@ -87,10 +92,10 @@ class Csfle(Scheme):
         if node.encrypted is not None:
             scope.fail("evaluated", path=value.source or by, op=by)
         if node.unknown:
-            scope.fail("unknown_path")
+            scope.fail("unknown_path", path=value.source)
         if node.contains_encrypted:
             scope.fail("prefix_reference", path=value.source or by)
-        scope.fail("unknown_path")
+        scope.fail("unknown_path", path=value.source)
 
     def compare(self, op: str, arguments: list[Any], scope: Scope) -> tuple[Any, Value]:
         if op in ("$eq", "$ne"):
@@ -127,7 +132,7 @@ class Csfle(Scheme):
             else:
                 expressions.check_output(participant.value, scope)
                 if participant.value.node.may_hold_random:
-                    random()
+                    random(participant.value.source)
                 state.reference(participant.value)
         if not isinstance(state.encryption, Encrypted):
             return serialized, EMPTY
@@ -332,7 +337,7 @@ class _Compared:
             scope.fail("variable", name=value.source)
         node = value.node
         if node.unknown:
-            scope.fail("unknown_path")
+            scope.fail("unknown_path", path=path)
         if node.encrypted is None and node.contains_encrypted:
             scope.fail("prefix_reference", path=path)
         metadata = node.encrypted
@@ -351,7 +356,8 @@ class _Compared:
 
     def evaluation(self, reason: str) -> None:
         if isinstance(self.encryption, Encrypted):
-            self.scope.fail("compare_evaluated", op=reason, other=self._others())
+            self.scope.fail("compare_evaluated", op=reason, other=self._others(),
+                            path=self.fields[0] if self.fields else "")
         self.encryption = _PLAIN
         self.evaluations.append(reason)
 

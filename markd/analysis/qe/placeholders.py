@@ -67,12 +67,12 @@ def check_writable(field: EncryptedField, value: Any) -> None:
     """Refuse a value the field cannot hold, as mongocryptd does before marking a write."""
     value_type = bsonvalues.bson_type(value)
     if isinstance(value, Binary) and value.subtype == PLACEHOLDER_SUBTYPE:
-        raise error("CANNOT_ENCRYPT_TYPE", type="encrypted binary data")
+        raise error("CANNOT_ENCRYPT_TYPE", type="encrypted binary data", path=field.path)
     if field.bson_type is not None:
         if value_type != field.bson_type:
-            raise error("WRONG_TYPE", type=value_type, expected=field.bson_type)
+            raise error("WRONG_TYPE", type=value_type, expected=field.bson_type, path=field.path)
     elif value_type not in UNINDEXED_TYPES:
-        raise error("CANNOT_ENCRYPT_TYPE", type=value_type)
+        raise error("CANNOT_ENCRYPT_TYPE", type=value_type, path=field.path)
 
 
 def range_value(field: EncryptedField, value: Any) -> Any:
@@ -81,11 +81,11 @@ def range_value(field: EncryptedField, value: Any) -> Any:
     field_type = field.bson_type
     # mongocryptd checks date against non-date before anything else (so `$ne: null` on a date field is 6720002).
     if (value_type == "date") != (field_type == "date"):
-        raise error("DATE_MISMATCH")
+        raise error("DATE_MISMATCH", path=field.path)
     if value_type not in ("int", "long", "double", "decimal", "date"):
-        raise error("RANGE_VALUE_TYPE", type=value_type)
+        raise error("RANGE_VALUE_TYPE", type=value_type, path=field.path)
     if value_type != field_type and {value_type, field_type} & {"double", "decimal"}:
-        raise error("NO_COERCION")
+        raise error("NO_COERCION", path=field.path)
     # A NaN bound is not refused here: mongocryptd's bounds check comes first and NaN orders below every
     # number, so it is refused as out of the index's bounds (6747900/6747901/6720810...). Callers check.
     if field_type == "long" and value_type == "int":
@@ -139,7 +139,7 @@ def insert_placeholder(field: EncryptedField, value: Any) -> Binary:
 def equality_find_placeholder(field: EncryptedField, value: Any) -> Binary:
     """The t=2 placeholder for comparing `field` for equality with `value`."""
     if field.algorithm != EQUALITY:
-        raise error("NOT_EQUALITY_INDEXED")
+        raise error("NOT_EQUALITY_INDEXED", path=field.path)
     check_writable(field, value)
     return _placeholder(FIND, field, EQUALITY, value)
 
@@ -180,7 +180,8 @@ def text_find_placeholder(field: EncryptedField, operator: str, value: Any) -> B
         raise error("TEXT_ON_NON_TEXT", op=operator, path=field.path)
     if not isinstance(value, str):
         raise error("TEXT_STRING", op=operator, argument={"$encStrStartsWith": "prefix", "$encStrEndsWith": "suffix",
-                                                           "$encStrContains": "substring"}.get(operator, "string"))
+                                                           "$encStrContains": "substring"}.get(operator, "string"),
+                    path=field.path)
     spec = _text_flags(field, value)
     if operator == "$encStrNormalizedEq":
         # Normalised equality needs no query-length options: libmongocrypt derives it from the flags alone.

@@ -53,7 +53,7 @@ class Qe(Scheme):
             raise error("null_equality", path=path)
         if not scope.collation_simple and _type(value) in STRING_TYPES:
             element = path.rsplit(".", 1)[-1] if name is None else name
-            scope.fail("collation_compare", element=notation.quoted_element(element, value))
+            scope.fail("collation_compare", element=notation.quoted_element(element, value), path=path)
         return scope.analysis.marked(placeholders.equality_find_placeholder(encryption, value))
 
     # -- match language ------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class Qe(Scheme):
             if rule is None:
                 scope.fail("invalid_on_encrypted", path=leaf.path, expr=leaf.render())
             if leaf.op in ("$eq", "$ne", "$in", "$nin") and metadata.algorithm not in (EQUALITY, RANGE):
-                raise error("NOT_EQUALITY_INDEXED")
+                raise error("NOT_EQUALITY_INDEXED", path=leaf.path)
             return [rule(metadata, leaf, scope)]
         if metadata is PREFIX:
             return _prefix(leaf, scope)
@@ -82,7 +82,7 @@ class Qe(Scheme):
         if node.encrypted is not None:
             raise error("EXPRESSION", path=value.source or op)
         if node.unknown:
-            scope.fail("unknown_path")
+            scope.fail("unknown_path", path=value.source)
         scope.fail("prefix_reference", path=value.source or op)
 
     def forwards(self, value: Value, op: str, scope: Scope) -> None:
@@ -137,7 +137,7 @@ class Qe(Scheme):
         if child.encrypted is None:
             return
         if subtree(root, path).may_hold_encryption:
-            raise error("ENCRYPTED_PREFIX_OF_ENCRYPTED")
+            raise error("ENCRYPTED_PREFIX_OF_ENCRYPTED", path=path)
 
     # -- create, collMod, createIndexes ----------------------------------------------------------
 
@@ -270,7 +270,7 @@ def _prefix(leaf: Leaf, scope: Scope) -> list[Node]:
         if isinstance(operand, list):
             scope.fail("eq_array_prefix", expr=render({path: {"$eq": operand}}))
         if is_document(operand):
-            raise error("OBJECT_COMPARISON")
+            raise error("OBJECT_COMPARISON", path=path)
         return plain_leaf(leaf, scope)
     if op in ("$in", "$nin", "$all"):
         if not isinstance(operand, list):
@@ -281,8 +281,8 @@ def _prefix(leaf: Leaf, scope: Scope) -> list[Node]:
             if is_document(element):
                 if op == "$in" and any(isinstance(enc, EncryptedField) and enc.algorithm == RANGE
                                        for _, enc in leaves(subtree(scope.current, path))):
-                    raise error("IN_RANGE_PREFIX")
-                raise error("OBJECT_COMPARISON")
+                    raise error("IN_RANGE_PREFIX", path=path)
+                raise error("OBJECT_COMPARISON", path=path)
         return plain_leaf(leaf, scope)
     if op == "$not":
         return not_predicate(leaf, scope)
@@ -345,7 +345,7 @@ def _expression_comparison(name: str, arguments: list[Any], scope: Scope) -> Any
         # Outside a filter's $expr: an equality field's reference is refused as any other (6331102); a range
         # comparison cannot be rewritten there (7020507).
         if field.algorithm == RANGE:
-            raise error("EXPR_CONTEXT")
+            raise error("EXPR_CONTEXT", path=field.path)
         raise error("EXPRESSION", path=field.path)
     if field.algorithm == EQUALITY:
         if name not in ("$eq", "$ne"):
@@ -358,7 +358,7 @@ def _expression_comparison(name: str, arguments: list[Any], scope: Scope) -> Any
     if field.algorithm == RANGE:
         return ranges.expression_comparison(name, left, field, value, scope)
     if name in ("$eq", "$ne"):
-        raise error("NOT_EQUALITY_INDEXED")
+        raise error("NOT_EQUALITY_INDEXED", path=field.path)
     raise error("EXPRESSION", path=field.path)
 
 
@@ -373,7 +373,7 @@ def _expression_in(arguments: list[Any], scope: Scope) -> Any | None:
         value = expressions.reference(needle, scope)
         if value.node.encrypted is None and any(
                 isinstance(enc, EncryptedField) and enc.algorithm == RANGE for _, enc in leaves(value.node)):
-            raise error("EXPR_IN_RANGE_PREFIX")
+            raise error("EXPR_IN_RANGE_PREFIX", path=value.source)
     return None
 
 
@@ -384,7 +384,7 @@ def _range_in(left: Any, field: EncryptedField, values: list[Any], scope: Scope)
     but their bounds are not (its bounds check's answer is unused here), while NaN is refused (6991000).
     """
     if not scope.comparisons_allowed:
-        raise error("EXPR_IN_CONTEXT")
+        raise error("EXPR_IN_CONTEXT", path=field.path)
     alternatives = []
     for element in values:
         is_constant, constant = _constant(element)
@@ -392,7 +392,7 @@ def _range_in(left: Any, field: EncryptedField, values: list[Any], scope: Scope)
             raise error("NON_CONSTANT_COMPARISON", path=field.path)
         value = placeholders.range_value(field, constant)
         if is_nan(value):
-            raise error("BOUND_NAN_DECIMAL" if isinstance(value, Decimal128) else "BOUND_NAN")
+            raise error("BOUND_NAN_DECIMAL" if isinstance(value, Decimal128) else "BOUND_NAN", path=field.path)
         alternatives.append(ranges.two_sided(left, field, (value, True), (value, True), scope))
     return {"$or": alternatives}
 
@@ -401,14 +401,14 @@ def _in_list(field: EncryptedField, values: Any, scope: Scope) -> Any:
     if field.algorithm != EQUALITY:
         raise error("EXPRESSION", path=field.path)
     if not isinstance(values, list):
-        raise error("EXPR_IN_CONSTANT")
+        raise error("EXPR_IN_CONSTANT", path=field.path)
     if not scope.comparisons_allowed:
         raise error("EXPRESSION", path=field.path)
     marked = []
     for value in values:
         is_constant, constant = _constant(value)
         if not is_constant:
-            raise error("EXPR_IN_CONSTANT")
+            raise error("EXPR_IN_CONSTANT", path=field.path)
         if constant is None:
             raise error("null_in", path=field.path)
         marked.append({"$const": scope.analysis.marked(placeholders.equality_find_placeholder(field, constant))})
@@ -465,9 +465,9 @@ def _and(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
             infinite = isinstance(bound[0], float) and bound[0] in (placeholders.POSITIVE_INFINITY,
                                                                     placeholders.NEGATIVE_INFINITY)
             if not infinite and not ranges.within(field, bound[0]):
-                raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
+                raise error("EXPR_CLOSED_OUT_OF_BOUNDS", path=field.path)
         if not scope.comparisons_allowed:
-            raise error("EXPR_CONTEXT_AND")
+            raise error("EXPR_CONTEXT_AND", path=field.path)
         marked.append(ranges.two_sided(left, field, lower, upper, scope))
     return {"$and": marked}, computed
 
@@ -491,9 +491,9 @@ def _text(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
         raise error("TEXT_ON_NON_TEXT", op=op, path=field.path)
     is_constant, value = _constant(argument[key])
     if not is_constant:
-        raise error("TEXT_STRING", op=op, argument=key)
+        raise error("TEXT_STRING", op=op, argument=key, path=field.path)
     if not scope.comparisons_allowed:
-        raise error("EXPR_CONTEXT")
+        raise error("EXPR_CONTEXT", path=field.path)
     marked = scope.analysis.marked(placeholders.text_find_placeholder(field, op, value))
     return {op: {"input": argument["input"], key: {"$const": marked}}}, Value(COMPUTED, source=op)
 

@@ -18,6 +18,7 @@ from markd.analysis.match import ALWAYS_FALSE, FlatAnd
 from markd.analysis.qe import placeholders
 from markd.analysis.qe.errors import error
 from markd.analysis.qe.fields import Bound, EncryptedField, is_nan, numeric, tighter_lower, tighter_upper
+from markd.errors import CommandError
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +49,21 @@ def finish_and(nodes: list[Any], scope: Scope, in_and: bool) -> list[Any]:
     ranges: dict[str, list[RangeComparison]] = {}
     for node in nodes:
         if isinstance(node, NonRangeComparison):
-            raise error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.path,
-                        op=notation.quoted({node.path: {node.operator: node.value}}))
+            refusal = error("NOT_RANGE_INDEXED_IN_AND" if in_and else "NOT_RANGE_INDEXED", path=node.path,
+                            op=notation.quoted({node.path: {node.operator: node.value}}))
+            refusal.locate(operator=node.operator)
+            raise refusal
         if isinstance(node, RangeComparison):
             ranges.setdefault(node.path, []).append(node)
         else:
             finished.append(node)
     for path in sorted(ranges):
         comparisons = ranges[path]
-        predicates = range_predicates(comparisons[0].field, comparisons, scope)
+        try:
+            predicates = range_predicates(comparisons[0].field, comparisons, scope)
+        except CommandError as refusal:
+            refusal.locate(path=path, operator="/".join(dict.fromkeys(c.operator for c in comparisons)))
+            raise
         if predicates == [ALWAYS_FALSE]:
             return [dict(ALWAYS_FALSE)]
         finished.extend(predicates)
@@ -74,7 +81,11 @@ def range_predicates(field: EncryptedField, comparisons: list[RangeComparison], 
     lower: Bound | None = None
     upper: Bound | None = None
     for comparison in comparisons:
-        value = placeholders.range_value(field, comparison.value)
+        try:
+            value = placeholders.range_value(field, comparison.value)
+        except CommandError as refusal:
+            refusal.locate(operator=comparison.operator)
+            raise
         if is_nan(value):
             # mongocryptd checks bounds before NaN-ness, and NaN orders below every number: out of bounds.
             if len(comparisons) == 1 and comparison.operator != "$eq":
@@ -129,7 +140,7 @@ def in_values(field: EncryptedField, values: list[Any]) -> list[Any]:
     coerced = [placeholders.range_value(field, v) for v in values]
     nan = next((v for v in coerced if is_nan(v)), None)
     if nan is not None:
-        raise error("BOUND_NAN_DECIMAL" if isinstance(nan, Decimal128) else "BOUND_NAN")
+        raise error("BOUND_NAN_DECIMAL" if isinstance(nan, Decimal128) else "BOUND_NAN", path=field.path)
     unique: dict[Any, Any] = {}
     for value in coerced:
         unique.setdefault(numeric(value), value)
@@ -153,7 +164,7 @@ def expression_comparison(name: str, left: Any, field: EncryptedField, value: An
     """`{$gt: ["$f", c]}` -> `{$and: [{$gt: ["$f", P]}, {$lte: ["$f", P]}]}` with one two-sided placeholder P."""
     value = placeholders.range_value(field, value)
     if is_nan(value) or not within(field, value):
-        raise error("EXPR_OUT_OF_BOUNDS")
+        raise error("EXPR_OUT_OF_BOUNDS", path=field.path)
     lower, lower_included = value, name != "$gt"
     upper, upper_included = value, name != "$lt"
     if name in ("$gt", "$gte"):
@@ -186,7 +197,7 @@ def interval(field: EncryptedField, terms: list[tuple[str, Any]]) -> tuple[Bound
         constant = placeholders.range_value(field, constant)
         if is_nan(constant):
             # NaN orders below every number: out of the index's bounds, as mongocryptd finds it.
-            raise error("EXPR_CLOSED_OUT_OF_BOUNDS")
+            raise error("EXPR_CLOSED_OUT_OF_BOUNDS", path=field.path)
         if operator in ("$gt", "$gte", "$eq"):
             lower = tighter_lower(lower, (constant, operator != "$gt"))
         if operator in ("$lt", "$lte", "$eq"):
