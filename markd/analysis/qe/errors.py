@@ -149,6 +149,8 @@ ERRORS: dict[str, tuple[int, str]] = {
         "Comparison disallowed between Queryable Encryption encrypted fields and non-constant expressions; "
         "field '{path}' is encrypted.",
     ),
+    # The core's add_below_encrypted, met while encryptedFields are read (markd check: the rules are wrong).
+    "ADD_BELOW_ENCRYPTED": (51096, "Cannot add a field to an existing encrypted field"),
     "ENCRYPTED_PREFIX_OF_ENCRYPTED": (6316401, "Cannot add an encrypted field as a prefix of another encrypted field"),
     # commands
     "JSON_SCHEMA_VALIDATOR": (51092, "Invalid match expression operator on encrypted field: $jsonSchema"),

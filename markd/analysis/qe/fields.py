@@ -186,7 +186,7 @@ def build_tree(fields: tuple[EncryptedField, ...]) -> SchemaNode:
 
 def _add(current: SchemaNode, parts: tuple[str, ...], field: EncryptedField) -> SchemaNode:
     if current.encrypted is not None:
-        raise error("add_below_encrypted")
+        raise error("ADD_BELOW_ENCRYPTED")
     head = parts[0]
     existing = current.properties.get(head)
     if len(parts) == 1:
