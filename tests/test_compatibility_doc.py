@@ -20,7 +20,7 @@ import pytest
 from bson.binary import Binary
 from pymongo import MongoClient
 
-from tests.support.process import raw_command
+from tests.support.process import MarkdProcess, raw_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "compatibility.py"
@@ -139,3 +139,13 @@ def test_documented_rows_hold_against_markd(client: MongoClient[Any], area: str,
     documented = [row for row in _rows() if row.code == code and row.pattern.fullmatch(errmsg)]
     assert documented, f"no row of docs/compatibility.md for {code} matches {errmsg!r}"
     assert reply["codeName"] in {row.code_name for row in documented}
+
+
+def test_quoted_rows_print_types_under_redact_errors() -> None:
+    """A † row quotes a value; with --redactErrors markd prints the value's type in its place, as documented."""
+    row = next(row for row in _rows() if row.code == 51092 and "{expr}" in row.template_text)
+    command = {"find": "people", "filter": {"ssn": {"$regex": "^secret"}}, **CSFLE}
+    with MarkdProcess(args=["--redactErrors"]) as markd:
+        reply = raw_command(markd.client(), "db", command)
+    assert reply["errmsg"] == "Invalid match expression operator on encrypted field 'ssn': { ssn: { $regex: string } }"
+    assert row.pattern.fullmatch(str(reply["errmsg"]))
