@@ -68,6 +68,8 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
     ("Aggregation expressions", ("markd/analysis/expressions.py",)),
     ("Writes and updates", ("markd/analysis/update.py", "markd/analysis/documents.py")),
     ("Encrypted values, placeholders and comparisons", ("markd/analysis/",)),
+    ("markd check (offline, never a reply to a driver)", ("markd/checker.py", "markd/checkcli.py",
+                                                          "markd/refusals.py")),
 ]
 
 

@@ -608,7 +608,9 @@ def _count_result(result: dict[str, Any]) -> dict[str, Any]:
     if "skip" in values:
         skip = _whole(values["skip"], "skip")
         if skip < 0:
-            raise CommandError(9, f"Expected a non-negative number in: {notation.element('skip', values['skip'])}")
+            shown = notation.quoted_element("skip", values["skip"])
+            raise CommandError(9, f"Expected a non-negative number in: {shown.shown}",
+                               redacted=f"Expected a non-negative number in: {shown.redacted}")
         values["skip"] = skip
     if isinstance(values.get("hint"), str):
         values["hint"] = {"$hint": values["hint"]}

@@ -192,18 +192,22 @@ def _count(schema: Mapping[str, Any], keyword: str) -> None:
     if keyword not in schema:
         return
     value = schema[keyword]
-    shown = notation.element(keyword, value)
+    shown = notation.quoted_element(keyword, value)
+
+    def bad(message: str) -> NoReturn:
+        raise CommandError(9, message.format(shown.shown), redacted=message.format(shown.redacted))
+
     if not _is_number(value):
-        _bad(9, f"Expected a number in: {shown}")
+        bad("Expected a number in: {}")
     number = value.to_decimal() if isinstance(value, Decimal128) else value
     if number != number:
-        _bad(9, f"Expected an integer, but found NaN in: {shown}")
+        bad("Expected an integer, but found NaN in: {}")
     if number in (float("inf"), float("-inf")) or not -(2**63) <= number < 2**63:
-        _bad(9, f"Cannot represent as a 64-bit integer: {shown}")
+        bad("Cannot represent as a 64-bit integer: {}")
     if number != int(number):
-        _bad(9, f"Expected an integer: {shown}")
+        bad("Expected an integer: {}")
     if number < 0:
-        _bad(9, f"Expected a non-negative number in: {shown}")
+        bad("Expected a non-negative number in: {}")
 
 
 def _bound(schema: Mapping[str, Any], keyword: str, exclusive: str) -> None:
