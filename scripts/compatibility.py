@@ -1147,9 +1147,13 @@ PROVENANCE: dict[int, Provenance | list[tuple[str, Provenance]]] = {
     20: [("explain itself", C("command parsing: explain")),
          ("", U("no source seen; markd's table marks the code and wording unconfirmed"))],
     22: P("wire protocol: BSON validation of a message", "the text is markd's BSON decoder's"),
-    40: M("markd's code and wording for a malformed OP_MSG: mongod answers an illegal flag with IllegalOpMsgFlag "
-          "(223) 'Message contains illegal flags value: ...', bad sections with 40430-40433 or 40587, and treats "
-          "them as fatal to the connection"),
+    223: P("wire protocol: OpMsg parse, a required flag bit markd does not know",
+           "mongod answers as markd does; the connection stays open"),
+    40430: P("wire protocol: OpMsg parse, a second body section"),
+    40431: P("wire protocol: OpMsg parse, a document sequence given twice"),
+    40432: P("wire protocol: OpMsg parse, an unknown section kind"),
+    40433: P("wire protocol: OpMsg parse, a document sequence named like a body field"),
+    40587: P("wire protocol: OpMsg parse, no body section"),
     59: [("Explain failed", C("command parsing: explain of an unknown command")),
          ("", P("command dispatch: unknown command"))],
     72: P("update parser: a stage not allowed in a pipeline-style update"),

@@ -64,7 +64,7 @@ def test_scan_follows_wrappers_and_conditionals() -> None:
         (2, "$in needs an array"),  # match.bad_value
         (17081, "Missing 'then' parameter to $cond"),  # 17080 if name == "if" else 17081 if name == "then"
         (10774913, "The field 'max' is not allowed for text-based index but is present"),  # qe NOT_ALLOWED:*
-        (40, "Multiple body sections in message"),  # str(exc) of the OP_MSG decoder's ValueError
+        (22, "truncated BSON document"),  # str(exc) of the OP_MSG decoder's InvalidBSON
         (30050, "In an explain command the jsonSchema field must be top-level and not inside the command being "
                 "explained."),  # CommandError(*INNER_RULES_REFUSED[...])
     ]:

@@ -340,7 +340,7 @@ MARKD_CS_EXPORT uint8_t *mongo_crypt_v1_analyze_query(mongo_crypt_v1_query_analy
     uint32_t size = (uint32_t)document[0] | (uint32_t)document[1] << 8 | (uint32_t)document[2] << 16
                     | (uint32_t)document[3] << 24;
     if (size < 5 || size > INT32_MAX) {
-        status_set(status, MARKD_CS_ERROR_EXCEPTION, 40, "invalid BSON document length");
+        status_set(status, MARKD_CS_ERROR_EXCEPTION, 22, "invalid BSON document length");
         return NULL;
     }
     markd_cs_result result = {0};

@@ -159,12 +159,12 @@ def _cstring(data: bytes, offset: int, end: int) -> tuple[str, int]:
 
 def _bson_size(data: bytes, offset: int, end: int) -> int:
     if end - offset < 5:
-        raise ValueError("truncated BSON document")
+        raise InvalidBSON("truncated BSON document")
     size = _INT32.unpack_from(data, offset)[0]
     if size < 5 or offset + size > end or data[offset + size - 1] != 0:
-        raise ValueError("invalid BSON document length")
+        raise InvalidBSON("invalid BSON document length")
     if size > MAX_BSON_SIZE + 16 * 1024:
-        raise ValueError("BSON document too large")
+        raise InvalidBSON("BSON document too large")
     return size
 
 
@@ -174,7 +174,8 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
         raise ProtocolError("OP_MSG too short")
     flags = _UINT32.unpack_from(frame, HEADER_SIZE)[0]
     if flags & _REQUIRED_BITS & ~_KNOWN_FLAGS:
-        return OpMsg(request_id, flags, {}, CommandError(40, f"Unrecognized OP_MSG flags: {flags:x}"))
+        return OpMsg(request_id, flags, {}, CommandError(
+            223, f"Message contains illegal flags value: Flag_{flags:032b}", "IllegalOpMsgFlag"))
     if flags & FLAG_CHECKSUM_PRESENT:
         if end < HEADER_SIZE + 4 + 4 + 1:
             raise ProtocolError("OP_MSG too short for a checksum")
@@ -192,7 +193,7 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
             offset += 1
             if kind == 0:
                 if body is not None:
-                    raise ValueError("Multiple body sections in message")
+                    raise CommandError(40430, "Multiple body sections in message")
                 size = _bson_size(frame, offset, end)
                 body = view[offset : offset + size]
                 offset += size
@@ -210,16 +211,20 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 sequences.append((name, view[first:seq_end]))
                 offset = seq_end
             else:
-                raise ValueError(f"Unknown section kind {kind}")
+                raise CommandError(40432, f"Unknown section kind {kind}")
         if body is None:
-            raise ValueError("OP_MSG does not contain a body")
+            raise CommandError(40587, "OP_MSG messages must have a body")
         # One decode per section, which also validates every nested document and string; then
         # mongod's depth limit, per document as mongod reads them, before anything recurses into them.
         command = bsonvalues.decode(body)
         limits.check_bson_depth(command, len(body))
+        seen: set[str] = set()
         for name, section in sequences:
+            if name in seen:
+                raise CommandError(40431, f"Duplicate document sequence: {name}")
+            seen.add(name)
             if "." in name or name in command:
-                raise ValueError(f"Duplicate field {name} in OP_MSG document sequence and body")
+                raise CommandError(40433, f"Duplicate field between body and document sequence {name}")
             documents = bsonvalues.decode_sequence(section)
             if len(section) >= limits.MIN_BYTES_TOO_DEEP:
                 for document in documents:
@@ -233,7 +238,10 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
         if isinstance(exc, RecursionError) or (isinstance(exc, InvalidBSON) and "maximum recursion depth" in str(exc)):
             # pymongo's decoder gives up on nesting deeper than the interpreter's recursion limit.
             return OpMsg(request_id, flags, {}, limits.too_deep_error())
-        return OpMsg(request_id, flags, {}, CommandError(22 if isinstance(exc, InvalidBSON) else 40, str(exc)))
+        if not isinstance(exc, InvalidBSON):
+            # Sections that do not tile the message: nothing in it can be trusted, so the connection closes.
+            raise ProtocolError(f"invalid OP_MSG sections: {type(exc).__name__}") from exc
+        return OpMsg(request_id, flags, {}, CommandError(22, str(exc)))
     return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
 
 
