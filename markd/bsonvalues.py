@@ -13,7 +13,7 @@ import datetime
 import re
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import bson
 from bson import DBRef, Decimal128, Int64, ObjectId, Regex, Timestamp
@@ -141,6 +141,50 @@ class DuplicateKeys(dict):  # type: ignore[type-arg]
         self.nested = nested
 
 
+class ExactDocument(dict):  # type: ignore[type-arg]
+    """A decoded document that keeps the exact bytes it was decoded from (`raw`), and so cannot change.
+
+    The caches of parsed rules are keyed by `raw` (sliced from the request, never re-encoded), and
+    encoding one writes `raw` itself: pymongo's encoder copies any value marked as a raw document
+    (`_type_marker` 101). Python code cannot modify it (copy it with `dict()` first); the decoder
+    fills it through the C API.
+    """
+
+    __slots__ = ("raw",)
+    _type_marker = 101
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("an ExactDocument cannot change: copy it with dict() first")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return exact_document, (dict(self), self.raw)
+
+
+def exact_document(document: dict[str, Any], raw: bytes) -> ExactDocument:
+    """`document` (decoded from exactly `raw`) as an ExactDocument."""
+    exact = ExactDocument(document)
+    exact.raw = raw
+    return exact
+
+
+class EncryptedBinData(Binary):
+    """BinData of subtype 6 (BSON's encrypted-value subtype, which placeholders use), built in one C call.
+
+    `Binary(data, 6)` checks its arguments in Python on every call; a placeholder's bytes are built by
+    markd itself, so they need none of that: `EncryptedBinData(data)` is a Binary equal to
+    `Binary(data, 6)` in every way (type marker, subtype, equality, hash, encoding).
+    """
+
+    _Binary__subtype = 6  # what Binary's methods read (an instance attribute in a plain Binary)
+    subtype = 6  # read by pymongo's encoder for every value: a class attribute, not Binary's property
+    __new__ = bytes.__new__  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Binary, (bytes(self), 6)
+
+
 def has_duplicates(document: Any) -> bool:
     """True when `document` (a decoded command) named some field twice, at any depth."""
     return isinstance(document, DuplicateKeys)
@@ -167,11 +211,13 @@ def first_duplicate(value: Any, path: str = "") -> str | None:
 
 def decode(data: bytes | memoryview) -> dict[str, Any]:
     """BSON bytes to a dict whose values re-encode to the same bytes."""
+    if type(data) is not bytes:
+        data = bytes(data)  # bytes == memoryview compares byte by byte in Python's slow path: copy once instead
     document = bson.decode(data, CODEC_OPTIONS)
     if bson.encode(document, codec_options=CODEC_OPTIONS) == data:
         return document
     try:
-        return _decode_document(bytes(data), 0)
+        return _decode_document(data, 0)
     except (UnicodeDecodeError, ValueError, IndexError, struct.error) as exc:
         # pymongo's decoder skips array keys, so bytes it accepted can still be malformed here.
         raise InvalidBSON(f"invalid BSON: {exc}") from exc
@@ -179,11 +225,13 @@ def decode(data: bytes | memoryview) -> dict[str, Any]:
 
 def decode_sequence(data: bytes | memoryview) -> list[dict[str, Any]]:
     """Concatenated BSON documents (an OP_MSG kind-1 section) to dicts, with `decode`'s exactness."""
+    if type(data) is not bytes:
+        data = bytes(data)
     documents: list[dict[str, Any]] = bson.decode_all(data, CODEC_OPTIONS)
     encoded = b"".join(bson.encode(document, codec_options=CODEC_OPTIONS) for document in documents)
     if encoded == data:
         return documents
-    raw = bytes(data)
+    raw = data
     exact: list[dict[str, Any]] = []
     offset = 0
     while offset < len(raw):
@@ -199,6 +247,57 @@ def encode(document: Mapping[str, Any]) -> bytes:
         return bson.encode(document, codec_options=CODEC_OPTIONS)
     except InvalidDocument:
         return _encode_document(document)
+
+
+def elements(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int, int, int]]:
+    """(name, type, element start, value start, value end) of each element of the document data[start:end],
+    the name as its bytes.
+
+    Only the framing is checked (each element within the document, known types): ValueError (or
+    IndexError, struct.error) otherwise. Names and values are not validated: a decoder does that."""
+    last = end - 1
+    if end - start < 5 or _INT32.unpack_from(data, start)[0] != end - start or data[last] != 0:
+        raise ValueError("invalid document length")
+    found: list[tuple[bytes, int, int, int, int]] = []
+    offset = start + 4
+    index = data.index
+    unpack = _INT32.unpack_from
+    while offset < last:
+        kind = data[offset]
+        name_end = index(b"\x00", offset + 1, last)
+        value_start = name_end + 1
+        size = _VALUE_SIZES[kind]
+        if size < 0:
+            if size == _SIZED_STRING:
+                size = 4 + unpack(data, value_start)[0]
+            elif size == _SIZED_DOCUMENT:
+                size = unpack(data, value_start)[0]
+            elif size == _SIZED_BINARY:
+                size = 5 + unpack(data, value_start)[0]
+            elif size == _TWO_CSTRINGS:
+                size = index(b"\x00", index(b"\x00", value_start, last) + 1, last) + 1 - value_start
+            elif size == _SIZED_DBPOINTER:
+                size = 16 + unpack(data, value_start)[0]
+            else:
+                raise ValueError(f"unknown BSON type {kind:#x}")
+            if size < 0:
+                raise ValueError("negative length")
+        value_end = value_start + size
+        found.append((data[offset + 1 : name_end], kind, offset, value_start, value_end))
+        offset = value_end
+    if offset != last:
+        raise ValueError("element runs past its document")
+    return found
+
+
+# Value sizes by type byte for `elements`: fixed sizes, or how to read a variable one.
+_SIZED_STRING, _SIZED_DOCUMENT, _SIZED_BINARY, _TWO_CSTRINGS, _SIZED_DBPOINTER, _UNKNOWN_TYPE = -1, -2, -3, -4, -5, -6
+_VALUE_SIZES = [_UNKNOWN_TYPE] * 256
+for _kind, _size in ((0x01, 8), (0x09, 8), (0x11, 8), (0x12, 8), (0x06, 0), (0x0A, 0), (0xFF, 0), (0x7F, 0),
+                     (0x07, 12), (0x08, 1), (0x10, 4), (0x13, 16), (0x02, _SIZED_STRING), (0x0D, _SIZED_STRING),
+                     (0x0E, _SIZED_STRING), (0x03, _SIZED_DOCUMENT), (0x04, _SIZED_DOCUMENT), (0x0F, _SIZED_DOCUMENT),
+                     (0x05, _SIZED_BINARY), (0x0B, _TWO_CSTRINGS), (0x0C, _SIZED_DBPOINTER)):
+    _VALUE_SIZES[_kind] = _size
 
 
 def _cstring_end(data: bytes, offset: int) -> int:

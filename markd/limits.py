@@ -31,25 +31,52 @@ def too_deep_error() -> CommandError:
     return CommandError(15, f"BSONObj exceeded maximum nested object depth: {MAX_BSON_DEPTH}", "Overflow")
 
 
-def check_bson_depth(document: Any, size: int | None = None) -> None:
-    """Overflow (15) when `document` (decoded) nests more than MAX_BSON_DEPTH levels below its top."""
+def check_bson_depth(document: Any, size: int | None = None, level: int = 0) -> None:
+    """Overflow (15) when `document` (decoded, itself `level` levels below the top) nests more than
+    MAX_BSON_DEPTH levels below the top."""
     if size is not None and size < MIN_BYTES_TOO_DEEP:
         return
-    # (container, depth) pairs; the top-level document is depth 0, as in mongod's validator.
+    if exceeds_depth(document, level):
+        raise too_deep_error()
+
+
+def exceeds_depth(document: Any, level: int = 0) -> bool:
+    """Whether `document` (itself `level` levels below the top) holds something deeper than MAX_BSON_DEPTH."""
+    return level + nesting(document, MAX_BSON_DEPTH - level) > MAX_BSON_DEPTH
+
+
+def could_be_too_deep(data: bytes, start: int, end: int) -> bool:
+    """False when the BSON in data[start:end] cannot nest beyond MAX_BSON_DEPTH: each level needs an element
+    of type document, array or code-with-scope, i.e. one of those type bytes somewhere in it."""
+    if end - start < MIN_BYTES_TOO_DEEP:
+        return False
+    containers = data.count(b"\x03", start, end) + data.count(b"\x04", start, end) + data.count(b"\x0f", start, end)
+    return containers > MAX_BSON_DEPTH
+
+
+def nesting(document: Any, limit: int = MAX_BSON_DEPTH) -> int:
+    """How many levels of documents, arrays and scopes lie below `document` (0 for one holding none),
+    counted up to `limit` + 1 at most (enough to tell that a limit is exceeded)."""
+    deepest = 0
+    # (container, depth) pairs; `document` itself is depth 0, as the top of mongod's validator.
     pending: list[tuple[Any, int]] = [(document, 0)]
     while pending:
         value, depth = pending.pop()
         children = value.values() if isinstance(value, dict) else value
         for child in children:
             if isinstance(child, (dict, list)):
-                if depth + 1 > MAX_BSON_DEPTH:
-                    raise too_deep_error()
-                if child:
-                    pending.append((child, depth + 1))
+                inner = child
             elif hasattr(child, "scope") and isinstance(child.scope, dict):  # code with scope
-                if depth + 1 > MAX_BSON_DEPTH:
-                    raise too_deep_error()
-                pending.append((child.scope, depth + 1))
+                inner = child.scope
+            else:
+                continue
+            if depth + 1 > deepest:
+                deepest = depth + 1
+                if deepest > limit:
+                    return deepest
+            if inner:
+                pending.append((inner, depth + 1))
+    return deepest
 
 
 def check_sub_pipelines(command: dict[str, Any]) -> None:
