@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+from bson import Int64
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON
 
 from markd import bsonvalues, limits
+from markd.cache import ByteLRU
 from markd.errors import CommandError
 from markd.wire.crc32c import crc32c
 
@@ -183,9 +185,8 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
         expected = _UINT32.unpack_from(frame, end)[0]
         if crc32c(memoryview(frame)[:end]) != expected:
             return OpMsg(request_id, flags, {}, CommandError(282, "OP_MSG checksum does not match contents"))
-    body: memoryview | None = None
-    sequences: list[tuple[str, memoryview]] = []
-    view = memoryview(frame)
+    body: tuple[int, int] | None = None  # (start, end) in the frame
+    sequences: list[tuple[str, int, int, list[tuple[int, int, int]]]] = []  # (identifier, start, end, long documents)
     offset = HEADER_SIZE + 4
     try:
         while offset < end:
@@ -195,7 +196,7 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                 if body is not None:
                     raise CommandError(40430, "Multiple body sections in message")
                 size = _bson_size(frame, offset, end)
-                body = view[offset : offset + size]
+                body = (offset, offset + size)
                 offset += size
             elif kind == 1:
                 if end - offset < 4:
@@ -206,9 +207,16 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
                     raise ValueError("invalid document sequence length")
                 name, pos = _cstring(frame, offset + 4, seq_end)
                 first = pos
+                # (index, start, end) of the documents long enough to be nested too deep
+                long_documents: list[tuple[int, int, int]] = []
+                count = 0
                 while pos < seq_end:  # the documents must tile the section exactly
-                    pos += _bson_size(frame, pos, seq_end)
-                sequences.append((name, view[first:seq_end]))
+                    document_size = _bson_size(frame, pos, seq_end)
+                    if document_size >= limits.MIN_BYTES_TOO_DEEP:
+                        long_documents.append((count, pos, pos + document_size))
+                    pos += document_size
+                    count += 1
+                sequences.append((name, first, seq_end, long_documents))
                 offset = seq_end
             else:
                 raise CommandError(40432, f"Unknown section kind {kind}")
@@ -216,19 +224,18 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
             raise CommandError(40587, "OP_MSG messages must have a body")
         # One decode per section, which also validates every nested document and string; then
         # mongod's depth limit, per document as mongod reads them, before anything recurses into them.
-        command = bsonvalues.decode(body)
-        limits.check_bson_depth(command, len(body))
+        command = _decode_body(frame, *body)
         seen: set[str] = set()
-        for name, section in sequences:
+        for name, first, seq_end, long_documents in sequences:
             if name in seen:
                 raise CommandError(40431, f"Duplicate document sequence: {name}")
             seen.add(name)
             if "." in name or name in command:
                 raise CommandError(40433, f"Duplicate field between body and document sequence {name}")
-            documents = bsonvalues.decode_sequence(section)
-            if len(section) >= limits.MIN_BYTES_TOO_DEEP:
-                for document in documents:
-                    limits.check_bson_depth(document)
+            documents = bsonvalues.decode_sequence(frame[first:seq_end])
+            for index, document_start, document_end in long_documents:
+                if limits.could_be_too_deep(frame, document_start, document_end):
+                    limits.check_bson_depth(documents[index])
             command[name] = documents
             if not bsonvalues.has_duplicates(command) and any(map(bsonvalues.has_duplicates, documents)):
                 command = bsonvalues.DuplicateKeys(command, nested=True)
@@ -242,7 +249,153 @@ def _parse_op_msg(frame: bytes, request_id: int) -> OpMsg:
             # Sections that do not tile the message: nothing in it can be trusted, so the connection closes.
             raise ProtocolError(f"invalid OP_MSG sections: {type(exc).__name__}") from exc
         return OpMsg(request_id, flags, {}, CommandError(22, str(exc)))
-    return OpMsg(request_id, flags, command, None, tuple(name for name, _ in sequences))
+    return OpMsg(request_id, flags, command, None, tuple(name for name, *_ in sequences))
+
+
+# -- the body: encryption rules kept with their exact bytes ----------------------------------------------
+
+# Command fields that carry encryption rules (also inside `explain`, and `nsInfo`'s entries for bulkWrite).
+# Each is decoded once per distinct value and kept as an ExactDocument: the parsed-rules caches are keyed
+# by the bytes the client sent, and a cached schema is neither decoded nor re-encoded again.
+RULE_FIELDS = frozenset({"jsonSchema", "encryptionInformation", "csfleEncryptionSchemas"})
+_RULE_FIELD_NAMES = {name.encode(): name for name in RULE_FIELDS}
+# Decoded rules by a fingerprint of their bytes (length, first and last bytes); a hit is confirmed by
+# comparing the whole bytes, so a lookup costs a memcmp however large the rules are.
+_FINGERPRINT_BYTES = 64
+RULES_COST = 4  # a decoded document costs about this many times its bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodedRules:
+    raw: bytes
+    document: bsonvalues.ExactDocument
+    nesting: int  # limits.nesting of the document
+
+
+_RULES: ByteLRU[tuple[int, bytes, bytes], _DecodedRules] = ByteLRU()
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodedBody:
+    raw: bytes
+    command: dict[str, Any]  # never handed out: callers get a copy
+
+
+# Bodies that hold nothing but scalars and rules (an insert's: its documents come in a sequence) are the
+# same request after request: decoded once, then copied (the copy is the command; nothing in it can change).
+_SCALARS = frozenset({str, int, float, bool, type(None), Int64})
+_BODIES: ByteLRU[tuple[int, bytes, bytes], _DecodedBody] = ByteLRU()
+
+
+def _decode_body(frame: bytes, start: int, end: int) -> dict[str, Any]:
+    """The body section, exactly typed and checked for depth; rules fields as ExactDocuments."""
+    if b"Schema" in frame or b"encryptionInformation" in frame:  # jsonSchema, csfleEncryptionSchemas
+        key = _fingerprint(frame, start, end)
+        cached = _BODIES.get(key)
+        if cached is not None and frame.startswith(cached.raw, start):
+            return dict(cached.command)
+        try:
+            kept = _decode_keeping_rules(frame, start, end, 0)
+        except (ValueError, InvalidBSON, struct.error, IndexError, RecursionError):
+            kept = None  # malformed somewhere: the whole body is decoded below, for the error it gives
+        if kept is not None:
+            command, too_deep = kept
+            if too_deep:
+                raise limits.too_deep_error()
+            if all(type(value) in _SCALARS or type(value) is bsonvalues.ExactDocument for value in command.values()):
+                _BODIES.put(key, _DecodedBody(frame[start:end], command), RULES_COST * (end - start))
+                return dict(command)
+            return command
+    command = bsonvalues.decode(frame[start:end])
+    if limits.could_be_too_deep(frame, start, end):
+        limits.check_bson_depth(command)
+    return command
+
+
+def _decode_keeping_rules(data: bytes, start: int, end: int, level: int) -> tuple[dict[str, Any], bool] | None:
+    """(the document at data[start:end], whether it nests too deep), its rules fields kept exact; None when
+    it holds none, or something (a repeated name, a malformed element) is for the plain decode to report."""
+    elements = bsonvalues.elements(data, start, end)
+    kept: dict[int, tuple[str, Any]] = {}  # element index -> (name, value)
+    too_deep = False
+    for index, (name, kind, _element_start, value_start, value_end) in enumerate(elements):
+        if kind == 0x03 and name in _RULE_FIELD_NAMES:
+            rules = _decoded_rules(data, value_start, value_end)
+            if rules is None:
+                return None
+            kept[index] = (_RULE_FIELD_NAMES[name], rules.document)
+            too_deep = too_deep or level + 1 + rules.nesting > limits.MAX_BSON_DEPTH
+        elif kind == 0x03 and name == b"explain" and level == 0:
+            inner = _decode_keeping_rules(data, value_start, value_end, level + 1)
+            if inner is not None:
+                kept[index] = ("explain", inner[0])
+                too_deep = too_deep or inner[1]
+        elif kind == 0x04 and name == b"nsInfo" and level == 0:
+            entries = _ns_info(data, value_start, value_end, level + 1)
+            if entries is not None:
+                kept[index] = ("nsInfo", entries[0])
+                too_deep = too_deep or entries[1]
+    if not kept:
+        return None
+    rest = b"".join([data[element[2] : element[4]] for index, element in enumerate(elements) if index not in kept])
+    rest_document = _INT32.pack(len(rest) + 5) + rest + b"\x00"
+    decoded = bsonvalues.decode(rest_document)
+    names = [name for name, _ in kept.values()]
+    if type(decoded) is not dict or len(set(names)) != len(names) or any(name in decoded for name in names):
+        return None  # a name given twice: DuplicateKeys are the plain decode's
+    if limits.could_be_too_deep(rest_document, 0, len(rest_document)):
+        too_deep = too_deep or limits.exceeds_depth(decoded, level)
+    # The document in its own order: kept values where they were, the rest between them.
+    command: dict[str, Any] = {}
+    others = iter(decoded.items())
+    for index in range(len(elements)):
+        name, value = kept[index] if index in kept else next(others)
+        command[name] = value
+    return command, too_deep
+
+
+def _ns_info(data: bytes, start: int, end: int, level: int) -> tuple[list[Any], bool] | None:
+    """bulkWrite's nsInfo (an array at `level`) with each entry's encryptionInformation kept exact."""
+    entries = bsonvalues.elements(data, start, end)
+    if any(kind != 0x03 or name != str(index).encode() for index, (name, kind, *_) in enumerate(entries)):
+        return None
+    decoded: list[Any] = []
+    kept_any = too_deep = False
+    for _name, _kind, _element_start, value_start, value_end in entries:
+        entry = _decode_keeping_rules(data, value_start, value_end, level + 1)
+        if entry is None:
+            plain = bsonvalues.decode(data[value_start:value_end])
+            if type(plain) is not dict:
+                return None
+            entry = (plain, limits.exceeds_depth(plain, level + 1))
+        else:
+            kept_any = True
+        decoded.append(entry[0])
+        too_deep = too_deep or entry[1]
+    return (decoded, too_deep) if kept_any else None
+
+
+def _fingerprint(data: bytes, start: int, end: int) -> tuple[int, bytes, bytes]:
+    size = end - start
+    if size <= 2 * _FINGERPRINT_BYTES:
+        return (size, data[start:end], b"")
+    return (size, data[start : start + _FINGERPRINT_BYTES], data[end - _FINGERPRINT_BYTES : end])
+
+
+def _decoded_rules(data: bytes, start: int, end: int) -> _DecodedRules | None:
+    """The rules document at data[start:end], decoded once per distinct bytes; None if it repeats a name."""
+    size = end - start
+    key = _fingerprint(data, start, end)
+    cached = _RULES.get(key)
+    if cached is not None and data.startswith(cached.raw, start):
+        return cached
+    raw = data[start:end]
+    decoded = bsonvalues.decode(raw)
+    if type(decoded) is not dict:
+        return None  # DuplicateKeys: refused by the rules' parser, from the plain decode
+    rules = _DecodedRules(raw, bsonvalues.exact_document(decoded, raw), limits.nesting(decoded))
+    _RULES.put(key, rules, RULES_COST * size)
+    return rules
 
 
 def _parse_op_query(frame: bytes, request_id: int) -> OpQuery:
