@@ -95,24 +95,28 @@ class Encrypted(Encryption):
 
 # -- parsing -------------------------------------------------------------------------------------------
 
-# Parsed schemas by their bytes, bounded by entries and bytes (--schemaCacheMB): a parsed tree costs
-# about what its source does, a few times over.
-_CACHE: ByteLRU[bytes, Schema] = ByteLRU()
+# Parsed schemas by their bytes and isRemoteSchema, bounded by entries and bytes (--schemaCacheMB): a
+# parsed tree costs about what its source does, a few times over.
+_CACHE: ByteLRU[tuple[bytes, bool], Schema] = ByteLRU()
 PARSED_COST = 4
 
 
 def parse(schema: Mapping[str, Any], remote: bool) -> Schema:
-    """The EncryptionSchema for a jsonSchema, validated as mongocryptd does; cached by its bytes."""
+    """The EncryptionSchema for a jsonSchema, validated as mongocryptd does; cached by its bytes.
+
+    A schema from a request (an ExactDocument) is keyed by the bytes the client sent, whose hash is
+    computed once per distinct schema: a hit costs the same whatever the schema's size."""
     if bsonvalues.has_duplicates(schema):
-        # Checked before the cache: its key is the schema re-encoded, where a repeated name is gone.
+        # Checked before the cache: a schema re-encoded for its key has lost its repeated name.
         _refuse_duplicates(schema)
-    key = bsonvalues.encode({"s": schema, "r": remote})
+    source = schema.raw if type(schema) is bsonvalues.ExactDocument else bsonvalues.encode(schema)
+    key = (source, remote)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
     _check_json_schema(schema)
     parsed = Schema(_build(schema, remote, allow_encrypt=True, inherited={}, top_level=True), remote)
-    _CACHE.put(key, parsed, PARSED_COST * len(key))
+    _CACHE.put(key, parsed, PARSED_COST * len(source))
     return parsed
 
 

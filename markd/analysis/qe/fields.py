@@ -1,6 +1,6 @@
 """encryptedFields -> an immutable, validated tree that answers "what is at this path?".
 
-Parsed once per distinct `encryptionInformation` (cached by its encoded bytes). Validation follows
+Parsed once per distinct `encryptionInformation` (cached by its bytes). Validation follows
 the server's encryptedFields rules (types per index kind, range min/max/precision/sparsity/trimFactor,
 text-search lengths and flags), with mongocryptd's codes from `errors.ERRORS`.
 """
@@ -471,7 +471,7 @@ PARSED_COST = 4
 
 
 def _parse(encoded: bytes) -> EncryptionInformation:
-    raw = bsonvalues.decode(encoded)["i"]
+    raw = bsonvalues.decode(encoded)
     if not isinstance(raw, Mapping):
         raise error("INFO_NOT_OBJECT")
     kind = raw.get("type", 1)
@@ -490,9 +490,10 @@ def parse_encryption_information(raw: Any) -> EncryptionInformation:
     if not isinstance(raw, Mapping):
         raise error("INFO_NOT_OBJECT")
     if bsonvalues.has_duplicates(raw):
-        # Checked before the cache: its key is the document re-encoded, where a repeated name is gone.
+        # Checked before the cache: a document re-encoded for its key has lost its repeated name.
         _refuse_duplicates(raw)
-    encoded = bsonvalues.encode({"i": raw})
+    # From a request (an ExactDocument): keyed by the bytes the client sent, hashed once per distinct value.
+    encoded = raw.raw if type(raw) is bsonvalues.ExactDocument else bsonvalues.encode(raw)
     parsed = _CACHE.get(encoded)
     if parsed is None:
         parsed = _parse(encoded)
