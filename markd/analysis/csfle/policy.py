@@ -212,6 +212,9 @@ def _in_values(leaf: Leaf, metadata: Metadata, scope: Scope) -> list[Any]:
                 marked.append(element)
         return plain_in_values(marked)
     assert isinstance(metadata, Encrypted)
+    marked_at_once = placeholders.placeholders_for_in(metadata, values, scope)
+    if marked_at_once is not None:
+        return marked_at_once
     equalities: list[Any] = []
     for index, element in enumerate(values):
         if is_regex(element):

@@ -9,6 +9,7 @@ expands into tokens: see libmongocrypt's mc-fle2-encryption-placeholder.c for th
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from bson import Int64
@@ -25,10 +26,12 @@ from markd.analysis.qe.fields import (
     EncryptedField,
     QueryConfig,
 )
+from markd.bsonvalues import EncryptedBinData
 
 INSERT, FIND = 1, 2
 PLACEHOLDER_SUBTYPE = 6
 FLE2_PLACEHOLDER = b"\x03"
+_INT32 = struct.Struct("<i")
 
 # Range operators as libmongocrypt numbers them (Fle2RangeOperator).
 GT, GTE, LT, LTE = 1, 2, 3, 4
@@ -46,17 +49,33 @@ TEXT_OPERATORS = {
 
 
 def _placeholder(kind: int, field: EncryptedField, algorithm: int, value: Any, sparsity: int | None = None) -> Binary:
-    document: dict[str, Any] = {
-        "t": kind,
-        "a": algorithm,
-        "ki": field.key_id,
-        "ku": field.key_id,
-        "v": value,
-        "cm": Int64(field.contention),
-    }
+    """0x03 then BSON {t, a, ki, ku, v, cm[, s]}: the elements around `v` are encoded once per field."""
+    head, tail = _frame(field, kind, algorithm, sparsity)
+    value_element = bsonvalues.encode({"v": value})[4:-1]
+    size = 5 + len(head) + len(value_element) + len(tail)
+    return EncryptedBinData(b"".join((FLE2_PLACEHOLDER, _INT32.pack(size), head, value_element, tail, b"\x00")))
+
+
+# (field, t, a, s) -> the elements before and after `v`, per EncryptedField by identity (the entry holds
+# the field, so its id cannot be reused while cached).
+_FRAMES: dict[tuple[int, int, int, int | None], tuple[EncryptedField, bytes, bytes]] = {}
+_FRAMES_LIMIT = 4096
+
+
+def _frame(field: EncryptedField, kind: int, algorithm: int, sparsity: int | None) -> tuple[bytes, bytes]:
+    key = (id(field), kind, algorithm, sparsity)
+    entry = _FRAMES.get(key)
+    if entry is not None and entry[0] is field:
+        return entry[1], entry[2]
+    head = bsonvalues.encode({"t": kind, "a": algorithm, "ki": field.key_id, "ku": field.key_id})[4:-1]
+    after: dict[str, Any] = {"cm": Int64(field.contention)}
     if sparsity is not None:
-        document["s"] = Int64(sparsity)
-    return Binary(FLE2_PLACEHOLDER + bsonvalues.encode(document), PLACEHOLDER_SUBTYPE)
+        after["s"] = Int64(sparsity)
+    tail = bsonvalues.encode(after)[4:-1]
+    if len(_FRAMES) >= _FRAMES_LIMIT:
+        _FRAMES.clear()
+    _FRAMES[key] = (field, head, tail)
+    return head, tail
 
 
 def is_placeholder(value: Any) -> bool:
