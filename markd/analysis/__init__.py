@@ -61,13 +61,9 @@ def _scheme(command: Mapping[str, Any]) -> Any:
     # bulkWrite's rules are in nsInfo: mongocryptd reads it as Queryable Encryption's (CSFLE has none).
     if _carries(command, QE_FIELD) or (next(iter(command), "") == "bulkWrite"
                                        and not any(field in command for field in CSFLE_FIELDS)):
-        from markd.analysis.qe.policy import SCHEME
-
-        return SCHEME
+        return _core().qe
     if any(_carries(command, field) for field in CSFLE_FIELDS):
-        from markd.analysis.csfle.policy import SCHEME as CSFLE
-
-        return CSFLE
+        return _core().csfle
     # Without encryption rules there is nothing to prove a value safe against: refuse, as mongocryptd
     # does (aggregate, which may name several namespaces, with its own wording).
     name = next(iter(command), "")
@@ -88,11 +84,35 @@ def _namespace(command: Mapping[str, Any], name: str, database: str) -> str:
     return f"{database}.{command.get(name)}"
 
 
+class _Core:
+    """The analysis modules, imported on first use (`import markd.analysis` stays cheap for tools that only
+    need MARKING_COMMANDS) and then held here: an import statement in a function costs a microsecond
+    or so on every call."""
+
+    def __init__(self) -> None:
+        from markd.analysis import commands
+        from markd.analysis.csfle.policy import SCHEME as CSFLE
+        from markd.analysis.qe.policy import SCHEME as QE
+
+        self.commands = commands
+        self.csfle = CSFLE
+        self.qe = QE
+
+
+_loaded: _Core | None = None
+
+
+def _core() -> _Core:
+    global _loaded
+    if _loaded is None:
+        _loaded = _Core()
+    return _loaded
+
+
 def _analyse(command: Mapping[str, Any], parameters: Mapping[str, Any], database: str
              ) -> tuple[dict[str, Any], bool, bool]:
     """(result, hasEncryptionPlaceholders, schemaRequiresEncryption) for one (non-explain) command."""
-    from markd.analysis import commands
-
+    commands = _core().commands
     if not command:
         raise CommandError(59, "no such command: ''", "CommandNotFound")
     name = next(iter(command))
@@ -136,8 +156,7 @@ INNER_RULES_REFUSED = {
 
 
 def _explain(command: Mapping[str, Any], in_process: bool) -> tuple[dict[str, Any], bool, bool]:
-    from markd.analysis import commands
-
+    commands = _core().commands
     inner = command.get("explain")
     if not isinstance(inner, Mapping):
         raise CommandError(14, "BSON field 'explain.explain' is the wrong type "

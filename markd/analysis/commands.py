@@ -220,7 +220,7 @@ def _documents(name: str, value: Any, command: Command) -> Any:
 
 
 def mark_inserted(document: Mapping[str, Any], command: Command) -> dict[str, Any]:
-    scope = command.scope().for_document(document)
+    scope = command.scope(document=document)
     check_inserted(document, scope)
     if not scope.current.may_hold_encryption:
         return dict(document)

@@ -30,12 +30,35 @@ def mark_document(document: Mapping[str, Any], current: SchemaNode, prefix: str,
     `scalars_on_prefixes=False` ($set) refuses a non-object where an object holding encrypted fields
     belongs: it would remove the encrypted fields (51159).
     """
-    marked: dict[str, Any] = {}
+    if not _named_only(current):
+        marked: dict[str, Any] = {}
+        for name, value in document.items():
+            path = paths.join(prefix, name) if prefix else name
+            marked[name] = mark_value(value, child(current, name, prefix), path, scope, mark,
+                                      scalars_on_prefixes=scalars_on_prefixes)
+        return marked
+    # Only named properties can hold encryption here: every other field is copied as it is, and only
+    # the fields those properties govern are looked at (in the document's order, for the first refusal).
+    properties = current.properties
+    copied = dict(document)
     for name, value in document.items():
+        governing = properties.get(name)
+        if governing is None or not (governing.encrypted is not None or governing.unknown
+                                     or governing.contains_encrypted):
+            continue
         path = paths.join(prefix, name) if prefix else name
-        marked[name] = mark_value(value, child(current, name, prefix), path, scope, mark,
-                                  scalars_on_prefixes=scalars_on_prefixes)
-    return marked
+        copied[name] = mark_value(value, governing, path, scope, mark, scalars_on_prefixes=scalars_on_prefixes)
+    return copied
+
+
+def _named_only(current: SchemaNode) -> bool:
+    """True when only `current.properties` can govern a field that may hold encryption: no pattern (a name
+    it matches would have two subschemas, which `child` checks for conflicts), and no additionalProperties
+    that may hold encryption. `child` then gives a property's own node, and to any other name a node
+    holding no encryption, which leaves its value as it is."""
+    additional = current.additional
+    return (current.encrypted is None and not current.unknown and not current.patterns
+            and (additional is None or not additional.may_hold_encryption))
 
 
 def mark_value(value: Any, current: SchemaNode, path: str, scope: Scope, mark: Marker, *,

@@ -21,14 +21,12 @@ safe).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import ctypes
 import ctypes.util
 import functools
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -86,15 +84,22 @@ class Meter:
 _meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("markd_pattern_meter", default=None)
 
 
-@contextlib.contextmanager
-def metered(limit: float = DEFAULT_LIMIT_SECS, slice_secs: float | None = None) -> Iterator[Meter]:
-    """Run one command under a fresh meter (the server wraps each command in this)."""
-    meter = Meter(limit, slice_secs)
-    token = _meter.set(meter)
-    try:
-        yield meter
-    finally:
-        _meter.reset(token)
+class metered:  # lower case: used like the function it replaced, `with metered(...) as meter`
+    """Run one command under a fresh meter (the server wraps each command in this).
+
+    A class rather than a @contextmanager generator: it is entered for every command."""
+
+    __slots__ = ("meter", "token")
+
+    def __init__(self, limit: float = DEFAULT_LIMIT_SECS, slice_secs: float | None = None) -> None:
+        self.meter = Meter(limit, slice_secs)
+
+    def __enter__(self) -> Meter:
+        self.token = _meter.set(self.meter)
+        return self.meter
+
+    def __exit__(self, *exc_info: object) -> None:
+        _meter.reset(self.token)
 
 
 def _current_meter() -> Meter:
