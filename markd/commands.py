@@ -6,7 +6,7 @@ Pure except for the clock (`localTime`) and the `on_shutdown` callback the serve
 from __future__ import annotations
 
 import datetime
-import platform
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,7 +167,7 @@ def build_info() -> dict[str, Any]:
         "bits": 64,
         "debug": False,
         "maxBsonObjectSize": MAX_BSON_SIZE,
-        "buildEnvironment": {"target_os": sys.platform, "target_arch": platform.machine()},
+        "buildEnvironment": {"target_os": sys.platform, "target_arch": os.uname().machine},
         "storageEngines": [],
         "ok": 1.0,
     }

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-
-import yaml
 
 DEFAULT_PORT = 27020
 DEFAULT_SOCKET_PREFIX = "/tmp"
@@ -185,14 +184,20 @@ class _YamlInt(int):
     text: str
 
 
-class _Loader(yaml.SafeLoader):
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
-        value = _YamlInt(super().construct_yaml_int(node))
-        value.text = str(node.value)
-        return value
+@functools.cache
+def _loader() -> Any:
+    """A SafeLoader subclass that keeps how ints were written. Built on first use: PyYAML costs a few
+    milliseconds to import, which a daemon spawned without a config file (by a driver) need not pay."""
+    import yaml
 
+    class Loader(yaml.SafeLoader):
+        def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
+            value = _YamlInt(super().construct_yaml_int(node))
+            value.text = str(node.value)
+            return value
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    return Loader
 
 
 def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
@@ -200,9 +205,11 @@ def load_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
 
     ConfigError for a file that cannot be read, a value of the wrong kind, or a key mongocryptd does not
     have either (a typo must not start a daemon configured otherwise than its operator thinks)."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as handle:
-            tree = yaml.load(handle, Loader=_Loader) or {}  # a SafeLoader subclass
+            tree = yaml.load(handle, Loader=_loader()) or {}  # a SafeLoader subclass
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Error reading config file {path}: {exc}") from exc
     if not isinstance(tree, dict):

@@ -9,17 +9,28 @@ mmap; `trim` hands back what the heap still holds. Both are no-ops without glibc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 * 1024
 
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _libc.mallopt  # noqa: B018 - probe: glibc only
-    _libc.malloc_trim  # noqa: B018
-except (OSError, AttributeError):
-    _libc = None
+
+def _load_libc() -> ctypes.CDLL | None:
+    # glibc's soname first: ctypes.util.find_library runs ldconfig (and imports subprocess and tempfile).
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        from ctypes import util
+
+        name = util.find_library("c")
+        try:
+            return ctypes.CDLL(name) if name else None
+        except OSError:
+            return None
+
+
+_libc = _load_libc()
+if _libc is not None and not (hasattr(_libc, "mallopt") and hasattr(_libc, "malloc_trim")):
+    _libc = None  # not glibc
 
 
 def tune_allocator() -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
-import ctypes.util
 import functools
 import re
 import time
@@ -31,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import re2
-import regex
 from re2 import _re2
 
 from markd.errors import CommandError
@@ -163,7 +161,9 @@ _PCRE2_UTF = 0x00080000
 @functools.lru_cache(maxsize=1)
 def _pcre2() -> Any:
     """libpcre2-8 through ctypes, or None (only its error messages are used: matching stays bounded here)."""
-    name = ctypes.util.find_library("pcre2-8")
+    from ctypes import util  # here: it runs ldconfig, and imports subprocess and tempfile
+
+    name = util.find_library("pcre2-8")
     if name is None:
         return None
     try:
@@ -186,6 +186,8 @@ def compile_pattern(pattern: str) -> RulePattern:
     compiled = _re2.RE2(pattern.encode("utf-8", "surrogatepass"), _RE2_OPTIONS)
     if compiled.ok():
         return RulePattern(pattern, _re2=compiled)
+    import regex  # only for what RE2 refuses (look-arounds, backreferences): not worth its import otherwise
+
     try:
         fallback = regex.compile(pattern, regex.VERSION0 | regex.ASCII)
     except (regex.error, ValueError, OverflowError) as problem:

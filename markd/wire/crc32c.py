@@ -21,11 +21,13 @@ def _make_table() -> list[int]:
     return table
 
 
-_TABLE = _make_table()
+_TABLE: list[int] = []  # built on first use: few drivers send checksums
 
 
 def _crc32c_py(data: bytes | memoryview) -> int:
     crc = 0xFFFFFFFF
+    if not _TABLE:
+        _TABLE.extend(_make_table())
     table = _TABLE
     for byte in bytes(data):
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
