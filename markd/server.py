@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import markd
-from markd import cache, core, healthcheck, limits, logs, memory
+from markd import cache, core, healthcheck, limits, logs, memory, warm
 from markd.analysis.patterns import SliceExpired
 from markd.commands import ConnectionInfo, Dispatcher
 from markd.config import Settings
@@ -547,6 +547,7 @@ class MarkdServer:
         self.pidfile = pidfile or (PidFile(settings.pidfile) if settings.pidfile else None)
         self.socket_path: str | None = None
         self.last_activity = time.monotonic()
+        self.warm_up_secs = 0.0
         self._connection_ids = 0
         self._stop: asyncio.Event | None = None
         self.stop_reason = ""
@@ -724,6 +725,9 @@ class MarkdServer:
             if self.pidfile is not None:
                 self.pidfile.release()
             raise
+        # Listening already (a driver's connection waits in the backlog, never refused), but not yet
+        # saying so: the analysis is imported and exercised first, so the first marking request is warm.
+        self.warm_up_secs = self._warm_up()
         if self.pidfile is not None:
             self.pidfile.write(self.bound_port, self.socket_path)
         for address in self.bound_addresses:
@@ -735,6 +739,13 @@ class MarkdServer:
                 log.warning("metrics port on a non-loopback address: anyone who can reach it can read markd's "
                             "metrics", extra={"attr": {"address": address, "port": settings.metrics_port}})
         self._sweeper = asyncio.create_task(self._sweep())
+
+    def _warm_up(self) -> float:
+        try:
+            return warm.warm_up(self.dispatcher)
+        except Exception as exc:  # a bug here must not stop markd serving, only leave it cold
+            log.error("warm-up failed", extra={"attr": core.where(exc)})
+            return 0.0
 
     @property
     def bound_addresses(self) -> list[str]:
@@ -795,7 +806,8 @@ class MarkdServer:
             "idleShutdownTimeoutSecs": self.settings.idle_shutdown_secs,
             "maxConns": self.max_conns, "inFlightBudgetMB": self.settings.in_flight_budget_mb,
             "analysisProcesses": self.settings.analysis_processes,
-            "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or ""}})
+            "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or "",
+            "warmUpMicros": int(self.warm_up_secs * 1e6)}})
         notify_systemd("READY=1", f"STATUS=serving on port {self.bound_port}", f"MAINPID={os.getpid()}")
         await self._stop.wait()
         if idle_task is not None:

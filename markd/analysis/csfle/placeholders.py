@@ -11,7 +11,6 @@ import datetime
 import functools
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from bson import Decimal128, Int64, ObjectId, Timestamp
@@ -189,11 +188,15 @@ def _kind(value: Any) -> str:
     return type_name(value)
 
 
-@dataclass(frozen=True, slots=True)
 class _FieldRules:
-    head: bytes | None  # the {a, ki} elements; None for a JSON-pointer key (resolved per document)
-    written: frozenset[str]  # the value types check_value lets through for a write
-    compared: frozenset[str]  # ... and for a comparison (simple collation)
+    """What one encrypted field accepts, worked out once (a plain class: a dataclass costs start-up time)."""
+
+    __slots__ = ("compared", "head", "written")
+
+    def __init__(self, head: bytes | None, written: frozenset[str], compared: frozenset[str]) -> None:
+        self.head = head  # the {a, ki} elements; None for a JSON-pointer key (resolved per document)
+        self.written = written  # the value types check_value lets through for a write
+        self.compared = compared  # ... and for a comparison (simple collation)
 
 
 # Per Encrypted (by identity; the entry holds the object, so its id cannot be reused while cached).
