@@ -31,18 +31,21 @@ import ssl
 import stat
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import markd
 from markd import cache, core, healthcheck, limits, logs, memory, warm
 from markd.analysis.patterns import SliceExpired
-from markd.commands import ConnectionInfo, Dispatcher
+from markd.commands import ConnectionInfo, Dispatcher, NeedsServer
 from markd.config import Settings
 from markd.logs import log
 from markd.metrics import Metrics
 from markd.pidfile import PidFile, PidFileLocked
 from markd.pool import AnalysisPool
 from markd.wire import FrameReader, ProtocolError, frame_cost
+
+if TYPE_CHECKING:
+    from markd.group import WorkerLink
 
 # Requests whose cost (frame_cost) is at most this are answered on the event loop.
 INLINE_MAX_BYTES = 16 * 1024
@@ -184,8 +187,9 @@ class InFlightBudget:
 class MarkdProtocol(asyncio.Protocol):
     """One client connection: frames in (as the budget allows), replies out, in order."""
 
-    def __init__(self, server: MarkdServer) -> None:
+    def __init__(self, server: MarkdServer, connection_id: int | None = None) -> None:
         self.server = server
+        self._given_id = connection_id  # a worker's connections are numbered by the supervisor, group-wide
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo(0, "", True)
@@ -212,7 +216,8 @@ class MarkdProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         server = self.server
         peer_text, is_local = _describe_peer(transport.get_extra_info("peername"))
-        self.info = ConnectionInfo(server.next_connection_id(), peer_text, is_local)
+        connection_id = self._given_id if self._given_id is not None else server.next_connection_id()
+        self.info = ConnectionInfo(connection_id, peer_text, is_local)
         if not server.admit(self):
             transport.abort()
             self.closed = True
@@ -413,9 +418,28 @@ class MarkdProtocol(asyncio.Protocol):
             server.shutdown_command(self)
             return
         if outcome.needs_server:
+            if server.link is not None:
+                self._answer_for_group(outcome)
+                return
             outcome = server.answer_here(outcome)
         if outcome.reply:
             self.out.append(outcome.reply)
+
+    def _answer_for_group(self, outcome: core.Outcome) -> None:
+        """getMarkdMetrics in a worker: the whole group's figures, gathered by the supervisor (this
+        connection's later requests wait, so replies stay in order)."""
+        self.busy = True
+
+        def answered(task: asyncio.Task[dict[str, Any]]) -> None:
+            self.busy = False
+            if self.closed:
+                return
+            self.out.append(self.server.group_metrics_reply(outcome, task))
+            self.flush()
+            self._update_reading()
+            self.server.schedule(self)
+
+        asyncio.get_running_loop().create_task(self.server.group_snapshot()).add_done_callback(answered)
 
     def flush(self) -> None:
         if not self.out or self.closed or self.transport is None:
@@ -513,13 +537,16 @@ class MarkdServer:
     """Holds the listeners, the dispatcher, the scheduler, the budget and the shutdown machinery."""
 
     def __init__(self, settings: Settings, argv: list[str], parsed_options: dict[str, Any],
-                 pidfile: PidFile | None = None) -> None:
+                 pidfile: PidFile | None = None, link: WorkerLink | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        # A worker of a group (--workers N): its supervisor owns the listeners, the pid file, the idle
+        # clock, and sums the metrics of every worker.
+        self.link = link
         self.dispatcher = Dispatcher(argv=argv, parsed_options=parsed_options,
                                      shutdown_enabled=not settings.disable_shutdown_command,
                                      redact_errors=settings.redact_errors,
-                                     extra_commands={"getMarkdMetrics": self.metrics.command_reply})
+                                     extra_commands={"getMarkdMetrics": self._metrics_command})
         self.max_conns = settings.max_conns if settings.max_conns is not None else default_max_conns()
         # Ordered by last activity: the first idle one is the longest idle.
         self.connections: collections.OrderedDict[MarkdProtocol, None] = collections.OrderedDict()
@@ -544,10 +571,12 @@ class MarkdServer:
         self.metrics.extra = self.resource_snapshot
         self.servers: list[asyncio.AbstractServer] = []
         # The CLI takes the pid file before it opens the log, so a losing racer never truncates the winner's log.
-        self.pidfile = pidfile or (PidFile(settings.pidfile) if settings.pidfile else None)
+        self.pidfile = None if link is not None else pidfile or (PidFile(settings.pidfile) if settings.pidfile
+                                                                 else None)
         self.socket_path: str | None = None
         self.last_activity = time.monotonic()
         self.warm_up_secs = 0.0
+        self._ssl: ssl.SSLContext | None = None
         self._connection_ids = 0
         self._stop: asyncio.Event | None = None
         self.stop_reason = ""
@@ -633,7 +662,48 @@ class MarkdServer:
         # As mongocryptd: no reply, the daemon exits (markd still answers what other clients had sent).
         log.info("terminating, shutdown command received", extra={"attr": {"conn": connection.info.connection_id}})
         connection.close()
+        if self.link is not None:
+            self.link.request_stop("shutdown command")  # the supervisor stops every worker
+            return
         self.request_shutdown("shutdown command")
+
+    def _metrics_command(self, command: dict[str, Any]) -> dict[str, Any]:
+        if self.link is not None:
+            raise NeedsServer  # the group's figures, gathered asynchronously (MarkdProtocol._answer_for_group)
+        return self.metrics.command_reply(command)
+
+    async def group_snapshot(self) -> dict[str, Any]:
+        """The whole group's metrics (this worker's own if the supervisor does not answer in time)."""
+        assert self.link is not None
+        try:
+            return await self.link.gather()
+        except (asyncio.TimeoutError, asyncio.CancelledError, OSError):
+            return {**self.metrics.snapshot(), "workers": {"reporting": 1, "configured": self.link.configured}}
+
+    def group_metrics_reply(self, outcome: core.Outcome, task: asyncio.Task[dict[str, Any]]) -> bytes:
+        self.metrics.command_done(outcome.name, "ok")
+        snapshot = task.result() if not task.cancelled() and task.exception() is None else self.metrics.snapshot()
+        return core.reply_to(outcome, {**snapshot, "ok": 1.0}).reply or b""
+
+    def adopt(self, sock: socket.socket, kind: str, connection_id: int) -> None:
+        """A connection the supervisor accepted and handed over ("tcp", "unix" or "metrics")."""
+        loop = asyncio.get_running_loop()
+        protocol: Any
+        if kind == "metrics":
+            def protocol() -> asyncio.Protocol:
+                return MetricsHttpProtocol(self)
+        else:
+            def protocol() -> asyncio.Protocol:
+                return MarkdProtocol(self, connection_id)
+        tls = self._ssl if kind == "tcp" else None
+        adopted = loop.create_task(loop.connect_accepted_socket(
+            protocol, sock, ssl=tls, ssl_handshake_timeout=self.settings.tls_handshake_timeout_secs if tls else None))
+
+        def check(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is not None:  # gone before it was adopted
+                sock.close()
+
+        adopted.add_done_callback(check)
 
     def handle_frame(self, frame: bytes, connection: ConnectionInfo) -> bytes | None:
         """One frame in, the reply frame (or None) out, in line: for tests and tools without sockets."""
@@ -666,6 +736,8 @@ class MarkdServer:
             await asyncio.sleep(_BUDGET_SWEEP_SECS)
             for connection in list(self.reply_watch):
                 connection.sync_reply_held()
+            if self.link is not None:
+                self.link.report_activity(self.last_activity)
             if self.budget.used > INLINE_MAX_BYTES * 64:
                 trimmed = False
             elif not trimmed and self.budget.used == 0:
@@ -686,6 +758,15 @@ class MarkdServer:
         memory.tune_allocator()
         sys.setrecursionlimit(max(sys.getrecursionlimit(), limits.RECURSION_LIMIT))
         cache.configure(max_bytes=settings.schema_cache_mb * 1024 * 1024)
+        if self.link is not None:
+            # A worker: the supervisor bound the listeners, warmed the analysis before forking it, and
+            # decides about Ctrl-C (SIGINT) for the group; it rotates the log and sends SIGHUP to reopen it.
+            self._ssl = _ssl_context(settings)
+            loop.add_signal_handler(signal.SIGTERM, self.request_shutdown, "SIGTERM")
+            loop.add_signal_handler(signal.SIGHUP, logs.reopen, "SIGHUP")
+            self.link.attach(self)
+            self._sweeper = asyncio.create_task(self._sweep())
+            return
         # Before anything listens: a signal that arrives once a client can connect must mean a clean stop.
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_shutdown, signal.Signals(signum).name)
@@ -697,6 +778,9 @@ class MarkdServer:
                 self.pidfile.acquire()
             except PidFileLocked as exc:
                 raise AlreadyRunning(f"pid file {exc} is locked by another process") from exc
+        # Before listening: the analysis imported and exercised, so that the first marking request a
+        # driver sends, as soon as it can connect, is answered warm (the pid file is ours already).
+        self.warm_up_secs = self._warm_up()
         try:
             ssl_context = _ssl_context(settings)
             for address in _resolve(settings.listen_addresses, settings.ipv6):
@@ -717,7 +801,7 @@ class MarkdServer:
                 self.servers.append(await self._listen_unix(settings.socket_path))
             if settings.metrics_port is not None:
                 self.servers.append(await loop.create_server(
-                    lambda: MetricsHttpProtocol(self.metrics), host=settings.metrics_bind_ip,
+                    lambda: MetricsHttpProtocol(self), host=settings.metrics_bind_ip,
                     port=settings.metrics_port, reuse_address=True))
         except BaseException:
             self._close_listeners()
@@ -725,9 +809,6 @@ class MarkdServer:
             if self.pidfile is not None:
                 self.pidfile.release()
             raise
-        # Listening already (a driver's connection waits in the backlog, never refused), but not yet
-        # saying so: the analysis is imported and exercised first, so the first marking request is warm.
-        self.warm_up_secs = self._warm_up()
         if self.pidfile is not None:
             self.pidfile.write(self.bound_port, self.socket_path)
         for address in self.bound_addresses:
@@ -799,6 +880,11 @@ class MarkdServer:
     async def serve(self) -> str:
         """Run until a signal, the shutdown command or the idle timeout; returns why it stopped."""
         assert self._stop is not None
+        if self.link is not None:
+            log.debug("worker started", extra={"attr": {"worker": self.link.index, "pid": os.getpid()}})
+            await self._stop.wait()
+            await self.shutdown()
+            return self.stop_reason
         idle_task = asyncio.create_task(self._watch_idle()) if self.settings.idle_shutdown_secs > 0 else None
         log.info("markd started", extra={"attr": {
             "version": markd.__version__, "pid": os.getpid(), "port": self.bound_port,
@@ -806,8 +892,8 @@ class MarkdServer:
             "idleShutdownTimeoutSecs": self.settings.idle_shutdown_secs,
             "maxConns": self.max_conns, "inFlightBudgetMB": self.settings.in_flight_budget_mb,
             "analysisProcesses": self.settings.analysis_processes,
-            "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or "",
-            "warmUpMicros": int(self.warm_up_secs * 1e6)}})
+            "warmUpMicros": int(self.warm_up_secs * 1e6),
+            "tls": self.settings.tls_mode, "metricsPort": self.settings.metrics_port or ""}})
         notify_systemd("READY=1", f"STATUS=serving on port {self.bound_port}", f"MAINPID={os.getpid()}")
         await self._stop.wait()
         if idle_task is not None:
@@ -828,7 +914,10 @@ class MarkdServer:
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what is in flight, close connections, clean up files."""
-        log.info("shutting down", extra={"attr": {"reason": self.stop_reason}})
+        if self.link is None:
+            log.info("shutting down", extra={"attr": {"reason": self.stop_reason}})
+        else:  # the supervisor says it for the group
+            log.debug("worker shutting down", extra={"attr": {"worker": self.link.index, "reason": self.stop_reason}})
         self._close_listeners()
         # Requests a client finished sending before the signal sit in socket buffers: a short grace
         # lets the loop read and answer them; a frame still arriving gets until the deadline.
@@ -845,6 +934,10 @@ class MarkdServer:
         if self.pool is not None:
             await self.pool.close()
         await self._wait_listeners_closed()
+        if self.link is not None:
+            self.link.close()
+            log.debug("worker stopped", extra={"attr": {"worker": self.link.index}})
+            return
         if self.socket_path:
             with contextlib.suppress(OSError):
                 os.unlink(self.socket_path)
@@ -856,8 +949,8 @@ class MarkdServer:
 class MetricsHttpProtocol(asyncio.Protocol):
     """`GET /metrics` answers Prometheus text; anything else 404. One request per connection."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, server: MarkdServer) -> None:
+        self.server = server
         self.transport: asyncio.Transport | None = None
         self.request = bytearray()
 
@@ -877,10 +970,21 @@ class MetricsHttpProtocol(asyncio.Protocol):
             return
         parts = bytes(self.request).split(b" ", 2)
         path = parts[1].split(b"?")[0] if len(parts) > 2 else b""
+        self.request.clear()
         if parts[0] == b"GET" and path == b"/metrics":
-            status, body = b"200 OK", self.metrics.prometheus_text().encode()
+            if self.server.link is not None:  # a worker: the group's figures
+                task = asyncio.get_running_loop().create_task(self.server.group_snapshot())
+                task.add_done_callback(lambda done: self._respond(
+                    b"200 OK", self.server.metrics.prometheus_text(
+                        done.result() if not done.cancelled() and done.exception() is None else None).encode()))
+                return
+            self._respond(b"200 OK", self.server.metrics.prometheus_text().encode())
         else:
-            status, body = b"404 Not Found", b"not found\n"
+            self._respond(b"404 Not Found", b"not found\n")
+
+    def _respond(self, status: bytes, body: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
@@ -957,14 +1061,23 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def run(settings: Settings, argv: list[str], parsed_options: dict[str, Any], pidfile: PidFile | None = None) -> int:
-    """Run the daemon to completion; the process exit code."""
+def event_loop_runner() -> Any:
+    """uvloop.run where uvloop is installed, else asyncio.run."""
     try:
         import uvloop
 
-        runner = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
-        runner = asyncio.run
+        return asyncio.run
+
+
+def run(settings: Settings, argv: list[str], parsed_options: dict[str, Any], pidfile: PidFile | None = None) -> int:
+    """Run the daemon to completion; the process exit code."""
+    if settings.workers > 1:
+        from markd import group
+
+        return group.run(settings, argv, parsed_options, pidfile)
+    runner = event_loop_runner()
 
     async def main() -> int:
         server = MarkdServer(settings, argv, parsed_options, pidfile)

@@ -1,4 +1,4 @@
-"""A warm start: the analysis imported and exercised before markd says it listens (issue 15).
+"""A warm start: the analysis imported and exercised before markd listens (issue 15).
 
 A driver spawns mongocryptd and sends its first marking request right after its first `hello`. Left
 cold, that request would pay for importing the analysis (tens of milliseconds) and for every first

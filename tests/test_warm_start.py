@@ -1,6 +1,6 @@
-"""A warm start (issue 15): before markd says it listens (pid file, "markd started"), the analysis is
-imported and a synthetic request of each scheme has been marked, so a driver's first marking
-request does not pay for them."""
+"""A warm start (issue 15): before markd listens (and so before its pid file and "markd started"), the
+analysis is imported and a synthetic request of each scheme has been marked, so a driver's first
+marking request does not pay for them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_every_warm_up_request_is_marked():
 
 def test_markd_says_it_listens_once_warm():
     with MarkdProcess() as markd:
-        started = next(line for line in markd.log_text().splitlines() if "markd started" in line)
+        started = next(line for line in markd.wait_for_log("markd started").splitlines() if "markd started" in line)
         assert int(started.split("warmUpMicros=")[1].split()[0]) > 0
         # The warm-up parsed a CSFLE schema and a QE encryptionInformation, before any client spoke.
         with RawConnection(markd.port) as connection:
