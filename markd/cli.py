@@ -142,6 +142,9 @@ _EPILOG = ("Also accepted, as mongocryptd accepts them, and ignored with a warni
 @click.option("--schemaCacheMB", "schema_cache_mb", type=int, help="Megabytes of parsed schemas kept [64].")
 @click.option("--analysisProcesses", "analysis_processes", type=int,
               help="Processes that analyse large requests off the event loop [1]; 0 analyses them in line.")
+@click.option("--workers", "workers", type=click.IntRange(min=1),
+              help="Processes serving the port, each on its own core [1]: a supervisor hands them the "
+              "connections in turn, keeps one pid file and one idle clock, restarts one that dies.")
 @click.option("--tlsHandshakeTimeoutSecs", "tls_handshake_timeout_secs", type=float,
               help="Drop a TLS client that has not finished its handshake this long [10].")
 @click.option("--disableShutdownCommand", "disable_shutdown_command", is_flag=True, default=None,

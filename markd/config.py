@@ -23,6 +23,13 @@ def file_permissions(value: Any) -> int:
     return int(digits, 8)
 
 
+def positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, not {value!r}")
+    return number
+
+
 def log_rotate_mode(value: Any) -> str:
     if value not in ("rename", "reopen"):
         raise ValueError(f"logRotate must be rename or reopen, not {value!r}")
@@ -72,6 +79,7 @@ class Settings:
     in_flight_budget_mb: int = 256
     schema_cache_mb: int = 64  # parsed-schema caches, bounded by bytes as well as entries
     analysis_processes: int = 1  # processes that answer large requests off the event loop (0: none)
+    workers: int = 1  # processes serving the port (issue 15); a driver spawns markd without it: one
     tls_handshake_timeout_secs: float = 10.0
     disable_shutdown_command: bool = False
     # Error replies print each value they quote from the command as its type name (drivers log errmsg).
@@ -133,6 +141,7 @@ _YAML_KEYS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("markd", "inFlightBudgetMB"): ("in_flight_budget_mb", int),
     ("markd", "schemaCacheMB"): ("schema_cache_mb", int),
     ("markd", "analysisProcesses"): ("analysis_processes", int),
+    ("markd", "workers"): ("workers", positive_int),
     ("markd", "tlsHandshakeTimeoutSecs"): ("tls_handshake_timeout_secs", float),
     ("markd", "disableShutdownCommand"): ("disable_shutdown_command", bool),
     ("markd", "redactErrors"): ("redact_errors", bool),

@@ -70,8 +70,9 @@ class Metrics:
     def command_reply(self, _command: dict[str, Any]) -> dict[str, Any]:
         return {**self.snapshot(), "ok": 1.0}
 
-    def prometheus_text(self) -> str:
-        snap = self.snapshot()
+    def prometheus_text(self, snapshot: dict[str, Any] | None = None) -> str:
+        """Prometheus text of `snapshot` (a worker group's sum), or of this process's own figures."""
+        snap = self.snapshot() if snapshot is None else snapshot
         lines = [
             "# HELP markd_commands_total Commands handled, by command name and outcome.",
             "# TYPE markd_commands_total counter",
@@ -85,22 +86,22 @@ class Metrics:
             "# TYPE markd_marking_duration_seconds histogram",
         ]
         cumulative = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), snap["latency"]["counts"], strict=True):
             cumulative += count
             le = "+Inf" if bound == float("inf") else repr(bound)
             lines.append(f'markd_marking_duration_seconds_bucket{{le="{le}"}} {cumulative}')
         lines += [
-            f"markd_marking_duration_seconds_sum {self.latency_sum}",
+            f"markd_marking_duration_seconds_sum {snap['latency']['sumSecs']}",
             f"markd_marking_duration_seconds_count {cumulative}",
             "# HELP markd_open_connections Client connections open now.",
             "# TYPE markd_open_connections gauge",
-            f"markd_open_connections {self.open_connections}",
+            f"markd_open_connections {snap['connections']['current']}",
             "# HELP markd_connections_total Client connections accepted.",
             "# TYPE markd_connections_total counter",
-            f"markd_connections_total {self.total_connections}",
+            f"markd_connections_total {snap['connections']['totalCreated']}",
             "# HELP markd_protocol_errors_total Connections closed for a bad message.",
             "# TYPE markd_protocol_errors_total counter",
-            f"markd_protocol_errors_total {self.protocol_errors}",
+            f"markd_protocol_errors_total {snap['protocolErrors']}",
             "# HELP markd_schema_cache_hits_total Schema parses answered from the cache.",
             "# TYPE markd_schema_cache_hits_total counter",
             f"markd_schema_cache_hits_total {snap['schemaCache']['hits']}",
@@ -124,6 +125,40 @@ class Metrics:
                 f"markd_offloaded_requests_total {snap['analysisProcesses']['requests']}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def summed(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for a group of worker processes: counts added (commands by name and outcome, latency
+    buckets, connections, caches, budgets); the version and the longest uptime kept."""
+    if not snapshots:
+        return {}
+    total: dict[str, Any] = {}
+    commands: Counter[tuple[str, str]] = Counter()
+    for snapshot in snapshots:
+        for row in snapshot.get("commands", []):
+            commands[(row["command"], row["outcome"])] += row["count"]
+        _add(total, {key: value for key, value in snapshot.items() if key != "commands"})
+    total["version"] = snapshots[0].get("version")
+    total["uptimeSecs"] = max(snapshot.get("uptimeSecs", 0.0) for snapshot in snapshots)
+    if "latency" in total:
+        total["latency"]["bucketsSecs"] = list(LATENCY_BUCKETS)
+    total["commands"] = [{"command": name, "outcome": outcome, "count": count}
+                         for (name, outcome), count in sorted(commands.items())]
+    return total
+
+
+def _add(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _add(total.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            previous = total.get(key)
+            total[key] = ([a + b for a, b in zip(previous, value, strict=True)]
+                          if isinstance(previous, list) and len(previous) == len(value) else list(value))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            total.setdefault(key, value)
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def _label(value: str) -> str:

@@ -46,6 +46,13 @@ class PidFile:
         os.pwrite(self._fd, (content + "\n").encode(), 0)
         os.fsync(self._fd)
 
+    def detach(self) -> None:
+        """Close this process's descriptor without touching the file or the lock (a forked worker: the lock
+        is released when the supervisor, its holder, lets go)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def release(self) -> None:
         if self._fd is None:
             return
