@@ -116,12 +116,7 @@ class Watch:
 
 def tree_rss_kb(pid: int) -> int:
     """markd's RSS plus its children's (the analysis processes)."""
-    total = procstat.rss_kb(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return total + sum(procstat.rss_kb(int(child)) for child in children)
+    return procstat.tree_rss_kb(pid)
 
 
 # the attacks ---------------------------------------------------------------------------------------

@@ -27,15 +27,53 @@ def peak_rss_kb(pid: int) -> int:
     return _status_field(pid, "VmHWM")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (fields 14 and 15 of /proc/<pid>/stat), in seconds."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards); [] when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             text = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (fields 14 and 15 of /proc/<pid>/stat), in seconds."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND if fields else 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (markd's workers and analysis processes), from /proc/*/stat's ppid
+    (this kernel has no /proc/<pid>/task/<tid>/children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found += children
+        pending += children
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of `pid` and everything below it: its own, its reaped children's (cutime, cstime) and its live
+    descendants'."""
+    fields = _stat_fields(pid)
+    if not fields:
         return 0.0
-    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+    own = sum(int(value) for value in fields[11:15]) / _TICKS_PER_SECOND
+    return own + sum(cpu_seconds(child) for child in descendants(pid))
+
+
+def tree_rss_kb(pid: int) -> int:
+    """RSS of `pid` and its live descendants (shared pages of forked workers count once per process)."""
+    return rss_kb(pid) + sum(rss_kb(child) for child in descendants(pid))
 
 
 def machine_busy_seconds() -> float:
