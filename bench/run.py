@@ -1,10 +1,11 @@
-"""markd benchmarks (issue 8): one command, real processes, real sockets, markd against the floor.
+"""markd benchmarks (issues 8 and 15): one command, real processes, real sockets, markd against the floor.
 
-    /work/venv/bin/python -m bench.run            # full run, about 2-3 minutes
-    /work/venv/bin/python -m bench.run --quick    # about 30 seconds
-    /work/venv/bin/python -m bench.run --profile  # also sample markd with py-spy under (a) and (b)
+    /work/venv/bin/python -m bench.run            # full run, about 3 minutes
+    /work/venv/bin/python -m bench.run --quick    # about 45 seconds
+    /work/venv/bin/python -m bench.run --profile  # also sample markd with py-spy under (a), (b) and (c)
 
-Prints a table and writes bench/results.json. Targets are reported as pass/miss, never asserted.
+Prints a table and writes bench/results.json (its `summary` holds the headline figures). Targets are
+reported as pass/miss, never asserted.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ if __package__ in (None, ""):  # `python bench/run.py`
 
 import bson
 
-from bench import floor, load, procstat, profile, servers, workloads
+from bench import floor, growth, load, procstat, profile, servers, startup, workloads
 from bench.workloads import Workload
 
 BENCH_DIR = Path(__file__).resolve().parent
 CONCURRENT_CONNECTIONS = 256
 MARKING_TARGET_PER_SECOND = 10_000
 LATENCY_RATIO_TARGET = 2.0
+# Issue 15's targets (ratios to the floor in the same run, 1 client; per-unit costs in process).
+P50_RATIO_TARGETS = {"a": 2.0, "b": 1.5, "c": 2.5, "f": 6.0}
+IN_VALUE_TARGET_US = 1.0
+ENCRYPTED_FIELD_TARGET_US = 2.0
+WORKERS_SPEEDUP_TARGET = 1.7
+FIRST_REQUEST_TARGET_MS = 3.0
+SPAWN_TO_HELLO_TARGET_MS = 120.0
 RSS_IDLE_TARGET_MB = 60
 RSS_LOAD_TARGET_MB = 150
 NOISY_CORES = 0.2  # other processes' CPU use (cores) above which a phase's timings are noisy
@@ -214,13 +222,13 @@ def git_revision() -> dict[str, Any]:
 def targets(figures: list[WorkloadFigures], memory: dict[str, Any], cache: dict[str, Any]) -> list[dict[str, Any]]:
     by_key = {f.key: f for f in figures}
     rows: list[dict[str, Any]] = []
-    for key in ("a", "b", "c"):
+    for key, limit in P50_RATIO_TARGETS.items():
         f = by_key.get(key)
         if f is None:
             continue
-        ratio = f.markd["1"]["p50_us"] / f.floor["1"]["p50_us"] if f.floor["1"]["p50_us"] else 0.0
-        rows.append({"target": f"({key}) p50 latency <= {LATENCY_RATIO_TARGET:g}x floor, 1 client",
-                     "value": f"{ratio:.2f}x", "pass": ratio <= LATENCY_RATIO_TARGET, "meaningful": f.meaningful})
+        ratio = p50_ratio(f)
+        rows.append({"target": f"({key}) p50 latency <= {limit:g}x floor, 1 client",
+                     "value": f"{ratio:.2f}x", "pass": ratio <= limit, "meaningful": f.meaningful})
     b = by_key.get("b")
     if b is not None:
         eight = b.markd["8"]
@@ -249,6 +257,89 @@ def targets(figures: list[WorkloadFigures], memory: dict[str, Any], cache: dict[
                      "value": f"{load_mb:.1f} MB (peak over the whole run)", "pass": load_mb < RSS_LOAD_TARGET_MB,
                      "meaningful": g.meaningful})
     return rows
+
+
+def p50_ratio(f: WorkloadFigures) -> float:
+    return f.markd["1"]["p50_us"] / f.floor["1"]["p50_us"] if f.floor["1"]["p50_us"] else 0.0
+
+
+def issue_15_targets(workers: dict[str, Any] | None, cold: dict[str, float] | None,
+                     laws: dict[str, float] | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if laws:
+        rows.append({"target": f"<= {IN_VALUE_TARGET_US:g} µs per $in value (in process)",
+                     "value": f"{laws['in_value_us']:.2f} µs", "pass": laws["in_value_us"] <= IN_VALUE_TARGET_US,
+                     "meaningful": True})
+        rows.append({"target": f"<= {ENCRYPTED_FIELD_TARGET_US:g} µs per encrypted field (in process)",
+                     "value": f"{laws['encrypted_field_us']:.2f} µs",
+                     "pass": laws["encrypted_field_us"] <= ENCRYPTED_FIELD_TARGET_US, "meaningful": True})
+        small, large = laws["schema_hit_10_properties_us"], laws["schema_hit_1000_properties_us"]
+        rows.append({"target": "a schema-cache hit costs the same for 10 and 1,000 properties (within 10%)",
+                     "value": f"{small:.1f} / {large:.1f} µs per command", "pass": large <= small * 1.1,
+                     "meaningful": True})
+    if workers:
+        rows.append({"target": f"two workers >= {WORKERS_SPEEDUP_TARGET:g}x the commands/s of one, (b), 8 clients",
+                     "value": f"{workers['speedup']:.2f}x (other load {workers['other_load']:.2f} cores)",
+                     "pass": workers["speedup"] >= WORKERS_SPEEDUP_TARGET, "meaningful": True})
+    if cold:
+        rows.append({"target": f"first marking request <= {FIRST_REQUEST_TARGET_MS:g} ms (b, fresh markd)",
+                     "value": f"{cold['first_request_ms_b']:.2f} ms",
+                     "pass": cold["first_request_ms_b"] <= FIRST_REQUEST_TARGET_MS, "meaningful": True})
+        rows.append({"target": f"spawn to first hello <= {SPAWN_TO_HELLO_TARGET_MS:g} ms",
+                     "value": f"{cold['spawn_to_hello_ms']:.1f} ms "
+                              f"(the floor {cold['floor_spawn_to_hello_ms']:.1f} ms)",
+                     "pass": cold["spawn_to_hello_ms"] <= SPAWN_TO_HELLO_TARGET_MS, "meaningful": True})
+    return rows
+
+
+async def measure_workers(workload: Workload, workdir: Path, seconds: float, warmup: float,
+                          round_count: int) -> dict[str, Any]:
+    """(b) with 8 clients against markd with one worker and with two, in alternating rounds. Neither is
+    pinned: two workers need both CPUs (which the client, pinned to its own, shares with them)."""
+    started: dict[int, servers.ServerProcess] = {}
+    rounds: dict[int, list[load.LoadResult]] = {1: [], 2: []}
+    try:
+        for count in (1, 2):
+            directory = workdir / f"workers-{count}"
+            directory.mkdir()
+            started[count] = servers.start_markd(directory, None, ["--workers", str(count)])
+            await load.one_reply(started[count].port, workload.request)
+        for _round in range(round_count):
+            for count, server in started.items():
+                rounds[count].append(await load.closed_loop(server.port, workload.request, 8, seconds / round_count,
+                                                            warmup, server.pid))
+    finally:
+        for server in started.values():
+            server.stop()
+    one, two = (summarise_load(load.merge(rounds[count])) for count in (1, 2))
+    speedup = two["commands_per_second"] / one["commands_per_second"] if one["commands_per_second"] else 0.0
+    return {"workload": workload.key, "connections": 8, "one_worker": one, "two_workers": two,
+            "speedup": round(speedup, 3),
+            "other_load": max(one["other_processes_cpu_cores"], two["other_processes_cpu_cores"])}
+
+
+def summarise(figures: list[WorkloadFigures], workers: dict[str, Any] | None, cold: dict[str, float] | None,
+              laws: dict[str, float] | None) -> dict[str, Any]:
+    """The headline figures, in every run (--quick too); None for what this run did not measure."""
+    by_key = {f.key: f for f in figures}
+
+    def ratio(key: str) -> float | None:
+        return round(p50_ratio(by_key[key]), 3) if key in by_key else None
+
+    summary: dict[str, Any] = {
+        "a_p50_ratio": ratio("a"), "b_p50_ratio": ratio("b"), "c_p50_ratio": ratio("c"), "d_p50_ratio": ratio("d"),
+        "e1_p50_ratio": ratio("e1"), "e2_p50_ratio": ratio("e2"), "f_p50_ratio": ratio("f"),
+        "workers_speedup_8_clients": workers["speedup"] if workers else None,
+        "first_request_ms": cold["first_request_ms_b"] if cold else None,
+        "spawn_to_hello_ms": cold["spawn_to_hello_ms"] if cold else None,
+        "floor_spawn_to_hello_ms": cold["floor_spawn_to_hello_ms"] if cold else None,
+        "other_load_max_cores": round(max((max(m["other_processes_cpu_cores"] for m in (*f.markd.values(),
+                                                                                    *f.floor.values()))
+                                           for f in figures), default=0.0), 2),
+    }
+    if laws:
+        summary.update(laws)
+    return summary
 
 
 def format_table(figures: list[WorkloadFigures]) -> str:
@@ -296,6 +387,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = servers.private_workdir()
     markd_server = floor_server = None
     server_cpus, client_cpus = servers.cpu_layout(not args.no_pin)
+    workers: dict[str, Any] | None = None
+    cold: dict[str, float] | None = None
+    cold_runs: dict[str, Any] = {}
+    laws: list[growth.Law] = []
+    servers.compile_markd()
     try:
         markd_server = servers.start_markd(workdir, server_cpus)
         floor_server = servers.start_floor(workdir, server_cpus)
@@ -340,6 +436,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_peak_mb": round(procstat.peak_rss_kb(markd_server.pid) / 1024, 1),
         }
 
+        by_key = {w.key: w for w in chosen}
+        if "b" in by_key and not args.no_workers:
+            log("workers: (b) with 8 clients, markd --workers 1 and --workers 2 (both unpinned)")
+            workers = await measure_workers(by_key["b"], workdir, seconds * 2, warmup, round_count)
+        cold_frames = {key: by_key[key].request for key in ("b", "c", "e1") if key in by_key}
+        if cold_frames:
+            log("cold start: fresh markds, spawn to hello and the first marking request")
+            figures_cold = await asyncio.to_thread(startup.measure, cold_frames, 2 if args.quick else 4, server_cpus)
+            cold = figures_cold.summary()
+            cold_runs = asdict(figures_cold)
+        if not args.no_growth:
+            log("growth laws, in process")
+            laws = await asyncio.to_thread(growth.measure, 0.15 if args.quick else 0.4, args.quick)
+
         profiles: list[dict[str, Any]] = []
         if args.profile:
             log("profiling markd with py-spy under (a), (b) and (c)")
@@ -352,8 +462,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.stop()
         servers.remove_workdir(workdir)
 
-    target_rows = targets(figures, memory, cache)
+    law_summary = growth.summary(laws) if laws else None
+    target_rows = targets(figures, memory, cache) + issue_15_targets(workers, cold, law_summary)
     results = {
+        "summary": summarise(figures, workers, cold, law_summary),
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "revision": git_revision(),
         "mode": "quick" if args.quick else "full",
@@ -370,6 +482,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "memory": memory,
         "schema_cache": cache,
         "markd_metrics": {key: metrics_after.get(key) for key in ("commands", "schemaCache", "latency")},
+        "workers": workers,
+        "cold_start": {"summary": cold, "runs": cold_runs},
+        "growth": [{"law": law.name, "unit": law.unit, "points": law.points, "slope_us": round(law.slope, 3),
+                    "intercept_us": round(law.intercept, 1)} for law in laws],
         "targets": target_rows,
         "profiles": profiles,
         "run_seconds": round(time.monotonic() - started, 1),
@@ -381,6 +497,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
           f"({memory['kb_per_connection']} KB per connection); peak {memory['rss_peak_mb']} MB")
     print(f"schema cache while measuring: {cache['hits']} hits, {cache['misses']} misses "
           f"(process total {cache['total_hits']} / {cache['total_misses']})")
+    if workers:
+        one, two = workers["one_worker"], workers["two_workers"]
+        print(f"workers, (b) with 8 clients: {one['commands_per_second']:,.0f} cmd/s with one, "
+              f"{two['commands_per_second']:,.0f} with two: {workers['speedup']:.2f}x (markd CPU "
+              f"{one['server_cpu_share']:.2f} / {two['server_cpu_share']:.2f} cores, client "
+              f"{one['client_cpu_share']:.2f} / {two['client_cpu_share']:.2f}, other load {workers['other_load']:.2f})")
+    if cold:
+        print(f"cold start: {cold}")
+    if laws:
+        print(growth.format_laws(laws))
+    print()
+    print(f"summary: {results['summary']}")
     print()
     print(format_targets(target_rows))
     print(f"\n{results['mode']} run: {results['run_seconds']} s")
@@ -398,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also sample markd with py-spy under (a), (b) and (c)")
     parser.add_argument("--profile-seconds", type=float, default=5.0)
     parser.add_argument("--profile-dir", default=str(BENCH_DIR / "profiles"))
+    parser.add_argument("--no-workers", action="store_true", help="skip the --workers 1 / --workers 2 comparison")
+    parser.add_argument("--no-growth", action="store_true", help="skip the in-process growth laws")
     parser.add_argument("--endtoend", action="store_true",
                         help="then an encrypted insert and find through pymongo, in-process vs the daemon "
                              "(bench/endtoend.py; also written to bench/results-endtoend.json)")

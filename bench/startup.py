@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--only", default="b,c,e1", help="workloads whose first request is timed")
     args = parser.parse_args(argv)
+    servers.compile_markd()
     workdir = servers.private_workdir()
     markd = servers.start_markd(workdir)
     try:
