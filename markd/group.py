@@ -396,9 +396,12 @@ class Supervisor:
     def _become_worker(self, index: int) -> None:
         """In a freshly forked worker: drop everything that is the supervisor's."""
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+        # Ctrl-C (and `systemctl kill -s USR1`) reach every process of the group: the supervisor decides
+        # for SIGINT, and rotates the log for SIGUSR1 (then tells the workers to reopen it with SIGHUP).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.selector.close()
         for sock, _kind in self.listeners.values():
             sock.close()
