@@ -11,7 +11,6 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -28,24 +27,36 @@ HANDSHAKE_NAMES = ("hello", "isMaster", "ismaster")
 STACK_FRAMES = 12
 
 
-@dataclass(slots=True)
+# A plain class, not a dataclass: creating one costs ~4 M instructions at start-up (issue 15).
 class Outcome:
     """What one request came to."""
 
-    reply: bytes | None = None
-    name: str = "?"
-    namespace: str = ""
-    outcome: str = "ok"
-    seconds: float = 0.0
-    request_bytes: int = 0
-    request_id: int = 0
-    more_to_come: bool = False
-    marking: bool = False
-    close_reason: str | None = None  # the stream is unusable: close this connection
-    shutdown: bool = False  # the shutdown command: no reply, the daemon stops
-    needs_server: bool = False  # a command only the server process can answer (it has the state)
-    bug: dict[str, str] | None = None  # an exception escaped a handler: its type and stack, logged
-    refusal: dict[str, Any] | None = None  # a marking command refused: its code, rule and names, logged
+    __slots__ = ("bug", "close_reason", "marking", "more_to_come", "name", "namespace", "needs_server", "outcome",
+                 "refusal", "reply", "request_bytes", "request_id", "seconds", "shutdown")
+
+    def __init__(self, reply: bytes | None = None, name: str = "?", namespace: str = "", outcome: str = "ok",
+                 seconds: float = 0.0, request_bytes: int = 0, request_id: int = 0, more_to_come: bool = False,
+                 marking: bool = False, close_reason: str | None = None, shutdown: bool = False,
+                 needs_server: bool = False, bug: dict[str, str] | None = None,
+                 refusal: dict[str, Any] | None = None) -> None:
+        self.reply = reply
+        self.name = name
+        self.namespace = namespace
+        self.outcome = outcome
+        self.seconds = seconds
+        self.request_bytes = request_bytes
+        self.request_id = request_id
+        self.more_to_come = more_to_come
+        self.marking = marking
+        self.close_reason = close_reason  # the stream is unusable: close this connection
+        self.shutdown = shutdown  # the shutdown command: no reply, the daemon stops
+        self.needs_server = needs_server  # a command only the server process can answer (it has the state)
+        self.bug = bug  # an exception escaped a handler: its type and stack, logged
+        self.refusal = refusal  # a marking command refused: its code, rule and names, logged
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Outcome({fields})"
 
     def log_fields(self, connection: ConnectionInfo) -> dict[str, Any]:
         return {"conn": connection.connection_id, "command": self.name, "ns": self.namespace,

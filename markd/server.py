@@ -41,11 +41,11 @@ from markd.config import Settings
 from markd.logs import log
 from markd.metrics import Metrics
 from markd.pidfile import PidFile, PidFileLocked
-from markd.pool import AnalysisPool
 from markd.wire import FrameReader, ProtocolError, frame_cost
 
 if TYPE_CHECKING:
     from markd.group import WorkerLink
+    from markd.pool import AnalysisPool
 
 # Requests whose cost (frame_cost) is at most this are answered on the event loop.
 INLINE_MAX_BYTES = 16 * 1024
@@ -374,23 +374,22 @@ class MarkdProtocol(asyncio.Protocol):
         frame, cost = self.queue.popleft()
         self.queued_bytes -= cost
         server = self.server
-        if cost > INLINE_MAX_BYTES and server.pool is not None:
+        if cost > INLINE_MAX_BYTES and server.offloading:
             self._off_loop(frame, cost)
             return
         try:
             outcome = core.process_frame(frame, self.info, server.dispatcher,
-                                         PATTERN_SLICE_SECS if server.pool is not None else None)
+                                         PATTERN_SLICE_SECS if server.offloading else None)
         except SliceExpired:
             self._off_loop(frame, cost)
             return
         self.finish(outcome, cost)
 
     def _off_loop(self, frame: bytes, cost: int) -> None:
-        assert self.server.pool is not None
         self.busy = True
         self.queued_bytes += cost  # still held until answered
         self.server.offloaded += 1
-        task = asyncio.get_running_loop().create_task(self.server.pool.run(frame, self.info))
+        task = asyncio.get_running_loop().create_task(self.server.analysis_pool().run(frame, self.info))
         task.add_done_callback(lambda done: self._answered(done, cost))
 
     def _answered(self, task: asyncio.Task[core.Outcome], cost: int) -> None:
@@ -553,13 +552,14 @@ class MarkdServer:
         self.budget = InFlightBudget(settings.in_flight_budget_mb * 1024 * 1024)
         self.reply_watch: set[MarkdProtocol] = set()
         self.ready: collections.deque[MarkdProtocol] = collections.deque()
+        # The analysis processes, created with the first large request (markd.pool, and the processes it
+        # starts, are not needed before: a driver-spawned markd often never sees one).
+        self.offloading = settings.analysis_processes > 0
         self.pool: AnalysisPool | None = None
-        if settings.analysis_processes > 0:
-            self.pool = AnalysisPool(settings.analysis_processes, {
-                "argv": argv, "parsed": parsed_options, "shutdown_enabled": not settings.disable_shutdown_command,
-                "redact_errors": settings.redact_errors,
-                "schema_cache_bytes": settings.schema_cache_mb * 1024 * 1024,
-                "server_commands": ["getMarkdMetrics"]})
+        self._pool_config = {
+            "argv": argv, "parsed": parsed_options, "shutdown_enabled": not settings.disable_shutdown_command,
+            "redact_errors": settings.redact_errors,
+            "schema_cache_bytes": settings.schema_cache_mb * 1024 * 1024, "server_commands": ["getMarkdMetrics"]}
         self.offloaded = 0
         self.evicted = 0
         self.refused = 0
@@ -580,6 +580,13 @@ class MarkdServer:
         self._connection_ids = 0
         self._stop: asyncio.Event | None = None
         self.stop_reason = ""
+
+    def analysis_pool(self) -> AnalysisPool:
+        if self.pool is None:
+            from markd.pool import AnalysisPool
+
+            self.pool = AnalysisPool(self.settings.analysis_processes, self._pool_config)
+        return self.pool
 
     def next_connection_id(self) -> int:
         self._connection_ids += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import bson
@@ -56,29 +55,47 @@ class ProtocolError(Exception):
     """The stream cannot be framed or parsed: close this connection (and only it)."""
 
 
-@dataclass(frozen=True, slots=True)
+# A plain class, not a dataclass: creating one costs ~4 M instructions at start-up (issue 15).
 class OpMsg:
-    request_id: int
-    flags: int
-    # The body with every kind-1 document sequence merged in under its identifier, decoded once with
-    # exact BSON types (markd.bsonvalues); {} when `error` is set.
-    command: dict[str, Any]
-    # Set when the frame was readable but its content is not: reply with this error.
-    error: CommandError | None = None
-    sequences: tuple[str, ...] = field(default=())
+    """An OP_MSG."""
+
+    __slots__ = ("command", "error", "flags", "request_id", "sequences")
+
+    def __init__(self, request_id: int, flags: int, command: dict[str, Any], error: CommandError | None = None,
+                 sequences: tuple[str, ...] = ()) -> None:
+        self.request_id = request_id
+        self.flags = flags
+        # The body with every kind-1 document sequence merged in under its identifier, decoded once with
+        # exact BSON types (markd.bsonvalues); {} when `error` is set.
+        self.command = command
+        # Set when the frame was readable but its content is not: reply with this error.
+        self.error = error
+        self.sequences = sequences
 
     @property
     def more_to_come(self) -> bool:
         return bool(self.flags & FLAG_MORE_TO_COME)
 
+    def __repr__(self) -> str:
+        return (f"OpMsg(request_id={self.request_id}, flags={self.flags}, command={self.command!r}, "
+                f"error={self.error!r}, sequences={self.sequences!r})")
 
-@dataclass(frozen=True, slots=True)
+
 class OpQuery:
-    request_id: int
-    flags: int
-    collection: str
-    query: bytes
-    error: CommandError | None = None
+    """A legacy OP_QUERY (a handshake)."""
+
+    __slots__ = ("collection", "error", "flags", "query", "request_id")
+
+    def __init__(self, request_id: int, flags: int, collection: str, query: bytes,
+                 error: CommandError | None = None) -> None:
+        self.request_id = request_id
+        self.flags = flags
+        self.collection = collection
+        self.query = query
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"OpQuery(request_id={self.request_id}, collection={self.collection!r})"
 
 
 Message = OpMsg | OpQuery
@@ -268,7 +285,7 @@ RULES_COST = 4  # a decoded document costs about this many times its bytes
 class _DecodedRules:
     """A rules document decoded from `raw`; `nesting` is limits.nesting of it."""
 
-    __slots__ = ("document", "nesting", "raw")  # a plain class: a dataclass costs ~0.5 ms of start-up
+    __slots__ = ("document", "nesting", "raw")  # a plain class: a dataclass costs start-up time
 
     def __init__(self, raw: bytes, document: bsonvalues.ExactDocument, nesting: int) -> None:
         self.raw, self.document, self.nesting = raw, document, nesting
