@@ -293,16 +293,16 @@ def issue_15_targets(workers: dict[str, Any] | None, cold: dict[str, float] | No
 
 
 async def measure_workers(workload: Workload, workdir: Path, seconds: float, warmup: float,
-                          round_count: int) -> dict[str, Any]:
-    """(b) with 8 clients against markd with one worker and with two, in alternating rounds. Neither is
-    pinned: two workers need both CPUs (which the client, pinned to its own, shares with them)."""
+                          round_count: int, cpus: set[int]) -> dict[str, Any]:
+    """(b) with 8 clients against markd with one worker and with two, in alternating rounds. Both may use
+    every CPU (`cpus`; two workers need two), which the client, pinned to its own, shares with them."""
     started: dict[int, servers.ServerProcess] = {}
     rounds: dict[int, list[load.LoadResult]] = {1: [], 2: []}
     try:
         for count in (1, 2):
             directory = workdir / f"workers-{count}"
             directory.mkdir()
-            started[count] = servers.start_markd(directory, None, ["--workers", str(count)])
+            started[count] = servers.start_markd(directory, cpus, ["--workers", str(count)])
             await load.one_reply(started[count].port, workload.request)
         for _round in range(round_count):
             for count, server in started.items():
@@ -387,6 +387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = servers.private_workdir()
     markd_server = floor_server = None
     server_cpus, client_cpus = servers.cpu_layout(not args.no_pin)
+    all_cpus = os.sched_getaffinity(0)  # before this process pins itself: what its children inherit
     workers: dict[str, Any] | None = None
     cold: dict[str, float] | None = None
     cold_runs: dict[str, Any] = {}
@@ -439,7 +440,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         by_key = {w.key: w for w in chosen}
         if "b" in by_key and not args.no_workers:
             log("workers: (b) with 8 clients, markd --workers 1 and --workers 2 (both unpinned)")
-            workers = await measure_workers(by_key["b"], workdir, seconds * 2, warmup, round_count)
+            workers = await measure_workers(by_key["b"], workdir, seconds * 2, warmup, round_count, all_cpus)
         cold_frames = {key: by_key[key].request for key in ("b", "c", "e1") if key in by_key}
         if cold_frames:
             log("cold start: fresh markds, spawn to hello and the first marking request")
