@@ -321,28 +321,33 @@ class Supervisor:
         return self.settings.port
 
     def _bind(self) -> None:
-        from markd.server import AlreadyRunning, _resolve, _socket_is_live
+        """The listeners, as MarkdServer.start binds them: a port or socket held by another cryptd is
+        AlreadyRunning (exit 0), held by anything else PortInUse."""
+        from markd.server import _resolve, _socket_is_live
 
         settings = self.settings
+        tls = settings.tls_mode not in ("disabled", "", None)
         for address in _resolve(settings.listen_addresses, settings.ipv6):
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            self._listen(family, (address, settings.port), "tcp", AlreadyRunning)
+            self._listen(family, (address, settings.port), "tcp",
+                         lambda address=address: _holder("port", f"{address}:{settings.port}", host=address,
+                                                         port=settings.port, tls=tls))
         if settings.socket_path:
             path = settings.socket_path
             if os.path.exists(path):
                 if _socket_is_live(path):
-                    raise AlreadyRunning(f"unix socket {path} is in use by another process")
+                    raise _holder("unix socket", path, socket_path=path)
                 with contextlib.suppress(FileNotFoundError):
                     if stat.S_ISSOCK(os.lstat(path).st_mode):
                         os.unlink(path)
-            self._listen(socket.AF_UNIX, path, "unix", AlreadyRunning)
+            self._listen(socket.AF_UNIX, path, "unix", lambda: _holder("unix socket", path, socket_path=path))
             os.chmod(path, settings.unix_socket_permissions)
             self.socket_path = path
         if settings.metrics_port is not None:
             self._listen(socket.AF_INET6 if ":" in settings.metrics_bind_ip else socket.AF_INET,
-                         (settings.metrics_bind_ip, settings.metrics_port), "metrics", AlreadyRunning)
+                         (settings.metrics_bind_ip, settings.metrics_port), "metrics", None)
 
-    def _listen(self, family: int, address: Any, kind: str, already_running: type[Exception]) -> None:
+    def _listen(self, family: int, address: Any, kind: str, held: Callable[[], Exception] | None) -> None:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             if family != socket.AF_UNIX:
@@ -352,9 +357,8 @@ class Supervisor:
             try:
                 sock.bind(address)
             except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-                    raise already_running(f"address {where} is already in use") from exc
+                if exc.errno == errno.EADDRINUSE and held is not None:
+                    raise held() from exc
                 raise
             sock.listen(1024)
             sock.setblocking(False)
@@ -637,6 +641,16 @@ class Supervisor:
                 self.selector.unregister(sock)
             sock.close()
         self.listeners.clear()
+
+
+def _holder(kind: str, where: str, **target: Any) -> Exception:
+    """markd.server._held_by, without an event loop (the supervisor has none)."""
+    from markd import healthcheck
+    from markd.server import _PEER_PROBE_SECS, AlreadyRunning, PortInUse
+
+    if healthcheck.answers_as_cryptd(timeout=_PEER_PROBE_SECS, **target):
+        return AlreadyRunning(f"{kind} {where} is served by another cryptd")
+    return PortInUse(f"{kind} in use by another process ({where})")
 
 
 def worker_main(channel: socket.socket, index: int, settings: Settings, argv: list[str],

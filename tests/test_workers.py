@@ -184,3 +184,14 @@ def test_workers_must_be_positive():
         assert process.exit_code() != 0
     finally:
         process.cleanup()
+
+
+def test_a_second_group_on_the_port_gives_way(group, tmp_path):
+    # The port held by a cryptd: the second one exits 0, as a single markd does (its supervisor probes hello).
+    second = MarkdProcess(args=["--workers=2", f"--pidfilepath={tmp_path / 'second.pid'}"], port=group.port,
+                          wait=False).start()
+    try:
+        assert second.exit_code(timeout=30) == 0
+        assert "another markd is already serving" in second.log_text()
+    finally:
+        second.cleanup()
