@@ -479,6 +479,8 @@ def _metadata_fields(spec: Mapping[str, Any], owner: str) -> dict[str, Any]:
             fail("key_id_kind", type=bsonvalues.bson_type(key_id))
         else:
             for element in key_id:
+                if type(element) is bytes:  # pymongo's bson decodes BinData of subtype 0 as bytes
+                    element = Binary(element, 0)
                 if not isinstance(element, Binary):
                     fail("key_id_not_bindata", type=bsonvalues.bson_type(element))
                 if element.subtype != 4:
