@@ -43,7 +43,7 @@ from markd import cache, limits, logs, memory, metrics, warm
 from markd.commands import Dispatcher
 from markd.config import Settings
 from markd.logs import log
-from markd.pidfile import PidFile
+from markd.pidfile import PidFile, release_endpoint
 
 if TYPE_CHECKING:
     from markd.server import MarkdServer
@@ -628,11 +628,7 @@ class Supervisor:
         for worker in self.workers:
             if worker.channel is not None:
                 worker.channel.close()
-        if self.socket_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.socket_path)
-        if self.pidfile is not None:
-            self.pidfile.release()
+        release_endpoint(self.socket_path, self.pidfile)
         log.info("markd stopped")
 
     def _close_listeners(self) -> None:

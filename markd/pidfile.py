@@ -62,3 +62,12 @@ class PidFile:
             pass
         os.close(self._fd)
         self._fd = None
+
+
+def release_endpoint(socket_path: str | None, pidfile: PidFile | None) -> None:
+    """What a stopping markd (a single process or a worker group's supervisor) gives back, last."""
+    if socket_path:
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path)
+    if pidfile is not None:
+        pidfile.release()

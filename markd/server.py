@@ -40,7 +40,7 @@ from markd.commands import ConnectionInfo, Dispatcher, NeedsServer
 from markd.config import Settings
 from markd.logs import log
 from markd.metrics import Metrics
-from markd.pidfile import PidFile, PidFileLocked
+from markd.pidfile import PidFile, PidFileLocked, release_endpoint
 from markd.wire import FrameReader, ProtocolError, frame_cost
 
 if TYPE_CHECKING:
@@ -945,11 +945,7 @@ class MarkdServer:
             self.link.close()
             log.debug("worker stopped", extra={"attr": {"worker": self.link.index}})
             return
-        if self.socket_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.socket_path)
-        if self.pidfile is not None:
-            self.pidfile.release()
+        release_endpoint(self.socket_path, self.pidfile)
         log.info("markd stopped")
 
 
