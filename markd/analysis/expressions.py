@@ -26,6 +26,7 @@ from typing import Any
 
 from bson import DBRef
 
+from markd import bsonvalues
 from markd.analysis import paths
 from markd.analysis.context import Scope
 from markd.analysis.schema import EMPTY, UNKNOWN_NODE, SchemaNode, child, subtree, with_child
@@ -130,7 +131,7 @@ def reference(expression: str, scope: Scope) -> Value:
     if expression.startswith("$$"):
         name, _, rest = expression[2:].partition(".")
         if not name:
-            raise CommandError(16869, "empty variable names are not allowed")
+            raise CommandError(9, "empty variable names are not allowed")
         if rest:
             _check_field_path(rest)
         base = variable(name, scope)
@@ -533,8 +534,9 @@ def _iterating(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
              "$reduce": ("input", "initialValue", "in")}[op]
     for name in argument:
         if name not in names:
-            raise CommandError(16879 if op == "$map" else 28647 if op == "$filter" else 40076,
-                               f"Unrecognized parameter to {op}: {name}")
+            if op == "$reduce":
+                raise CommandError(40076, f"$reduce found an unknown argument: {name}")
+            raise CommandError(16879 if op == "$map" else 28647, f"Unrecognized parameter to {op}: {name}")
     bound: dict[str, Value] = {}
     if op == "$reduce":
         bound = {"this": COMPUTED_VALUE, "value": COMPUTED_VALUE}
@@ -646,7 +648,8 @@ def _comparison(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
 def _function(op: str, argument: Any, scope: Scope) -> tuple[Any, Value]:
     """$function: JavaScript could do anything with its arguments: they are evaluated."""
     if not is_document(argument):
-        raise CommandError(31260, "$function only supports an object as its argument")
+        found = bsonvalues.bson_type(argument)
+        raise CommandError(31260, f"$function requires an object as an argument, found: {found}")
     body: dict[str, Any] = {}
     for name, item in argument.items():
         if name == "args":

@@ -373,7 +373,7 @@ def _logical(op: str, value: Any, scope: Scope) -> list[Node]:
         raise bad_value("$and/$or/$nor must be a nonempty array")
     for child in value:
         if not is_document(child):
-            raise CommandError(14, "$or/$and/$nor entries need to be full objects")
+            raise bad_value("$or/$and/$nor entries need to be full objects")
     if op != "$and":
         return [{op: [filter_node(child, scope) for child in value]}]
     children: list[Node] = []

@@ -9,6 +9,7 @@ parse error (40324); a known stage query analysis does not support, with 31011.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 from bson import Decimal128, Int64
 
 from markd import bsonvalues
-from markd.analysis import expressions, paths
+from markd.analysis import expressions, notation, paths
 from markd.analysis.context import Scope
 from markd.analysis.expressions import DOCUMENT, Value, is_document
 from markd.analysis.match import mark_filter
@@ -111,23 +112,55 @@ def _match(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
 
 def _count_limit(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     """$limit/$skip: mongod keeps the count as a 64-bit integer and writes it back as one."""
-    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or spec < 0 or spec != int(spec):
-        _fail(15957 if name == "$limit" else 15956, f"invalid argument to {name} stage")
-    return [{name: Int64(int(spec))}], scope.current
+    count = _non_negative_long(name, spec)
+    if name == "$limit" and count == 0:
+        _fail(15958, "the limit must be positive")
+    return [{name: Int64(count)}], scope.current
+
+
+def _non_negative_long(name: str, spec: Any) -> int:
+    """A $limit/$skip count as mongod's stage parsers read it, refused with their reasons."""
+    if isinstance(spec, Decimal128):
+        spec = float(spec.to_decimal())
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        reason = "Expected a number in: "
+    elif spec != spec:
+        reason = "Expected an integer, but found NaN in: "
+    elif isinstance(spec, float) and (math.isinf(spec) or abs(spec) >= 2.0**63):
+        reason = "Cannot represent as a 64-bit integer: "
+    elif spec != int(spec):
+        reason = "Expected an integer: "
+    elif spec < 0:
+        reason = "Expected a non-negative number in: "
+    else:
+        return int(spec)
+    shown = notation.quoted_element(name, spec)
+    raise CommandError(5107201 if name == "$limit" else 5107200,
+                       f"invalid argument to {name} stage: {reason}{shown.shown}",
+                       redacted=f"invalid argument to {name} stage: {reason}{shown.redacted}")
 
 
 def _sample(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
-    size = spec.get("size") if is_document(spec) else None
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
-        _fail(28747, "size argument to $sample must be a number")
-    return [{"$sample": {"size": Int64(int(size))}}], scope.current
+    if not is_document(spec):
+        _fail(28745, "the $sample stage specification must be an object")
+    for option, size in spec.items():
+        if option != "size":
+            _fail(28748, f"unrecognized option to $sample: {option}")
+        if isinstance(size, bool) or not isinstance(size, (int, float)):
+            _fail(28746, "size argument to $sample must be a number")
+        if size < 0:
+            _fail(28747, "size argument to $sample must not be negative")
+    if "size" not in spec:
+        _fail(28749, "$sample stage must specify a size")
+    return [{"$sample": {"size": Int64(int(spec["size"]))}}], scope.current
 
 
 def project(spec: Any, scope: Scope, *, stage: str = "$project") -> tuple[dict[str, Any], SchemaNode]:
     """An inclusion/exclusion/computed projection (a $project stage, a find projection)."""
-    if not is_document(spec) or not spec:
-        _fail(51272 if not spec else 15969, f"{stage} specification must be an object" if spec is not None
-              else "$project requires at least one output field")
+    if not is_document(spec):
+        _fail(15969, f"{stage} specification must be an object")
+    if not spec:
+        _fail(51272, f"Invalid {stage} :: caused by :: projection specification must have at least one field")
     current = scope.current
     kinds = {_is_inclusion(v) for k, v in spec.items() if k != "_id"} or {_is_inclusion(spec.get("_id", 1))}
     serialized: dict[str, Any] = {}
@@ -284,7 +317,7 @@ def accumulators(specs: Mapping[str, Any], scope: Scope, group_key_encrypted: bo
 def _custom_accumulator(argument: Any, scope: Scope, group_key_encrypted: bool) -> Any:
     """$accumulator: its JavaScript parts are written back as given, its argument lists evaluated."""
     if not is_document(argument):
-        _fail(4544700, "$accumulator expects an object as an argument")
+        _fail(4544703, f"$accumulator expects an object as an argument; found: {_type(argument)}")
     body: dict[str, Any] = {}
     for name, item in argument.items():
         if name in ("initArgs", "accumulateArgs"):
@@ -358,10 +391,16 @@ def _sort_by_count(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNod
 
 
 def _unwind(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
+    if not is_document(spec) and not isinstance(spec, str):
+        _fail(15981, f"expected either a string or an object as specification for $unwind stage, got {_type(spec)}")
     options = dict(spec) if is_document(spec) else {"path": spec}
     path = options.get("path")
-    if not isinstance(path, str) or not path.startswith("$"):
-        _fail(28808, "$unwind path must be prefixed by a '$'")
+    if path is not None and not isinstance(path, str):
+        _fail(28808, f"expected a string as the path for $unwind stage, got {_type(path)}")
+    if not path:
+        _fail(28812, "no path specified to $unwind stage")
+    if not path.startswith("$"):
+        _fail(28818, f"path option to $unwind stage should be prefixed with a '$': {path}")
     written: dict[str, Any] = {"path": path}
     for option, value in options.items():
         if option == "preserveNullAndEmptyArrays":
@@ -457,7 +496,7 @@ def _join_fields(local_path: str, foreign_path: str, local: SchemaNode, foreign:
 
 def _lookup(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
-        _fail(40319, "the $lookup specification must be an Object")
+        _fail(9, f"the $lookup stage specification must be an object, but found {_type(spec)}")
     _string_options("$lookup", spec, ("from", "as", "localField", "foreignField"), ("as",))
     source = spec.get("from", scope.analysis.collection)
     foreign = _foreign(source, scope)
@@ -495,7 +534,7 @@ GRAPH_LOOKUP_ORDER = ("from", "as", "connectToField", "connectFromField", "start
 
 def _graph_lookup(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
-        _fail(40327, "$graphLookup must be an object")
+        _fail(9, f"the $graphLookup stage specification must be an object, but found {_type(spec)}")
     _string_options("$graphLookup", spec, ("from", "as", "connectFromField", "connectToField", "depthField"),
                     ("from", "as", "connectFromField", "connectToField", "startWith"))
     foreign = _foreign(spec["from"], scope)
@@ -542,7 +581,7 @@ def _max_depth(value: Any) -> Int64:
 
 def _geo_near(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     if not is_document(spec):
-        _fail(10065, "$geoNear requires an object as its argument")
+        _fail(10065, "invalid parameter: expected an object ($geoNear)")
     _string_options("$geoNear", spec, ("key", "distanceField", "includeLocs"))
     serialized = dict(spec)
     key = spec.get("key")
@@ -550,7 +589,7 @@ def _geo_near(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
         scope.fail("geo_near_key", field=key)
     if "query" in spec:
         if not is_document(spec["query"]):
-            _fail(10065, "$geoNear query must be an object")
+            _fail(14, "query must be an object")
         serialized["query"] = mark_filter(spec["query"], scope)
     out = scope.current
     for option in ("distanceField", "includeLocs"):
@@ -695,7 +734,7 @@ def _search(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     """Atlas Search stages: their queries are executed by the search engine on the plaintext index, so a
     query or filter touching an encrypted path would send its value in the clear."""
     if not is_document(spec):
-        _fail(8575900 if name != "$search" else 6600901, f"{name} value must be an object. Found: {_type(spec)}")
+        _fail(9, f"{name} value must be an object. Found: {_type(spec)}")
     from markd.analysis.search import check_search
 
     check_search(name, spec, scope)
