@@ -743,12 +743,16 @@ def scan_error_calls(scan: Scan) -> None:
             function = enclosing_function(other, node)
             outer = wrappers.get(id(function)) if function is not None else None
             if outer is not None and any(node is body for body in outer.body_calls) and depth < 8:
-                for outer_frame, site in frames_for(outer, depth + 1):
+                outer_frames = list(frames_for(outer, depth + 1))
+                for outer_frame, site in outer_frames:
                     yield Frame(wrapper.module, wrapper.function, _bind(node, wrapper, outer_frame) or {}), site
-            else:
-                caller = Frame(other, function)
-                bound = _bind(node, wrapper, caller) or {}
-                yield Frame(wrapper.module, wrapper.function, bound), site_name(other, node)
+                if outer_frames:
+                    continue
+            # Called directly, or from a wrapper nobody is seen calling (one reached through a table): the
+            # arguments as that caller writes them.
+            caller = Frame(other, function)
+            bound = _bind(node, wrapper, caller) or {}
+            yield Frame(wrapper.module, wrapper.function, bound), site_name(other, node)
 
     for wrapper in wrappers.values():
         inside = [c for c in wrapper.body_calls if _is_error_call(c, classes, wrapper.module)]

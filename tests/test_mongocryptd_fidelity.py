@@ -19,6 +19,7 @@ from bson.binary import Binary
 from tests.support.crypt import CryptDriver
 from tests.support.process import MarkdProcess, raw_command
 from tests.test_csfle_support import DET, RND, encrypt, placeholders, read_placeholder, schema_for
+from tests.test_qe_rules import info
 
 DB = "db"
 K = Binary(b"\x21" * 16, 4)
@@ -54,9 +55,7 @@ QE_FIELDS = [
 
 
 def qe_info(fields: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"type": 1, "schema": {f"{DB}.coll": {"escCollection": "enxcol_.coll.esc",
-                                                 "ecocCollection": "enxcol_.coll.ecoc",
-                                                 "fields": QE_FIELDS if fields is None else fields}}}
+    return info(QE_FIELDS if fields is None else fields)
 
 
 ACCUMULATOR = {"init": "function() {return 0}", "accumulate": "function(s) {return s}",

@@ -98,21 +98,22 @@ def _object(name: str, value: Any, command: Command) -> Any:
     return value
 
 
-def _filter(name: str, value: Any, command: Command) -> Any:
+def _optional_document(name: str, value: Any, command: Command) -> bool:
+    """Whether an optional field holds a document to analyse: absent (None) does not; a non-document is refused."""
     if value is None:
-        return value
+        return False
     if not is_document(value):
         wrong_type(command.context(name), value, "object")
-    return mark_filter(value, command.scope())
+    return True
+
+
+def _filter(name: str, value: Any, command: Command) -> Any:
+    return mark_filter(value, command.scope()) if _optional_document(name, value, command) else value
 
 
 def _projection(name: str, value: Any, command: Command) -> Any:
     """A find projection: mongocryptd analyses it as a lone $project stage."""
-    if value is None:
-        return value
-    if not is_document(value):
-        wrong_type(command.context(name), value, "object")
-    if not value:
+    if not _optional_document(name, value, command) or not value:
         return value
     return _find_projection(value, command.scope().without_comparisons())
 
@@ -152,17 +153,14 @@ def _pipeline(name: str, value: Any, command: Command) -> Any:
 
 def _sort(name: str, value: Any, command: Command) -> Any:
     """A sort specification: field names and directions; mongocryptd leaves it as it is."""
-    if value is not None and not is_document(value):
-        wrong_type(command.context(name), value, "object")
+    _optional_document(name, value, command)
     return value
 
 
 def _index_bounds(name: str, value: Any, command: Command) -> Any:
     """find `min`/`max`: index key values compared with the fields' values, which cannot be marked there."""
-    if value is None:
+    if not _optional_document(name, value, command):
         return value
-    if not is_document(value):
-        wrong_type(command.context(name), value, "object")
     scope = command.scope()
     if scope.current.may_hold_encryption:
         for path in value:
@@ -189,10 +187,8 @@ def _let(name: str, value: Any, command: Command) -> Any:
 
     They are analysed before anything else, and bound as values that can never be marked where
     they are used: a comparison of one with an encrypted field is refused."""
-    if value is None:
+    if not _optional_document(name, value, command):
         return value
-    if not is_document(value):
-        wrong_type(command.context(name), value, "object")
     command.variables.update(bind_constants(value, command.scope(document_free=True)))
     return value
 
@@ -320,10 +316,8 @@ def _find_and_modify_query(name: str, value: Any, command: Command) -> Any:
 
 
 def _validator(name: str, value: Any, command: Command) -> Any:
-    if value is None:
+    if not _optional_document(name, value, command):
         return value
-    if not is_document(value):
-        wrong_type(command.context(name), value, "object")
     command.scheme.check_validator(value, command.scope())
     return value
 

@@ -84,6 +84,25 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
 
 
+def non_negative_long(name: str, value: Any, code: int, context: str = "") -> int:
+    """mongod's parse of a non-negative 64-bit integer element (`name: value`), refused with its reason."""
+    number = value.to_decimal() if isinstance(value, Decimal128) else value
+    if not is_number(value):
+        reason = "Expected a number in: "
+    elif number != number:
+        reason = "Expected an integer, but found NaN in: "
+    elif number in (math.inf, -math.inf) or not -(2**63) <= number < 2**63:
+        reason = "Cannot represent as a 64-bit integer: "
+    elif number != int(number):
+        reason = "Expected an integer: "
+    elif number < 0:
+        reason = "Expected a non-negative number in: "
+    else:
+        return int(number)
+    shown = notation.quoted_element(name, value)
+    raise CommandError(code, f"{context}{reason}{shown.shown}", redacted=f"{context}{reason}{shown.redacted}")
+
+
 def whole_number(value: Any) -> int | None:
     """`value` as an integer if it is a number holding a whole value (int32/int64/double/decimal)."""
     if isinstance(value, bool):

@@ -9,7 +9,6 @@ parse error (40324); a known stage query analysis does not support, with 31011.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -17,10 +16,10 @@ from typing import Any, NoReturn
 from bson import Decimal128, Int64
 
 from markd import bsonvalues
-from markd.analysis import expressions, notation, paths
+from markd.analysis import expressions, paths
 from markd.analysis.context import Scope
 from markd.analysis.expressions import DOCUMENT, Value, is_document
-from markd.analysis.match import mark_filter
+from markd.analysis.match import mark_filter, non_negative_long
 from markd.analysis.ordering import canonical_rank, order_key
 from markd.analysis.schema import (
     EMPTY,
@@ -112,32 +111,12 @@ def _match(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
 
 def _count_limit(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:
     """$limit/$skip: mongod keeps the count as a 64-bit integer and writes it back as one."""
-    count = _non_negative_long(name, spec)
+    count = non_negative_long(name, spec, 5107201 if name == "$limit" else 5107200,
+                              f"invalid argument to {name} stage: ")
     if name == "$limit" and count == 0:
         _fail(15958, "the limit must be positive")
     return [{name: Int64(count)}], scope.current
 
-
-def _non_negative_long(name: str, spec: Any) -> int:
-    """A $limit/$skip count as mongod's stage parsers read it, refused with their reasons."""
-    if isinstance(spec, Decimal128):
-        spec = float(spec.to_decimal())
-    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
-        reason = "Expected a number in: "
-    elif spec != spec:
-        reason = "Expected an integer, but found NaN in: "
-    elif isinstance(spec, float) and (math.isinf(spec) or abs(spec) >= 2.0**63):
-        reason = "Cannot represent as a 64-bit integer: "
-    elif spec != int(spec):
-        reason = "Expected an integer: "
-    elif spec < 0:
-        reason = "Expected a non-negative number in: "
-    else:
-        return int(spec)
-    shown = notation.quoted_element(name, spec)
-    raise CommandError(5107201 if name == "$limit" else 5107200,
-                       f"invalid argument to {name} stage: {reason}{shown.shown}",
-                       redacted=f"invalid argument to {name} stage: {reason}{shown.redacted}")
 
 
 def _sample(name: str, spec: Any, scope: Scope) -> tuple[Stage, SchemaNode]:

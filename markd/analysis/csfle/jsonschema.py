@@ -17,8 +17,8 @@ from bson import Decimal128
 from bson.binary import Binary
 
 from markd import bsonvalues
-from markd.analysis import notation
 from markd.analysis.csfle.errors import fail
+from markd.analysis.match import is_number, non_negative_long
 from markd.analysis.ordering import order_key
 from markd.analysis.patterns import RulePattern, compile_pattern, pcre_error
 from markd.analysis.schema import Encryption, Schema, SchemaNode, node
@@ -187,35 +187,15 @@ def _type(value: Any) -> str:
     return bsonvalues.bson_type(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
-
-
 def _count(schema: Mapping[str, Any], keyword: str) -> None:
     """A length or count keyword (maxLength, minItems...): mongod's parse of a non-negative 64-bit integer."""
     if keyword not in schema:
         return
-    value = schema[keyword]
-    shown = notation.quoted_element(keyword, value)
-
-    def bad(message: str) -> NoReturn:
-        raise CommandError(9, message.format(shown.shown), redacted=message.format(shown.redacted))
-
-    if not _is_number(value):
-        bad("Expected a number in: {}")
-    number = value.to_decimal() if isinstance(value, Decimal128) else value
-    if number != number:
-        bad("Expected an integer, but found NaN in: {}")
-    if number in (float("inf"), float("-inf")) or not -(2**63) <= number < 2**63:
-        bad("Cannot represent as a 64-bit integer: {}")
-    if number != int(number):
-        bad("Expected an integer: {}")
-    if number < 0:
-        bad("Expected a non-negative number in: {}")
+    non_negative_long(keyword, schema[keyword], 9)
 
 
 def _bound(schema: Mapping[str, Any], keyword: str, exclusive: str) -> None:
-    if keyword in schema and not _is_number(schema[keyword]):
+    if keyword in schema and not is_number(schema[keyword]):
         _bad(14, f"$jsonSchema keyword '{keyword}' must be a number")
     if exclusive in schema:
         if not isinstance(schema[exclusive], bool):
@@ -275,7 +255,7 @@ def _check_json_schema(schema: Mapping[str, Any], top_level: bool = True) -> Non
     for keyword in ("maxLength", "minLength"):
         _count(schema, keyword)
     if "multipleOf" in schema:
-        if not _is_number(schema["multipleOf"]):
+        if not is_number(schema["multipleOf"]):
             _bad(14, "$jsonSchema keyword 'multipleOf' must be a number")
         factor = schema["multipleOf"]
         if (factor.to_decimal() if isinstance(factor, Decimal128) else factor) <= 0:
